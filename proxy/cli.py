@@ -1,0 +1,167 @@
+"""The ``llmedge`` command: serve, check, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from . import __version__
+from .config import Config, load, missing_keys
+from .errors import ConfigError
+from .loops import LOOPS, loop_factory
+
+OK = 0
+CONFIG_ERROR = 2
+STARTUP_FAILURE = 3
+
+log = logging.getLogger("llmedge")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _load_or_exit(path: str) -> Config:
+    try:
+        return load(path)
+    except ConfigError as exc:
+        print("llmedge: %s is not a valid configuration:" % path, file=sys.stderr)
+        for problem in exc.problems:
+            print("  " + problem, file=sys.stderr)
+        sys.exit(CONFIG_ERROR)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _load_or_exit(args.config)
+    print("%s: OK" % args.config)
+    server = config.server
+    print("server: http=%s grpc=%s workers=%d" % (server.http, server.grpc, server.workers))
+    print("deployments (%d):" % len(config.deployments))
+    unset = missing_keys(config)
+    for dep in config.deployments:
+        note = "  [%s is not set: unusable]" % unset[dep.name] if dep.name in unset else ""
+        print("  %-16s %s -> %s (%d endpoint%s)%s" % (
+            dep.name, dep.provider, dep.upstream_model, len(dep.urls),
+            "" if len(dep.urls) == 1 else "s", note))
+    print("routes (%d):" % len(config.routes))
+    for route in config.routes:
+        line = "  %-16s %s over %s" % (route.name, route.policy, ", ".join(route.deployments))
+        if route.fallbacks:
+            line += "; fallbacks %s" % ", ".join(route.fallbacks)
+        print(line)
+    return OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = _load_or_exit(args.config)
+    workers = args.workers or config.server.workers
+    if args.http:
+        config.server.http = args.http
+    factory = loop_factory(args.loop)
+    if workers <= 1:
+        return _run_worker(config, factory, reuse_port=False)
+    if config.server.http and config.server.http.endswith(":0"):
+        print("llmedge: --workers needs a fixed port, not :0", file=sys.stderr)
+        return CONFIG_ERROR
+    return _run_workers(config, factory, workers)
+
+
+def _run_worker(config: Config, factory, reuse_port: bool) -> int:
+    from .server import serve
+
+    try:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(serve(config, reuse_port=reuse_port))
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return STARTUP_FAILURE
+    return OK
+
+
+def _run_workers(config: Config, factory, workers: int) -> int:
+    """N processes, each with its own SO_REUSEPORT listener; the kernel spreads accepts."""
+    children: dict[int, int] = {}
+
+    def spawn(index: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os._exit(_run_worker(config, factory, reuse_port=True))
+        children[pid] = index
+
+    stopping = False
+
+    def forward(signum, frame) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in children:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for index in range(workers):
+        spawn(index)
+    status = OK
+    while children:
+        try:
+            pid, code = os.wait()
+        except ChildProcessError:
+            break
+        index = children.pop(pid, None)
+        if index is None:
+            continue
+        exit_code = os.waitstatus_to_exitcode(code)
+        if not stopping and exit_code != OK:
+            log.error("worker %d (pid %d) exited with %d; restarting it", index, pid, exit_code)
+            spawn(index)
+        elif exit_code != OK:
+            status = exit_code
+    return status
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.port, loop_factory(args.loop))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llmedge", description="LLM routing edge proxy")
+    parser.add_argument("--version", action="version", version="llmedge " + __version__)
+    parser.add_argument("--log-level", default=os.environ.get("LLMEDGE_LOG_LEVEL", "info"),
+                        choices=("debug", "info", "warning", "error"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve a configuration")
+    serve.add_argument("-c", "--config", default=os.environ.get("LLMEDGE_CONFIG"),
+                       required=not os.environ.get("LLMEDGE_CONFIG"))
+    serve.add_argument("--workers", type=int, default=int(os.environ.get("LLMEDGE_WORKERS", 0)),
+                       help="processes sharing the port (default: server.workers)")
+    serve.add_argument("--http", help="override server.http (host:port)")
+    serve.add_argument("--loop", choices=LOOPS, default=os.environ.get("LLMEDGE_LOOP", "auto"))
+    serve.set_defaults(func=cmd_serve)
+
+    check = sub.add_parser("check", help="validate a configuration and summarise it")
+    check.add_argument("-c", "--config", required=True)
+    check.set_defaults(func=cmd_check)
+
+    demo = sub.add_parser("demo", help="llmedge and three simulated upstreams, no keys needed")
+    demo.add_argument("--port", type=int, default=8080)
+    demo.add_argument("--loop", choices=LOOPS, default="auto")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    return args.func(args)

@@ -1,0 +1,251 @@
+"""Configuration: one YAML file decoded into msgspec Structs, then checked as a whole.
+
+Every problem is reported with its path (``routes[1].fallbacks[0]: unknown deployment
+'larg'``) and all of them at once, so a bad file is fixed in one pass.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from urllib.parse import urlsplit
+
+import msgspec
+
+from .errors import ConfigError
+
+POLICIES = ("ordered", "weighted")
+PROVIDERS = ("openai",)
+
+
+class Timeouts(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    connect_s: float = 5.0          # TCP (and TLS) connect
+    first_byte_s: float = 120.0     # request sent -> response head; LLMs think before answering
+    idle_s: float = 60.0            # between two chunks of a streamed body
+
+
+class Price(msgspec.Struct, forbid_unknown_fields=True):
+    input: float = 0.0              # USD per 1M prompt tokens
+    output: float = 0.0             # USD per 1M completion tokens
+
+
+class ServerSection(msgspec.Struct, forbid_unknown_fields=True):
+    http: str | None = "127.0.0.1:8080"
+    grpc: str | None = None
+    workers: int = 1
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_header_bytes: int = 64 * 1024
+    max_headers: int = 100
+    request_timeout_s: float = 30.0      # to receive one request's head and body
+    keepalive_timeout_s: float = 75.0    # idle connection between requests
+    drain_timeout_s: float = 30.0
+    max_pipelined: int = 32              # requests queued on one connection before reading pauses
+
+
+class UpstreamSection(msgspec.Struct, forbid_unknown_fields=True):
+    timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
+    pool_max_idle: int = 64              # idle keep-alive connections kept per endpoint
+
+
+class Deployment(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    base_url: str | None = None
+    provider: str = "openai"
+    endpoints: list[str] = []
+    model: str | None = None            # name sent upstream; defaults to the deployment name
+    api_key_env: str | None = None
+    price: Price = msgspec.field(default_factory=Price)
+    quality: float = 0.5
+    tags: list[str] = []
+    timeouts: Timeouts | None = None
+
+    @property
+    def upstream_model(self) -> str:
+        return self.model or self.name
+
+    @property
+    def urls(self) -> list[str]:
+        return self.endpoints or ([self.base_url] if self.base_url else [])
+
+
+class RouteCache(msgspec.Struct, forbid_unknown_fields=True):
+    ttl_s: float = 600.0
+
+
+class Route(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    deployments: list[str]
+    policy: str = "ordered"
+    weights: dict[str, float] = {}      # weighted policy; a deployment left out weighs 1
+    fallbacks: list[str] = []
+    cache: RouteCache | None = None
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True):
+    deployments: list[Deployment]
+    routes: list[Route] = []
+    server: ServerSection = msgspec.field(default_factory=ServerSection)
+    upstream: UpstreamSection = msgspec.field(default_factory=UpstreamSection)
+
+
+_AT_PATH = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+
+
+def _msgspec_problem(exc: msgspec.MsgspecError) -> str:
+    match = _AT_PATH.match(str(exc))
+    assert match is not None  # the pattern matches any text
+    path = (match.group("path") or "").lstrip(".")
+    return "%s: %s" % (path or "(top level)", match.group("msg"))
+
+
+def parse(text: str | bytes) -> Config:
+    """Decode and check a YAML document; raise ConfigError listing every problem."""
+    try:
+        config = msgspec.yaml.decode(text, type=Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError([_msgspec_problem(exc)]) from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError(["(yaml): %s" % exc]) from None
+    problems = check(config)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def load(path: str) -> Config:
+    try:
+        with open(path, "rb") as f:
+            text = f.read()
+    except OSError as exc:
+        raise ConfigError(["%s: cannot read: %s" % (path, exc.strerror)]) from None
+    return parse(text)
+
+
+def parse_address(value: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` for IPv6) -> (host, port); ValueError when malformed."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError("expected host:port, got %r" % value)
+    return host.strip("[]"), int(port)
+
+
+def _check_url(url: str) -> str | None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        return "expected an http:// or https:// URL, got %r" % url
+    if not parts.hostname:
+        return "URL %r has no host" % url
+    try:
+        parts.port
+    except ValueError:
+        return "URL %r has a bad port" % url
+    if parts.query or parts.fragment:
+        return "URL %r must not have a query or fragment" % url
+    return None
+
+
+def _check_timeouts(where: str, timeouts: Timeouts, problems: list[str]) -> None:
+    for field in timeouts.__struct_fields__:
+        value = getattr(timeouts, field)
+        if not (value > 0 and math.isfinite(value)):
+            problems.append("%s.%s: must be a positive number of seconds" % (where, field))
+
+
+def check(config: Config) -> list[str]:
+    """Every semantic problem of a decoded config, each prefixed with its path."""
+    problems: list[str] = []
+    server = config.server
+    for field in ("http", "grpc"):
+        value = getattr(server, field)
+        if value is not None:
+            try:
+                parse_address(value)
+            except ValueError as exc:
+                problems.append("server.%s: %s" % (field, exc))
+    if server.http is None and server.grpc is None:
+        problems.append("server: at least one of http and grpc must be set")
+    for field, low in (("workers", 1), ("max_body_bytes", 1), ("max_header_bytes", 256),
+                       ("max_headers", 1), ("max_pipelined", 1)):
+        if getattr(server, field) < low:
+            problems.append("server.%s: must be >= %d" % (field, low))
+    for field in ("request_timeout_s", "keepalive_timeout_s", "drain_timeout_s"):
+        value = getattr(server, field)
+        if not (value > 0 and math.isfinite(value)):
+            problems.append("server.%s: must be a positive number of seconds" % field)
+    _check_timeouts("upstream.timeouts", config.upstream.timeouts, problems)
+    if config.upstream.pool_max_idle < 0:
+        problems.append("upstream.pool_max_idle: must be >= 0")
+
+    names: dict[str, str] = {}
+    if not config.deployments:
+        problems.append("deployments: at least one deployment is needed")
+    for i, dep in enumerate(config.deployments):
+        where = "deployments[%d]" % i
+        _check_name(where, dep.name, names, problems)
+        if dep.provider not in PROVIDERS:
+            problems.append("%s.provider: unknown provider %r (known: %s)"
+                            % (where, dep.provider, ", ".join(PROVIDERS)))
+        if not dep.urls:
+            problems.append("%s: needs base_url or endpoints" % where)
+        if dep.base_url is not None:
+            _url_problem("%s.base_url" % where, dep.base_url, problems)
+        for j, url in enumerate(dep.endpoints):
+            _url_problem("%s.endpoints[%d]" % (where, j), url, problems)
+        if not 0.0 <= dep.quality <= 1.0:
+            problems.append("%s.quality: must be between 0 and 1" % where)
+        if dep.price.input < 0 or dep.price.output < 0:
+            problems.append("%s.price: must be >= 0" % where)
+        if dep.api_key_env is not None and not dep.api_key_env:
+            problems.append("%s.api_key_env: must name an environment variable" % where)
+        if dep.timeouts is not None:
+            _check_timeouts("%s.timeouts" % where, dep.timeouts, problems)
+
+    deployments = {d.name for d in config.deployments}
+    for i, route in enumerate(config.routes):
+        where = "routes[%d]" % i
+        _check_name(where, route.name, names, problems)
+        if route.policy not in POLICIES:
+            problems.append("%s.policy: unknown policy %r (known: %s)"
+                            % (where, route.policy, ", ".join(POLICIES)))
+        if not route.deployments:
+            problems.append("%s.deployments: at least one deployment is needed" % where)
+        for field in ("deployments", "fallbacks"):
+            seen = set()
+            for j, name in enumerate(getattr(route, field)):
+                if name not in deployments:
+                    problems.append("%s.%s[%d]: unknown deployment %r" % (where, field, j, name))
+                elif name in seen:
+                    problems.append("%s.%s[%d]: %r is listed twice" % (where, field, j, name))
+                seen.add(name)
+        for name, weight in route.weights.items():
+            if name not in route.deployments:
+                problems.append("%s.weights.%s: not one of the route's deployments" % (where, name))
+            elif not (weight >= 0 and math.isfinite(weight)):
+                problems.append("%s.weights.%s: must be a number >= 0" % (where, name))
+        if route.weights and route.policy != "weighted":
+            problems.append("%s.weights: only used by policy 'weighted'" % where)
+        if route.cache is not None and not route.cache.ttl_s > 0:
+            problems.append("%s.cache.ttl_s: must be > 0" % where)
+    return problems
+
+
+def _check_name(where: str, name: str, names: dict[str, str], problems: list[str]) -> None:
+    if not name or name != name.strip() or "," in name:
+        problems.append("%s.name: %r is not a usable name" % (where, name))
+    elif name in names:
+        problems.append("%s.name: %r is already used by %s" % (where, name, names[name]))
+    else:
+        names[name] = where
+
+
+def _url_problem(where: str, url: str, problems: list[str]) -> None:
+    problem = _check_url(url)
+    if problem:
+        problems.append("%s: %s" % (where, problem))
+
+
+def missing_keys(config: Config) -> dict[str, str]:
+    """Deployments whose ``api_key_env`` names an unset variable -> that variable."""
+    return {d.name: d.api_key_env for d in config.deployments
+            if d.api_key_env and not os.environ.get(d.api_key_env)}

@@ -1,0 +1,248 @@
+"""The dispatcher: send one request to its candidates in order until one answers.
+
+A candidate is skipped or abandoned on connect errors, timeouts, resets, 429 and 5xx, for
+as long as nothing has reached the client. Once a stream has started, an upstream failure
+ends it with an SSE error event: never a truncation that looks complete.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+
+from .errors import ProxyError, UpstreamError, UpstreamReset, UpstreamStatus
+from .http import wire
+from .http.front import Exchange
+from .metrics import Metrics
+from .routing.router import RoutePlan, Target
+from .upstream.conn import ResponseHead, UpstreamConn
+from .upstream.pool import Endpoint
+
+log = logging.getLogger("llmedge.dispatch")
+
+USER_AGENT = b"user-agent: llmedge/0.1\r\n"
+# A partial SSE event held back while waiting for its end is bounded: past this the
+# upstream is not speaking SSE and the bytes are passed on as they are.
+MAX_PENDING_EVENT = 1024 * 1024
+
+
+def _retry_after(headers: dict[bytes, bytes]) -> float | None:
+    value = headers.get(b"retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP-date: rare from LLM APIs, and no worse than no hint
+
+
+class Answer:
+    """What one request needs while its candidates are tried."""
+
+    __slots__ = ("exchange", "plan", "path", "body", "model", "stream", "request_id",
+                 "attempts", "upstream", "status", "_bodies")
+
+    def __init__(self, exchange: Exchange, plan: RoutePlan, path: bytes, body: bytes,
+                 model: str, stream: bool, request_id: bytes) -> None:
+        self.exchange = exchange
+        self.plan = plan
+        self.path = path              # below the deployment's base URL, e.g. /chat/completions
+        self.body = body
+        self.model = model            # as the client named it
+        self.stream = stream
+        self.request_id = request_id
+        self.attempts = 0
+        self.upstream: Target | None = None
+        self.status = 0
+        self._bodies: dict[str, bytes] = {}
+
+    def body_for(self, target: Target) -> bytes:
+        model = target.upstream_model
+        if model == self.model:
+            return self.body
+        body = self._bodies.get(model)
+        if body is None:
+            # Only "model" changes; everything else the client sent goes upstream as is.
+            doc = orjson.loads(self.body)
+            doc["model"] = model
+            body = self._bodies[model] = orjson.dumps(doc)
+        return body
+
+    def response_headers(self) -> bytes:
+        return b"x-llmedge-route: %s\r\nx-llmedge-upstream: %s\r\nx-llmedge-cache: bypass\r\n" \
+               b"x-llmedge-attempts: %d\r\nx-request-id: %s\r\n" % (
+                   self.plan.name_bytes, self.upstream.name_bytes if self.upstream else b"-",
+                   self.attempts, self.request_id)
+
+
+class SseRelay:
+    """Forwards whole SSE events from the upstream to the client as they arrive.
+
+    The response head goes out with the first complete event, so a failure before then
+    can still move to another candidate.
+    """
+
+    __slots__ = ("answer", "conn", "head", "pending", "committed")
+
+    def __init__(self, answer: Answer, conn: UpstreamConn, head: ResponseHead) -> None:
+        self.answer = answer
+        self.conn = conn
+        self.head = head
+        self.pending = b""
+        self.committed = False
+
+    def feed(self, data: bytes) -> None:
+        if self.pending:
+            data = self.pending + data
+            self.pending = b""
+        if not data.endswith(b"\n\n"):
+            cut = max(data.rfind(b"\n\n") + 2, data.rfind(b"\r\n\r\n") + 4)
+            if cut < 2 and len(data) <= MAX_PENDING_EVENT:
+                self.pending = data
+                return
+            if cut >= 2:
+                self.pending = data[cut:]
+                data = data[:cut]
+        if not self.committed:
+            self.commit()
+        self.answer.exchange.write(data)
+
+    def commit(self) -> None:
+        self.committed = True
+        answer = self.answer
+        ex = answer.exchange
+        ex.start_stream(self.head.status, wire.EVENT_STREAM, answer.response_headers())
+        # Couple flow control: a client that cannot keep up stops us reading upstream.
+        conn = self.conn
+        ex.on_pause = conn.pause_reading
+        ex.on_resume = conn.resume_reading
+        if ex.client_paused:
+            conn.pause_reading()
+
+    def finish(self) -> None:
+        if self.pending:
+            if not self.committed:
+                self.commit()
+            self.answer.exchange.write(self.pending)
+            self.pending = b""
+        if not self.committed:
+            self.commit()
+        self.answer.exchange.end_stream()
+
+
+class Dispatcher:
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    async def run(self, answer: Answer, candidates: list[Target]) -> None:
+        errors: list[str] = []
+        last: UpstreamError | None = None
+        for target in candidates:
+            if target.unusable:
+                errors.append("%s: %s" % (target.name, target.unusable))
+                continue
+            answer.attempts += 1
+            answer.upstream = target
+            self.metrics.attempt(target.name)
+            try:
+                await self._attempt(answer, target)
+                return
+            except UpstreamError as exc:
+                self.metrics.upstream_error(target.name, exc.kind)
+                if answer.exchange.started:
+                    self._end_broken_stream(answer, target, exc)
+                    return
+                errors.append("%s: %s" % (target.name, exc.message))
+                last = exc
+        self._fail(answer, last, errors)
+
+    async def _attempt(self, answer: Answer, target: Target) -> None:
+        endpoint = target.endpoint()
+        timeouts = target.timeouts
+        body = answer.body_for(target)
+        request = [self._request_head(answer, target, endpoint, len(body)), body]
+        conn = endpoint.take_idle()
+        if conn is None:
+            conn = await endpoint.connect(timeouts.connect_s)
+        try:
+            conn.send(request, timeouts.first_byte_s, timeouts.idle_s)
+            try:
+                head = await conn.head()
+            except UpstreamReset:
+                if not (conn.reused and not conn.received_any):
+                    raise
+                # The server closed an idle keep-alive connection as we reused it: nothing
+                # was processed, so the same endpoint gets one more go on a fresh one.
+                conn.abort()
+                conn = await endpoint.connect(timeouts.connect_s)
+                conn.send(request, timeouts.first_byte_s, timeouts.idle_s)
+                head = await conn.head()
+            status = head.status
+            if status == 429 or status >= 500:
+                payload = await conn.read_whole()
+                raise UpstreamStatus(
+                    "upstream answered %d" % status, upstream_status=status, body=payload,
+                    content_type=head.headers.get(b"content-type"),
+                    retry_after=_retry_after(head.headers))
+            content_type = head.headers.get(b"content-type", wire.JSON)
+            if answer.stream and status < 300 and content_type.startswith(wire.EVENT_STREAM):
+                relay = SseRelay(answer, conn, head)
+                early = conn.take_early()
+                if early:
+                    relay.feed(early)
+                await conn.stream_to(relay.feed)
+                answer.status = status
+                relay.finish()
+            else:
+                payload = await conn.read_whole()
+                answer.status = status
+                answer.exchange.respond(status, payload, content_type, answer.response_headers())
+        except BaseException:
+            conn.abort()
+            raise
+        if conn.reusable(head):
+            endpoint.release(conn)
+        else:
+            conn.close()
+
+    @staticmethod
+    def _request_head(answer: Answer, target: Target, endpoint: Endpoint, length: int) -> bytes:
+        return (b"POST %s%s HTTP/1.1\r\nhost: %s\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\n%saccept: %s\r\nx-request-id: %s\r\n%s\r\n" % (
+                    endpoint.base_path, answer.path, endpoint.host_header, length,
+                    target.auth_header,
+                    wire.EVENT_STREAM if answer.stream else wire.JSON,
+                    answer.request_id, USER_AGENT))
+
+    def _end_broken_stream(self, answer: Answer, target: Target, exc: UpstreamError) -> None:
+        self.metrics.stream_failure(target.name)
+        answer.status = 502
+        ex = answer.exchange
+        ex.write(wire.sse_error_event(
+            "upstream %s failed mid-stream: %s" % (target.name, exc.message),
+            "upstream_error", "upstream_" + exc.kind))
+        ex.keep_alive = False
+        ex.end_stream()
+
+    def _fail(self, answer: Answer, last: UpstreamError | None, errors: list[str]) -> None:
+        ex = answer.exchange
+        if isinstance(last, UpstreamStatus):
+            # The last upstream's own answer says best what went wrong (429 keeps its hint).
+            extra = answer.response_headers()
+            if last.retry_after is not None:
+                extra += b"retry-after: %s\r\n" % wire.retry_after_value(last.retry_after)
+            answer.status = last.upstream_status
+            ex.respond(last.upstream_status, last.body, last.content_type or wire.JSON, extra)
+            return
+        message = "no upstream could answer: " + "; ".join(errors) if errors else \
+            "no upstream could answer"
+        err: ProxyError = last if last is not None else UpstreamError(message)
+        err.message = message
+        answer.status = err.status
+        if last is None:
+            answer.status = 503
+        ex.respond(answer.status, wire.error_body(message, err.type, "upstream_" + (
+            last.kind if last is not None else "unavailable")), wire.JSON,
+            answer.response_headers())
+

@@ -1,0 +1,93 @@
+"""The error tree and the only mapping from errors to HTTP status codes."""
+
+from __future__ import annotations
+
+
+class ProxyError(Exception):
+    """Base of every error llmedge answers a client with."""
+
+    status = 500
+    type = "server_error"
+    code: str | None = None
+    param: str | None = None
+
+    def __init__(self, message: str, *, code: str | None = None, param: str | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if param is not None:
+            self.param = param
+        self.retry_after = retry_after
+
+
+class ClientError(ProxyError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class BadRequest(ClientError):
+    pass
+
+
+class NotFound(ClientError):
+    status = 404
+    code = "model_not_found"
+
+
+class MethodNotAllowed(ClientError):
+    status = 405
+
+
+class PayloadTooLarge(ClientError):
+    status = 413
+    code = "request_too_large"
+
+
+class UpstreamError(ProxyError):
+    """An attempt at one upstream failed; the dispatcher may try another."""
+
+    status = 502
+    type = "upstream_error"
+    kind = "error"
+
+
+class UpstreamConnectError(UpstreamError):
+    kind = "connect"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    kind = "timeout"
+
+
+class UpstreamReset(UpstreamError):
+    kind = "reset"
+
+
+class UpstreamStatus(UpstreamError):
+    """The upstream answered with a retryable status (429 or 5xx)."""
+
+    kind = "status"
+
+    def __init__(self, message: str, *, upstream_status: int, body: bytes,
+                 content_type: bytes | None, retry_after: float | None = None) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.upstream_status = upstream_status
+        self.body = body
+        self.content_type = content_type
+
+
+class NoHealthyUpstream(ProxyError):
+    status = 503
+    type = "upstream_error"
+    code = "no_healthy_upstream"
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be served; ``problems`` lists every reason with its path."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems

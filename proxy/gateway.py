@@ -1,0 +1,191 @@
+"""The HTTP application: endpoints, request validation and per-request bookkeeping."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+
+import msgspec
+
+from .dispatch import Answer, Dispatcher
+from .errors import BadRequest, ClientError, MethodNotAllowed, NotFound, ProxyError
+from .http import wire
+from .http.front import Exchange
+from .metrics import Metrics
+from .routing.router import Router
+
+log = logging.getLogger("llmedge.gateway")
+
+
+class MessageView(msgspec.Struct):
+    role: str
+
+
+class ChatView(msgspec.Struct):
+    """The part of a chat request routing needs; msgspec skips every other field."""
+
+    model: str
+    messages: list[MessageView]
+    stream: bool | None = False
+
+
+class EmbeddingsView(msgspec.Struct):
+    model: str
+    input: msgspec.Raw
+
+
+_chat_decoder = msgspec.json.Decoder(ChatView)
+_embeddings_decoder = msgspec.json.Decoder(EmbeddingsView)
+
+CHAT_PATH = b"/chat/completions"
+EMBEDDINGS_PATH = b"/embeddings"
+_REQUEST_ID_OK = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+
+
+def _decode(decoder: msgspec.json.Decoder, body: bytes):
+    if not body:
+        raise BadRequest("the request body is empty; expected a JSON object")
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        param = None
+        if " - at `$." in text:
+            text, _, path = text.partition(" - at `$.")
+            param = path.rstrip("`")
+            text = "%s: %s" % (param, text)
+        elif text.startswith("Object missing required field"):
+            param = text.rpartition("`")[0].rpartition("`")[2] or None
+        raise BadRequest("invalid request: %s" % text, param=param) from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest("the request body is not valid JSON: %s" % exc) from None
+
+
+class Gateway:
+    """Implements ``http.front.Application``."""
+
+    def __init__(self, router: Router, metrics: Metrics) -> None:
+        self.router = router
+        self.metrics = metrics
+        self.dispatcher = Dispatcher(metrics)
+        self.draining = False
+        self.started = False
+        self.inflight = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self._request_prefix = os.urandom(4).hex().encode()
+        self._request_count = 0
+        self._tasks: set[asyncio.Task] = set()
+
+    # === http.front.Application ===
+
+    def connection_count(self, delta: int) -> None:
+        self.metrics.connections.inc(delta)
+
+    def handle(self, ex: Exchange) -> None:
+        path = ex.url.partition(b"?")[0]
+        if path == b"/v1/chat/completions":
+            self._proxy(ex, CHAT_PATH, _chat_decoder)
+        elif path == b"/v1/embeddings":
+            self._proxy(ex, EMBEDDINGS_PATH, _embeddings_decoder)
+        elif path == b"/v1/models":
+            self._get(ex) and ex.respond(200, self.router.models_body)
+        elif path == b"/healthz":
+            self._get(ex) and ex.respond(200, b'{"status":"ok"}')
+        elif path == b"/readyz":
+            self._get(ex) and self._ready(ex)
+        elif path == b"/metrics":
+            self._get(ex) and ex.respond(200, self.metrics.exposition(),
+                                         self.metrics.content_type)
+        else:
+            self._error(ex, NotFound("no such endpoint: %s" % path.decode("latin-1"),
+                                     code="not_found"))
+
+    # === endpoints ===
+
+    def _get(self, ex: Exchange) -> bool:
+        if ex.method == b"GET":
+            return True
+        self._error(ex, MethodNotAllowed("use GET for this endpoint", code="method_not_allowed"))
+        return False
+
+    def _ready(self, ex: Exchange) -> None:
+        reasons = self.router.unready()
+        if self.draining:
+            reasons.insert(0, "draining")
+        elif not self.started:
+            reasons.insert(0, "starting")
+        if reasons:
+            ex.respond(503, msgspec.json.encode({"status": "unready", "reasons": reasons}))
+        else:
+            ex.respond(200, b'{"status":"ready"}')
+
+    def _proxy(self, ex: Exchange, path: bytes, decoder: msgspec.json.Decoder) -> None:
+        if ex.method != b"POST":
+            self._error(ex, MethodNotAllowed("use POST for this endpoint",
+                                             code="method_not_allowed"))
+            return
+        started = time.perf_counter()
+        try:
+            view = _decode(decoder, ex.body)
+            if path is CHAT_PATH and not view.messages:
+                raise BadRequest("messages: must contain at least one message",
+                                 param="messages")
+            plan = self.router.plan(view.model)
+        except ClientError as exc:
+            self._error(ex, exc)
+            self.metrics.request("-", "-", exc.status, time.perf_counter() - started)
+            return
+        stream = bool(getattr(view, "stream", False))
+        answer = Answer(ex, plan, path, ex.body, view.model, stream, self._request_id(ex))
+        task = asyncio.get_running_loop().create_task(self._run(answer, started))
+        ex.task = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, answer: Answer, started: float) -> None:
+        self.inflight += 1
+        self.metrics.inflight.inc()
+        self.idle.clear()
+        try:
+            await self.dispatcher.run(answer, answer.plan.candidates(self.router.rnd))
+        except asyncio.CancelledError:
+            answer.status = 499  # the client went away; nothing left to answer
+            raise
+        except Exception:
+            log.exception("unexpected error answering %s", answer.request_id)
+            answer.status = 500
+            ex = answer.exchange
+            if not ex.started:
+                ex.respond_error(500, wire.error_body("internal error", "server_error"))
+            elif not ex.finished:
+                ex.abort()
+        finally:
+            self.inflight -= 1
+            self.metrics.inflight.dec()
+            if self.inflight == 0:
+                self.idle.set()
+            self.metrics.request(answer.plan.name,
+                                 answer.upstream.name if answer.upstream else "-",
+                                 answer.status, time.perf_counter() - started)
+
+    def _error(self, ex: Exchange, exc: ProxyError) -> None:
+        extra = b""
+        if exc.retry_after is not None:
+            extra = b"retry-after: %s\r\n" % wire.retry_after_value(exc.retry_after)
+        ex.respond(exc.status, wire.proxy_error_body(exc), wire.JSON, extra)
+
+    def _request_id(self, ex: Exchange) -> bytes:
+        given = ex.headers.get(b"x-request-id")
+        if given and len(given) <= 128 and all(c in _REQUEST_ID_OK for c in given):
+            return given
+        self._request_count += 1
+        return b"%s-%x" % (self._request_prefix, self._request_count)
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,0 +1,374 @@
+"""HttpFront: the client-facing HTTP/1.1 protocol over httptools.
+
+One instance per client connection. Requests are parsed straight from ``data_received``;
+pipelined requests queue on the connection and are answered strictly in order; each is
+an ``Exchange`` the application answers synchronously or from a task it owns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol
+
+import httptools
+
+from . import wire
+
+log = logging.getLogger("llmedge.http")
+
+
+class Limits:
+    __slots__ = ("max_body", "max_header_bytes", "max_headers", "request_timeout",
+                 "keepalive_timeout", "max_pipelined")
+
+    def __init__(self, max_body: int, max_header_bytes: int, max_headers: int,
+                 request_timeout: float, keepalive_timeout: float, max_pipelined: int) -> None:
+        self.max_body = max_body
+        self.max_header_bytes = max_header_bytes
+        self.max_headers = max_headers
+        self.request_timeout = request_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.max_pipelined = max_pipelined
+
+
+class Application(Protocol):
+    def handle(self, exchange: Exchange) -> None:
+        """Answer the exchange now, or start a task that will (and set ``exchange.task``)."""
+
+    def connection_count(self, delta: int) -> None: ...
+
+
+class Exchange:
+    """One request and the means to answer it. Bytes are written to the client directly."""
+
+    __slots__ = ("front", "method", "url", "headers", "body", "keep_alive", "http10",
+                 "task", "started", "finished", "chunked", "on_pause", "on_resume")
+
+    def __init__(self, front: HttpFront, method: bytes, url: bytes,
+                 headers: dict[bytes, bytes], body: bytes, keep_alive: bool,
+                 http10: bool) -> None:
+        self.front = front
+        self.method = method
+        self.url = url
+        self.headers = headers
+        self.body = body
+        self.keep_alive = keep_alive
+        self.http10 = http10
+        self.task: asyncio.Task | None = None
+        self.started = False          # the response head has been written
+        self.finished = False
+        self.chunked = False
+        # Flow control: set by whoever produces the body (an upstream connection), so a
+        # slow client pauses reading from the upstream instead of growing our buffers.
+        self.on_pause: Callable[[], None] | None = None
+        self.on_resume: Callable[[], None] | None = None
+
+    @property
+    def client_gone(self) -> bool:
+        return self.front.transport is None
+
+    @property
+    def client_paused(self) -> bool:
+        return self.front.write_paused
+
+    def respond(self, status: int, body: bytes, content_type: bytes = wire.JSON,
+                extra: bytes = b"") -> None:
+        """A whole response with a Content-Length. ``extra`` is a ready header block."""
+        if self.started:
+            raise RuntimeError("response already started")
+        self.started = True
+        keep = self.keep_alive and not self.front.closing
+        head = b"%scontent-type: %s\r\ncontent-length: %d\r\n%s%s\r\n" % (
+            wire.status_line(status), content_type, len(body), extra,
+            wire.KEEP_ALIVE if keep else wire.CLOSE)
+        self.front.write(head + body if len(body) < 16384 else head)
+        if len(body) >= 16384:
+            self.front.write(body)
+        self.keep_alive = keep
+        self._finish()
+
+    def respond_error(self, status: int, body: bytes, extra: bytes = b"") -> None:
+        self.respond(status, body, wire.JSON, extra)
+
+    def start_stream(self, status: int, content_type: bytes, extra: bytes = b"") -> None:
+        """Write the head of a streamed response; the body follows with ``write``."""
+        if self.started:
+            raise RuntimeError("response already started")
+        self.started = True
+        keep = self.keep_alive and not self.front.closing and not self.http10
+        self.chunked = not self.http10
+        self.keep_alive = keep
+        self.front.write(b"%scontent-type: %s\r\ncache-control: no-cache\r\n%s%s%s\r\n" % (
+            wire.status_line(status), content_type,
+            b"transfer-encoding: chunked\r\n" if self.chunked else b"", extra,
+            wire.KEEP_ALIVE if keep else wire.CLOSE))
+
+    def write(self, data: bytes) -> None:
+        if not data or self.finished:
+            return
+        if self.chunked:
+            self.front.write(b"%x\r\n%s\r\n" % (len(data), data))
+        else:
+            self.front.write(data)
+
+    def end_stream(self) -> None:
+        if self.finished:
+            return
+        if self.chunked:
+            self.front.write(b"0\r\n\r\n")
+        self._finish()
+
+    def abort(self) -> None:
+        """Drop the connection: used when a response cannot be completed honestly."""
+        self.keep_alive = False
+        self.front.abort()
+
+    def _finish(self) -> None:
+        self.finished = True
+        self.on_pause = self.on_resume = None
+        self.front.exchange_done(self)
+
+
+class HttpFront(asyncio.Protocol):
+    __slots__ = ("app", "limits", "loop", "transport", "parser", "write_paused", "closing",
+                 "_url", "_headers", "_header_bytes", "_body", "_body_size", "_rejected",
+                 "_current", "_queue", "_read_paused", "_timer", "_registry")
+
+    def __init__(self, app: Application, limits: Limits, loop: asyncio.AbstractEventLoop,
+                 registry: set[HttpFront]) -> None:
+        self.app = app
+        self.limits = limits
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.write_paused = False
+        self.closing = False          # no new requests: answer what is queued, then close
+        self._url = b""
+        self._headers: dict[bytes, bytes] = {}
+        self._header_bytes = 0
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._rejected = False        # this request was answered early (413, 431): drop it
+        self._current: Exchange | None = None
+        self._queue: deque[Exchange] = deque()
+        self._read_paused = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._registry = registry
+
+    # === transport callbacks ===
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self._registry.add(self)
+        self.app.connection_count(1)
+        # A client that connects and sends nothing is as slow as one that sends slowly.
+        self._arm(self.limits.request_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self._registry.discard(self)
+        self.app.connection_count(-1)
+        self._disarm()
+        for exchange in ([self._current] if self._current else []) + list(self._queue):
+            if exchange.task is not None and not exchange.task.done():
+                exchange.task.cancel()
+        self._queue.clear()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(400, "protocol upgrades are not supported")
+        except httptools.HttpParserError as exc:
+            if not self._rejected:
+                self._fail(400, "malformed HTTP request: %s" % exc)
+            else:
+                self._close_after_write()
+
+    def eof_received(self) -> bool | None:
+        # A half-closed client may still read what it asked for; close once answered.
+        self.closing = True
+        if self._current is None and not self._queue:
+            self._close_after_write()
+        return True
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        ex = self._current
+        if ex is not None and ex.on_pause is not None:
+            ex.on_pause()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        ex = self._current
+        if ex is not None and ex.on_resume is not None:
+            ex.on_resume()
+
+    # === parser callbacks ===
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = {}
+        self._header_bytes = 0
+        self._body = []
+        self._body_size = 0
+        self._rejected = False
+        self._arm(self.limits.request_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._header_bytes += len(url)
+        if self._header_bytes > self.limits.max_header_bytes:
+            self._reject(414, "request URL too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4
+        if (self._header_bytes > self.limits.max_header_bytes
+                or len(self._headers) >= self.limits.max_headers):
+            self._reject(431, "request headers too large or too many")
+            return
+        name = name.lower()
+        if name in self._headers:
+            self._headers[name] += b", " + value
+        else:
+            self._headers[name] = value
+
+    def on_headers_complete(self) -> None:
+        if self._rejected:
+            return
+        length = self._headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limits.max_body:
+            self._reject(413, "request body larger than %d bytes" % self.limits.max_body)
+            return
+        if self._headers.get(b"expect", b"").lower() == b"100-continue":
+            # Only an unanswered request may be told to continue; a pipelined one waits.
+            if self.transport is not None:
+                self.transport.write(wire.CONTINUE)
+
+    def on_body(self, body: bytes) -> None:
+        if self._rejected:
+            return
+        self._body_size += len(body)
+        if self._body_size > self.limits.max_body:
+            self._reject(413, "request body larger than %d bytes" % self.limits.max_body)
+            return
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self._rejected:
+            return
+        self._disarm()
+        parser = self.parser
+        exchange = Exchange(self, parser.get_method(), self._url, self._headers,
+                            b"".join(self._body), parser.should_keep_alive(),
+                            parser.get_http_version() == "1.0")
+        self._body = []
+        if self._current is None:
+            self._start(exchange)
+        else:
+            self._queue.append(exchange)
+            if len(self._queue) >= self.limits.max_pipelined and not self._read_paused:
+                self._read_paused = True
+                if self.transport is not None:
+                    self.transport.pause_reading()
+
+    # === exchanges ===
+
+    def _start(self, exchange: Exchange) -> None:
+        self._current = exchange
+        try:
+            self.app.handle(exchange)
+        except Exception:  # the application's bug must not take the connection's peers down
+            log.exception("unhandled error answering %s %s", exchange.method, exchange.url)
+            if not exchange.started:
+                exchange.respond_error(500, wire.error_body("internal error", "server_error"))
+            elif not exchange.finished:
+                exchange.abort()
+
+    def exchange_done(self, exchange: Exchange) -> None:
+        if exchange is not self._current:
+            return
+        self._current = None
+        if not exchange.keep_alive:
+            self._close_after_write()
+            return
+        if self._queue:
+            if self._read_paused and len(self._queue) < self.limits.max_pipelined:
+                self._read_paused = False
+                if self.transport is not None:
+                    self.transport.resume_reading()
+            self._start(self._queue.popleft())
+        elif self.closing:
+            self._close_after_write()
+        elif self._timer is None:
+            self._arm(self.limits.keepalive_timeout)
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def shutdown(self) -> None:
+        """Drain: finish what is being answered, take no new request, then close."""
+        self.closing = True
+        if self._current is None and not self._queue:
+            self._close_after_write()
+
+    @property
+    def busy(self) -> bool:
+        return self._current is not None or bool(self._queue)
+
+    # === errors and timers ===
+
+    def _reject(self, status: int, message: str) -> None:
+        """Answer a request that must not be read further, then close the connection."""
+        self._rejected = True
+        self._fail(status, message)
+
+    def _fail(self, status: int, message: str) -> None:
+        if self.transport is None:
+            return
+        # Answer only when nothing else is on the wire, or the reply would interleave.
+        if self._current is None:
+            body = wire.error_body(message, "invalid_request_error")
+            self.transport.write(b"%scontent-type: application/json\r\ncontent-length: %d\r\n"
+                                 b"connection: close\r\n\r\n%s"
+                                 % (wire.status_line(status), len(body), body))
+            self._close_after_write()
+        else:
+            self.closing = True
+            self._queue.clear()
+            self.transport.pause_reading()
+
+    def _close_after_write(self) -> None:
+        self._disarm()
+        if self.transport is not None:
+            self.transport.close()
+
+    def _arm(self, delay: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_later(delay, self._on_timeout)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timeout(self) -> None:
+        self._timer = None
+        if self.transport is None:
+            return
+        if self._current is None and not self._queue and self.parser_mid_request():
+            self._fail(408, "request not received in time")
+        elif self._current is None and not self._queue:
+            self.transport.close()
+
+    def parser_mid_request(self) -> bool:
+        return bool(self._url or self._headers or self._body_size)
