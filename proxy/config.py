@@ -46,6 +46,7 @@ class ServerSection(msgspec.Struct, forbid_unknown_fields=True):
 class UpstreamSection(msgspec.Struct, forbid_unknown_fields=True):
     timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
     pool_max_idle: int = 64              # idle keep-alive connections kept per endpoint
+    ca_file: str | None = None           # PEM bundle trusted for https upstreams (default: system)
 
 
 class Deployment(msgspec.Struct, forbid_unknown_fields=True):
@@ -174,6 +175,9 @@ def check(config: Config) -> list[str]:
         if not (value > 0 and math.isfinite(value)):
             problems.append("server.%s: must be a positive number of seconds" % field)
     _check_timeouts("upstream.timeouts", config.upstream.timeouts, problems)
+    ca_file = config.upstream.ca_file
+    if ca_file is not None and not os.path.isfile(ca_file):
+        problems.append("upstream.ca_file: no such file %r" % ca_file)
     if config.upstream.pool_max_idle < 0:
         problems.append("upstream.pool_max_idle: must be >= 0")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import socket
@@ -52,8 +53,11 @@ class Server:
         loop = asyncio.get_running_loop()
         # Loading CA certificates reads files: not on the loop.
         needs_tls = any(u.startswith("https:") for d in config.deployments for u in d.urls)
-        ssl_context = await loop.run_in_executor(None, ssl.create_default_context) \
-            if needs_tls else None
+        ssl_context = None
+        if needs_tls:
+            ssl_context = await loop.run_in_executor(
+                None, functools.partial(ssl.create_default_context,
+                                        cafile=config.upstream.ca_file))
         self.router = Router(config, ssl_context)
         self.gateway = Gateway(self.router, self.metrics)
         server = config.server

@@ -1,0 +1,622 @@
+"""A fast OpenAI-compatible upstream simulator: a real HTTP/1.1 server for tests and benchmarks.
+
+It is the baseline the proxy's overhead is measured against, so it is built on the same stack
+as the proxy (uvloop + httptools in an ``asyncio.Protocol``) and precomputes reply bytes.
+
+Run ``python -m proxy.simulator [flags]``; once listening it prints one line,
+``LISTENING <host>:<port>``, to stdout, and it exits with status 0 on SIGTERM/SIGINT.
+
+Flags (all behaviour flags can also be changed at runtime, see ``POST /_sim/config``):
+  --host H            bind address (127.0.0.1)
+  --port P            bind port; 0 picks an ephemeral one (0)
+  --model NAME        model for /v1/models and for requests that name none (sim-model)
+  --name NAME         identifies this process: ``x-sim-name`` header, ``system_fingerprint`` (sim)
+  --ttft-ms F         delay before the first token (stream) or before the answer (0)
+  --tokens-per-s F    stream pacing, one content chunk every 1/F s; 0 = unpaced (0). A
+                      non-streamed answer waits as long as its stream would for its last chunk.
+  --chunks N          content chunks per stream; non-streamed content is them joined (8)
+  --reply TEXT        the assistant's text, cut into --chunks pieces
+  --status CODE       answer every chat/embeddings request with CODE and an OpenAI error body
+  --error-rate P      probability of answering --error-status instead (seeded by --seed)
+  --error-status C    status used by --error-rate (500)
+  --retry-after S     add ``Retry-After: S`` to injected 429 and 503 answers
+  --stall-after N     streams go silent after N content chunks, keeping the connection open;
+                      N=0 also makes non-streamed chat requests never answered
+  --drop-after N      streams close the connection after N content chunks, mid chunked body;
+                      N=0 also makes non-streamed chat requests closed without an answer
+  --seed N            seed of the error-rate random generator (0)
+
+Endpoints: POST /v1/chat/completions, POST /v1/embeddings, GET /v1/models, GET /_sim/stats,
+POST /_sim/reset (zero counters, reseed; body ``{"config": true}`` also restores the startup
+config), GET|POST /_sim/config (JSON object of snake_case behaviour options; null restores an
+option's startup value; answers the effective config). Injected errors are answered at once,
+without the TTFT delay, as rate limiters and overloaded frontends do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import logging
+import random
+import signal
+import ssl
+import sys
+import time
+from collections import deque
+
+import httptools
+import orjson
+
+from . import simulator_wire as wire
+from .simulator_wire import (BEHAVIOUR_DEFAULTS, DEFAULT_REPLY, Behaviour, ConfigError,
+                             validate_option)
+
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - platforms without uvloop
+    uvloop = None
+
+log = logging.getLogger("llmedge.simulator")
+
+MAX_BODY = 64 * 1024 * 1024
+# Past this many queued pipelined requests stop reading, so a flood cannot grow memory unbounded.
+MAX_PIPELINE = 64
+
+STAT_KEYS = ("requests", "chat", "embeddings", "models", "streams_started", "streams_completed",
+             "streams_aborted", "streams_dropped", "streams_stalled", "errors_injected",
+             "connections_opened", "connections_closed")
+
+
+class Request:
+    __slots__ = ("method", "path", "headers", "body", "keep_alive", "http10", "bad")
+
+    def __init__(self, method, path, headers, body, keep_alive, http10, bad=None):
+        self.method = method
+        self.path = path
+        self.headers = headers
+        self.body = body
+        self.keep_alive = keep_alive
+        self.http10 = http10
+        self.bad = bad  # (status, message) of a parse failure: answer it and close
+
+
+class Stream:
+    """Progress of one SSE response; ``cut`` is the event index where stall/drop kicks in."""
+
+    __slots__ = ("events", "n_content", "idx", "cut", "drop", "interval", "keep_alive")
+
+    def __init__(self, events, n_content, cut, drop, interval, keep_alive):
+        self.events = events
+        self.n_content = n_content
+        self.idx = 0
+        self.cut = cut
+        self.drop = drop
+        self.interval = interval
+        self.keep_alive = keep_alive
+
+
+class SimProtocol(asyncio.Protocol):
+    """One client connection: parses requests, queues pipelined ones, answers them in order."""
+
+    def __init__(self, sim: "Simulator") -> None:
+        self.sim = sim
+        self.loop = sim.loop
+        self.transport = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.queue: deque[Request] = deque()
+        self.busy = False
+        self.draining = False
+        self.closed = False
+        self.dropping = False
+        self.read_paused = False
+        self.write_paused = False
+        self.on_resume = None
+        self.timer = None
+        self.stream: Stream | None = None
+        self._url = b""
+        self._headers: list = []
+        self._body: list = []
+        self._body_len = 0
+        self._expect = False
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.sim.stats["connections_opened"] += 1
+        self.sim.connections.add(self)
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        sim = self.sim
+        sim.stats["connections_closed"] += 1
+        sim.connections.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.stream is not None and not self.dropping and not sim.stopping:
+            sim.stats["streams_aborted"] += 1
+        self.stream = None
+        self.queue.clear()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        cb, self.on_resume = self.on_resume, None
+        if cb is not None and not self.closed:
+            cb()
+
+    def data_received(self, data: bytes) -> None:
+        if self.parser is None:
+            return  # after a parse error everything up to the close is garbage
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._reject("protocol upgrades are not supported")
+        except httptools.HttpParserError as exc:
+            # httptools re-wraps callback exceptions, hence the flag rather than an except.
+            if self._body_len > MAX_BODY:
+                self._reject("request body too large", 413)
+            else:
+                self._reject("malformed HTTP request: %s" % exc)
+        if len(self.queue) >= MAX_PIPELINE and not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
+        self._drain()
+
+    # -- httptools callbacks -------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._body = []
+        self._body_len = 0
+        self._expect = False
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+        # The length test keeps the common case free of a lower() per header.
+        if len(name) == 6 and name.lower() == b"expect" and value.lower() == b"100-continue":
+            self._expect = True
+
+    def on_headers_complete(self) -> None:
+        # Only when nothing is in flight: a 100 written mid-response would corrupt it.
+        if self._expect and not self.busy and not self.queue:
+            self.transport.write(wire.CONTINUE)
+
+    def on_body(self, body: bytes) -> None:
+        self._body_len += len(body)
+        if self._body_len > MAX_BODY:
+            raise ValueError("body too large")
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        p = self.parser
+        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        self.queue.append(Request(p.get_method(), self._url.partition(b"?")[0], self._headers,
+                                  body, p.should_keep_alive(), p.get_http_version() == "1.0"))
+
+    def _reject(self, message: str, status: int = 400) -> None:
+        self.parser = None
+        self.queue.append(Request(b"", b"", [], b"", False, False, (status, message)))
+
+    # -- request sequencing --------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        if self.draining:
+            return
+        self.draining = True
+        try:
+            while not self.busy and self.queue and not self.closed:
+                req = self.queue.popleft()
+                self.busy = True
+                if req.bad is not None:
+                    self.send(req, req.bad[0], wire.error_body(req.bad[0], req.bad[1]))
+                else:
+                    self.sim.handle(self, req)
+            if self.read_paused and len(self.queue) < MAX_PIPELINE // 4 and not self.closed:
+                self.read_paused = False
+                self.transport.resume_reading()
+        finally:
+            self.draining = False
+
+    def finish(self, keep_alive: bool) -> None:
+        """The current response is fully written: move on to the next pipelined request."""
+        self.busy = False
+        self.stream = None
+        if not keep_alive:
+            self.closed = True
+            self.transport.close()
+        elif not self.draining:
+            self._drain()
+
+    # -- responses -----------------------------------------------------------------------------
+
+    def head(self, req: Request, status: int, ctype: bytes, length: int | None,
+             extra: bytes = b"") -> bytes:
+        if not req.keep_alive:
+            conn = wire.CLOSE
+        else:
+            conn = wire.KEEP_ALIVE if req.http10 else b""
+        framing = (b"content-length: %d\r\n" % length if length is not None
+                   else b"transfer-encoding: chunked\r\n")
+        return b"%scontent-type: %s\r\n%s%s%s%s\r\n" % (
+            wire.status_line(status), ctype, framing, self.sim.common_headers, conn, extra)
+
+    def send(self, req: Request, status: int, body: bytes, extra: bytes = b"",
+             delay: float = 0.0) -> None:
+        data = self.head(req, status, wire.JSON_TYPE, len(body), extra) + body
+        if delay > 0:
+            self.timer = self.loop.call_later(delay, self._send_now, data, req.keep_alive)
+        else:
+            self._send_now(data, req.keep_alive)
+
+    def _send_now(self, data: bytes, keep_alive: bool) -> None:
+        self.timer = None
+        if self.closed:
+            return
+        self.transport.write(data)
+        self.finish(keep_alive)
+
+    def drop(self) -> None:
+        """Close the connection as a crashing upstream would, mid-response if need be."""
+        self.dropping = True
+        self.closed = True
+        self.transport.close()
+
+    def start_stream(self, req: Request, events: list, beh: Behaviour) -> None:
+        n = beh.fragments.completion_tokens
+        cut, drop = len(events), False
+        # A limit at or past the finish event withholds nothing, so it is ignored.
+        for limit, is_drop in ((beh.stall_after, False), (beh.drop_after, True)):
+            if limit is not None and limit <= n and limit + 1 <= cut:
+                cut, drop = limit + 1, is_drop
+        self.stream = Stream(events, n, cut, drop, beh.interval, req.keep_alive)
+        self.sim.stats["streams_started"] += 1
+        self.transport.write(self.head(req, 200, b"text/event-stream", None,
+                                       b"cache-control: no-cache\r\n"))
+        if beh.ttft > 0:
+            self.timer = self.loop.call_later(beh.ttft, self._stream_step)
+        else:
+            self._stream_step()
+
+    def _stream_step(self) -> None:
+        """Write every event that is due now, then schedule the next one or end the stream."""
+        self.timer = None
+        st = self.stream
+        if st is None or self.closed:
+            return
+        if self.write_paused:
+            self.on_resume = self._stream_step
+            return
+        start = idx = st.idx
+        n, cut, paced = st.n_content, st.cut, st.interval > 0
+        # The role event rides with the first content; contents are then spaced by the
+        # interval; finish, usage and [DONE] follow the last content at once.
+        while idx < cut:
+            idx += 1
+            if paced and 1 <= idx - 1 < n:
+                break
+        st.idx = idx
+        self.transport.write(b"".join(st.events[start:idx]))
+        if idx == len(st.events):
+            self.sim.stats["streams_completed"] += 1
+            self.finish(st.keep_alive)
+        elif idx == cut:
+            self._cut_stream(st)
+        else:
+            self.timer = self.loop.call_later(st.interval, self._stream_step)
+
+    def _cut_stream(self, st: Stream) -> None:
+        if st.drop:
+            self.sim.stats["streams_dropped"] += 1
+            self.drop()
+        else:
+            # Stays pending: connection_lost counts it as aborted when the client gives up.
+            self.sim.stats["streams_stalled"] += 1
+
+
+class Simulator:
+    """Shared state of all connections: config, counters, and the request handlers."""
+
+    def __init__(self, model: str = "sim-model", name: str = "sim", seed: int = 0,
+                 **options) -> None:
+        self.model = model
+        self.name = name
+        self.seed = seed
+        self.rng = random.Random(seed)
+        startup = dict(BEHAVIOUR_DEFAULTS)
+        for key, value in options.items():
+            startup[key] = validate_option(key, value)
+        self.startup = startup
+        self.behaviour = Behaviour(dict(startup))
+        self.stats = dict.fromkeys(STAT_KEYS, 0)
+        self.last_headers: list = []
+        self.last_body = None
+        self.connections: set[SimProtocol] = set()
+        self.stopping = False
+        self.loop = None
+        self.server = None
+        self._ids = itertools.count(1)
+        self._model_json = orjson.dumps(model)
+        self._fingerprint = orjson.dumps("fp_sim_" + name)
+        self.common_headers = b"server: llmedge-sim\r\nx-sim-name: %s\r\n" % name.encode("latin-1")
+        self._models_body = orjson.dumps({"object": "list", "data": [
+            {"id": model, "object": "model", "created": 0, "owned_by": "sim"}]})
+        self._routes = {
+            (b"POST", b"/v1/chat/completions"): self.chat,
+            (b"POST", b"/v1/embeddings"): self.embeddings,
+            (b"GET", b"/v1/models"): self.models,
+            (b"GET", b"/_sim/stats"): self.sim_stats,
+            (b"POST", b"/_sim/reset"): self.sim_reset,
+            (b"GET", b"/_sim/config"): self.sim_config,
+            (b"POST", b"/_sim/config"): self.sim_config,
+        }
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0,
+                    tls: ssl.SSLContext | None = None) -> tuple[str, int]:
+        self.loop = asyncio.get_running_loop()
+        self.server = await self.loop.create_server(lambda: SimProtocol(self), host, port,
+                                                    reuse_address=True, backlog=1024, ssl=tls)
+        return self.server.sockets[0].getsockname()[:2]
+
+    async def stop(self) -> None:
+        self.stopping = True
+        if self.server is not None:
+            self.server.close()
+        for conn in list(self.connections):
+            conn.closed = True
+            conn.transport.abort()
+        if self.server is not None:
+            await self.server.wait_closed()
+
+    # -- config ----------------------------------------------------------------------------------
+
+    def effective_config(self) -> dict:
+        return {**self.behaviour.options, "model": self.model, "name": self.name,
+                "seed": self.seed}
+
+    def update_config(self, changes: dict) -> None:
+        """Apply all changes or none: a bad key must not leave a half-changed config behind."""
+        options = dict(self.behaviour.options)
+        for key, value in changes.items():
+            if key not in BEHAVIOUR_DEFAULTS:
+                raise ConfigError("unknown option %r" % key)
+            options[key] = self.startup[key] if value is None else validate_option(key, value)
+        self.behaviour = Behaviour(options)
+
+    # -- routing ---------------------------------------------------------------------------------
+
+    def handle(self, conn: SimProtocol, req: Request) -> None:
+        handler = self._routes.get((req.method, req.path))
+        is_api = req.path.startswith(b"/v1/")
+        if is_api:
+            self.stats["requests"] += 1
+            self.last_headers = req.headers
+        if handler is not None:
+            handler(conn, req)
+        elif any(path == req.path for _, path in self._routes):
+            conn.send(req, 405, wire.error_body(405, "method %s not allowed on %s"
+                                                % (req.method.decode(), req.path.decode())))
+        else:
+            conn.send(req, 404, wire.error_body(404, "unknown path %s"
+                                                % req.path.decode("latin-1")))
+
+    def _parse_body(self, req: Request) -> tuple[dict | None, str]:
+        """(object, "") or (None, why); the parsed JSON is also remembered for /_sim/stats."""
+        try:
+            obj = orjson.loads(req.body)
+        except orjson.JSONDecodeError:
+            self.last_body = None
+            return None, "request body is not valid JSON"
+        self.last_body = obj
+        if not isinstance(obj, dict):
+            return None, "request body must be a JSON object"
+        return obj, ""
+
+    def _injected_error(self, conn: SimProtocol, req: Request, beh: Behaviour) -> bool:
+        status = beh.status
+        if status is None or status == 200:
+            status = None
+            if beh.error_rate > 0 and self.rng.random() < beh.error_rate:
+                status = beh.error_status
+        if status is None:
+            return False
+        self.stats["errors_injected"] += 1
+        extra = b""
+        if beh.retry_after is not None and status in (429, 503):
+            extra = b"retry-after: %s\r\n" % wire.format_seconds(beh.retry_after)
+        conn.send(req, status, wire.error_body(status, "simulated upstream error %d" % status),
+                  extra)
+        return True
+
+    def _bad_request(self, conn, req, message: str, param: str | None = None) -> None:
+        conn.send(req, 400, wire.error_body(400, message, param))
+
+    # -- /v1 handlers ----------------------------------------------------------------------------
+
+    def chat(self, conn: SimProtocol, req: Request) -> None:
+        self.stats["chat"] += 1
+        beh = self.behaviour
+        obj, error = self._parse_body(req)
+        if self._injected_error(conn, req, beh):
+            return
+        if obj is None:
+            return self._bad_request(conn, req, error)
+        messages = obj.get("messages")
+        if not isinstance(messages, list):
+            return self._bad_request(conn, req, "'messages' is a required property "
+                                     "and must be an array", "messages")
+        model = obj.get("model")
+        model_json = orjson.dumps(model) if isinstance(model, str) else self._model_json
+        prompt_tokens = wire.estimate_prompt_tokens(messages)
+        frags = beh.fragments
+        if obj.get("stream") is True:
+            opts = obj.get("stream_options")
+            include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
+            prefix = self._prefix(b'data: {"id":"chatcmpl-sim%x","object":"chat.completion.chunk"',
+                                  model_json)
+            conn.start_stream(req, frags.stream_events(prefix, prompt_tokens, include_usage), beh)
+        elif beh.stall_after == 0:
+            pass  # leave the request unanswered: the connection stays busy until closed
+        elif beh.drop_after == 0:
+            conn.drop()
+        else:
+            prefix = self._prefix(b'{"id":"chatcmpl-sim%x","object":"chat.completion"',
+                                  model_json)
+            conn.send(req, 200, frags.completion_body(prefix, prompt_tokens),
+                      delay=beh.nonstream_delay)
+
+    def _prefix(self, head: bytes, model_json: bytes) -> bytes:
+        return b'%s,"created":%d,"model":%s,"system_fingerprint":%s,' % (
+            head % next(self._ids), int(time.time()), model_json, self._fingerprint)
+
+    def embeddings(self, conn: SimProtocol, req: Request) -> None:
+        self.stats["embeddings"] += 1
+        beh = self.behaviour
+        obj, error = self._parse_body(req)
+        if self._injected_error(conn, req, beh):
+            return
+        if obj is None:
+            return self._bad_request(conn, req, error)
+        inputs = wire.embedding_inputs(obj.get("input"))
+        if inputs is None:
+            return self._bad_request(conn, req, "'input' must be a string or a non-empty "
+                                     "array of strings", "input")
+        model = obj.get("model")
+        tokens = sum(max(1, len(t) // 4) for t in inputs)
+        body = orjson.dumps({
+            "object": "list",
+            "data": [{"object": "embedding", "index": i, "embedding": wire.embedding_vector(t)}
+                     for i, t in enumerate(inputs)],
+            "model": model if isinstance(model, str) else self.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        })
+        conn.send(req, 200, body, delay=beh.ttft)
+
+    def models(self, conn: SimProtocol, req: Request) -> None:
+        self.stats["models"] += 1
+        conn.send(req, 200, self._models_body)
+
+    # -- /_sim control ---------------------------------------------------------------------------
+
+    def sim_stats(self, conn: SimProtocol, req: Request) -> None:
+        headers: dict[str, str] = {}
+        for name, value in self.last_headers:
+            key = name.decode("latin-1").lower()
+            value = value.decode("latin-1")
+            headers[key] = headers[key] + ", " + value if key in headers else value
+        stats = dict(self.stats)
+        stats["active_connections"] = len(self.connections)
+        stats["last_headers"] = headers
+        stats["last_body"] = self.last_body
+        conn.send(req, 200, orjson.dumps(stats))
+
+    def _control_body(self, conn, req):
+        if not req.body.strip():
+            return {}
+        try:
+            obj = orjson.loads(req.body)
+        except orjson.JSONDecodeError:
+            obj = None
+        if not isinstance(obj, dict):
+            self._bad_request(conn, req, "body must be a JSON object")
+            return None
+        return obj
+
+    def sim_reset(self, conn: SimProtocol, req: Request) -> None:
+        obj = self._control_body(conn, req)
+        if obj is None:
+            return
+        # Literal zeroes, so counts mean "since the reset"; active_connections stays live.
+        self.stats = dict.fromkeys(STAT_KEYS, 0)
+        self.last_headers = []
+        self.last_body = None
+        self.rng = random.Random(self.seed)
+        if obj.get("config") is True:
+            self.behaviour = Behaviour(dict(self.startup))
+        conn.send(req, 200, orjson.dumps({"ok": True}))
+
+    def sim_config(self, conn: SimProtocol, req: Request) -> None:
+        if req.method == b"POST":
+            obj = self._control_body(conn, req)
+            if obj is None:
+                return
+            try:
+                self.update_config(obj)
+            except ConfigError as exc:
+                return self._bad_request(conn, req, str(exc))
+        conn.send(req, 200, orjson.dumps(self.effective_config()))
+
+
+# -- command line --------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m proxy.simulator",
+                                description="OpenAI-compatible upstream simulator")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--model", default="sim-model")
+    p.add_argument("--name", default="sim")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ttft-ms", type=float, default=0.0)
+    p.add_argument("--tokens-per-s", type=float, default=0.0)
+    p.add_argument("--chunks", type=int, default=8)
+    p.add_argument("--reply", default=DEFAULT_REPLY)
+    p.add_argument("--status", type=int, default=None)
+    p.add_argument("--error-rate", type=float, default=0.0)
+    p.add_argument("--error-status", type=int, default=500)
+    p.add_argument("--retry-after", type=float, default=None)
+    p.add_argument("--stall-after", type=int, default=None)
+    p.add_argument("--drop-after", type=int, default=None)
+    p.add_argument("--log-level", default="WARNING")
+    p.add_argument("--tls-cert", help="serve https with this certificate (PEM)")
+    p.add_argument("--tls-key", help="the certificate's private key (PEM)")
+    return p
+
+
+async def serve(args: argparse.Namespace) -> None:
+    options = {k: getattr(args, k) for k in BEHAVIOUR_DEFAULTS}
+    sim = Simulator(model=args.model, name=args.name, seed=args.seed, **options)
+    tls = None
+    if args.tls_cert:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(args.tls_cert, args.tls_key)
+    host, port = await sim.start(args.host, args.port, tls)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    sys.stdout.write("LISTENING %s:%d\n" % (host, port))
+    sys.stdout.flush()
+    log.info("simulator %s listening on %s:%d", args.name, host, port)
+    await stop.wait()
+    await sim.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        for key in BEHAVIOUR_DEFAULTS:
+            validate_option(key, getattr(args, key))
+    except ConfigError as exc:
+        parser.error(str(exc))
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    factory = uvloop.new_event_loop if uvloop is not None else None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(serve(args))
+
+
+if __name__ == "__main__":
+    main()
