@@ -11,9 +11,7 @@ cdef Py_ssize_t _select(const double* weights, Py_ssize_t n, double total,
                         double r) noexcept nogil:
     # Same scan as WeightedOrder._select in weighted_py.py, including the rounding rule.
     cdef double target, acc = 0.0
-    cdef Py_ssize_t i, last_positive = 0
-    if total <= 0.0:
-        return 0
+    cdef Py_ssize_t i, last_positive = -1
     target = r * total
     for i in range(n):
         if weights[i] <= 0.0:
@@ -22,7 +20,7 @@ cdef Py_ssize_t _select(const double* weights, Py_ssize_t n, double total,
         acc += weights[i]
         if target < acc:
             return i
-    return last_positive
+    return last_positive if last_positive >= 0 else 0
 
 
 cdef class WeightedOrder:
@@ -76,14 +74,16 @@ cdef class WeightedOrder:
         cdef double* remaining = self._scratch
         for i in range(self._n):
             remaining[i] = self._weights[i]
-            total += remaining[i]
             if remaining[i] > 0.0:
                 positive += 1
         result = []
         for k in range(positive):
+            # Summed afresh each round, as in weighted_py.py: see the note there.
+            total = 0.0
+            for i in range(self._n):
+                total += remaining[i]
             i = _select(remaining, self._n, total, <double>rnd())
             result.append(i)
-            total -= remaining[i]
             remaining[i] = 0.0
         for i in range(self._n):
             if self._weights[i] == 0.0:

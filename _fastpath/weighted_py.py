@@ -46,17 +46,19 @@ class WeightedOrder:
     def order(self, rnd: Callable[[], float]) -> list[int]:
         """Every index, ordered by successive weighted draws from ``rnd()`` in [0, 1)."""
         remaining = list(self._weights)
-        total = 0.0
         positive = 0
         for w in remaining:
-            total += w
             if w > 0.0:
                 positive += 1
         result = []
         for _ in range(positive):
+            # The total is summed afresh each round: subtracting the chosen weight would
+            # let a tiny weight vanish in rounding and be chosen twice.
+            total = 0.0
+            for w in remaining:
+                total += w
             i = self._select(remaining, total, rnd())
             result.append(i)
-            total -= remaining[i]
             remaining[i] = 0.0
         for i, w in enumerate(self._weights):
             if w == 0.0:
@@ -65,10 +67,8 @@ class WeightedOrder:
 
     @staticmethod
     def _select(weights: list[float], total: float, r: float) -> int:
-        if total <= 0.0:
-            return 0
         target = r * total
-        last_positive = 0
+        last_positive = -1
         acc = 0.0
         for i, w in enumerate(weights):
             if w <= 0.0:
@@ -78,4 +78,5 @@ class WeightedOrder:
             if target < acc:
                 return i
         # r close to 1.0 can leave target >= acc through rounding: the last candidate wins.
-        return last_positive
+        # With no positive weight at all, the first candidate stands.
+        return last_positive if last_positive >= 0 else 0
