@@ -517,6 +517,10 @@ class Simulator:
             headers[key] = headers[key] + ", " + value if key in headers else value
         stats = dict(self.stats)
         stats["active_connections"] = len(self.connections)
+        # Bytes written but not yet taken by clients: shows whether a reader holds us back.
+        stats["pending_write_bytes"] = sum(
+            c.transport.get_write_buffer_size() for c in self.connections
+            if c.transport is not None)
         stats["last_headers"] = headers
         stats["last_body"] = self.last_body
         conn.send(req, 200, orjson.dumps(stats))
