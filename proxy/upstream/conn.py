@@ -33,7 +33,7 @@ class UpstreamConn(asyncio.Protocol):
                  "_headers", "_head_waiter", "_done_waiter", "_body", "_body_size",
                  "_sink", "_sink_done", "_complete", "_error", "_timer", "_idle_s",
                  "_last_activity", "_timeout_kind", "_paused_by_client", "_early_paused",
-                 "on_close")
+                 "_keep_alive", "on_close")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -56,6 +56,7 @@ class UpstreamConn(asyncio.Protocol):
         self._timeout_kind = ""
         self._paused_by_client = False
         self._early_paused = False
+        self._keep_alive = False
         self.on_close: Callable[[UpstreamConn], None] | None = None
 
     # === transport callbacks ===
@@ -130,6 +131,8 @@ class UpstreamConn(asyncio.Protocol):
         if self.parser.get_status_code() < 200:
             return
         self._complete = True
+        # Asked here: once feed_data returns, the parser has reset for the next message.
+        self._keep_alive = self.parser.should_keep_alive()
         self._cancel_timer()
         waiter = self._done_waiter
         self._done_waiter = None
@@ -147,6 +150,7 @@ class UpstreamConn(asyncio.Protocol):
         self._body_size = 0
         self._sink = None
         self._complete = False
+        self._keep_alive = False
         self._error = None
         self._early_paused = False
         self._idle_s = idle_s
@@ -205,7 +209,7 @@ class UpstreamConn(asyncio.Protocol):
 
     def reusable(self, head: ResponseHead) -> bool:
         return (self.alive and self._complete and self._error is None
-                and self.parser.should_keep_alive()
+                and self._keep_alive
                 and head.headers.get(b"connection", b"").lower() != b"close")
 
     def pause_reading(self) -> None:
