@@ -25,6 +25,7 @@ USER_AGENT = b"user-agent: llmedge/0.1\r\n"
 # A partial SSE event held back while waiting for its end is bounded: past this the
 # upstream is not speaking SSE and the bytes are passed on as they are.
 MAX_PENDING_EVENT = 1024 * 1024
+DEFAULT_RETRY_AFTER_S = 1.0
 
 
 def _retry_after(headers: dict[bytes, bytes]) -> float | None:
@@ -230,8 +231,12 @@ class Dispatcher:
         if isinstance(last, UpstreamStatus):
             # The last upstream's own answer says best what went wrong (429 keeps its hint).
             extra = answer.response_headers()
-            if last.retry_after is not None:
-                extra += b"retry-after: %s\r\n" % wire.retry_after_value(last.retry_after)
+            retry_after = last.retry_after
+            if retry_after is None and last.upstream_status in (429, 503):
+                # A client told to back off must be told for how long.
+                retry_after = DEFAULT_RETRY_AFTER_S
+            if retry_after is not None:
+                extra += b"retry-after: %s\r\n" % wire.retry_after_value(retry_after)
             answer.status = last.upstream_status
             ex.respond(last.upstream_status, last.body, last.content_type or wire.JSON, extra)
             return

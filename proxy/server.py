@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import signal
 import socket
 import ssl
+import sys
 
 import _fastpath
 
@@ -129,5 +131,7 @@ async def serve(config: Config, *, reuse_port: bool = False, ready_line: bool = 
     server.install_signals()
     if ready_line and server.address is not None:
         # One machine-readable line, so scripts and tests learn an ephemeral port.
-        print("LISTENING %s:%d" % server.address, flush=True)
+        # One write call: with --workers the lines of several processes must not interleave.
+        os.write(sys.stdout.fileno(), b"LISTENING %s:%d\n" % (server.address[0].encode(),
+                                                               server.address[1]))
     await server.serve_until_stopped()

@@ -80,7 +80,7 @@ class Exchange:
         if self.started:
             raise RuntimeError("response already started")
         self.started = True
-        keep = self.keep_alive and not self.front.closing
+        keep = self.keep_alive and not self.front.last_answer
         head = b"%scontent-type: %s\r\ncontent-length: %d\r\n%s%s\r\n" % (
             wire.status_line(status), content_type, len(body), extra,
             wire.KEEP_ALIVE if keep else wire.CLOSE)
@@ -98,7 +98,7 @@ class Exchange:
         if self.started:
             raise RuntimeError("response already started")
         self.started = True
-        keep = self.keep_alive and not self.front.closing and not self.http10
+        keep = self.keep_alive and not self.front.last_answer and not self.http10
         self.chunked = not self.http10
         self.keep_alive = keep
         self.front.write(b"%scontent-type: %s\r\ncache-control: no-cache\r\n%s%s%s\r\n" % (
@@ -135,7 +135,8 @@ class Exchange:
 class HttpFront(asyncio.Protocol):
     __slots__ = ("app", "limits", "loop", "transport", "parser", "write_paused", "closing",
                  "_url", "_headers", "_header_bytes", "_body", "_body_size", "_rejected",
-                 "_current", "_queue", "_read_paused", "_timer", "_registry")
+                 "_current", "_queue", "_read_paused", "_timer", "_registry", "_deferred_error",
+                 "_continue_due")
 
     def __init__(self, app: Application, limits: Limits, loop: asyncio.AbstractEventLoop,
                  registry: set[HttpFront]) -> None:
@@ -157,6 +158,11 @@ class HttpFront(asyncio.Protocol):
         self._read_paused = False
         self._timer: asyncio.TimerHandle | None = None
         self._registry = registry
+        # An error found while earlier pipelined requests are still being answered: it is
+        # written after them, so none of those is lost and the replies stay in order.
+        self._deferred_error: tuple[int, str] | None = None
+        # "Expect: 100-continue" from a request queued behind another: said when it is due.
+        self._continue_due = False
 
     # === transport callbacks ===
 
@@ -189,11 +195,10 @@ class HttpFront(asyncio.Protocol):
                 self._close_after_write()
 
     def eof_received(self) -> bool | None:
-        # A half-closed client may still read what it asked for; close once answered.
-        self.closing = True
-        if self._current is None and not self._queue:
-            self._close_after_write()
-        return True
+        # A client that closes its side has given up on what it asked (as nginx reads it):
+        # returning False closes the transport, and connection_lost cancels the request so
+        # the upstream stops generating.
+        return False
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -244,9 +249,13 @@ class HttpFront(asyncio.Protocol):
             self._reject(413, "request body larger than %d bytes" % self.limits.max_body)
             return
         if self._headers.get(b"expect", b"").lower() == b"100-continue":
-            # Only an unanswered request may be told to continue; a pipelined one waits.
-            if self.transport is not None:
-                self.transport.write(wire.CONTINUE)
+            # An interim response may not land inside another request's answer: a request
+            # queued behind others is told to continue when the line is free.
+            if self._current is None and not self._queue:
+                if self.transport is not None:
+                    self.transport.write(wire.CONTINUE)
+            else:
+                self._continue_due = True
 
     def on_body(self, body: bytes) -> None:
         if self._rejected:
@@ -260,6 +269,7 @@ class HttpFront(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self._rejected:
             return
+        self._continue_due = False
         self._disarm()
         parser = self.parser
         exchange = Exchange(self, parser.get_method(), self._url, self._headers,
@@ -296,15 +306,27 @@ class HttpFront(asyncio.Protocol):
             self._close_after_write()
             return
         if self._queue:
-            if self._read_paused and len(self._queue) < self.limits.max_pipelined:
+            if (self._read_paused and len(self._queue) < self.limits.max_pipelined
+                    and not self.closing):
                 self._read_paused = False
                 if self.transport is not None:
                     self.transport.resume_reading()
             self._start(self._queue.popleft())
+        elif self._deferred_error is not None:
+            self._write_error(*self._deferred_error)
         elif self.closing:
             self._close_after_write()
-        elif self._timer is None:
-            self._arm(self.limits.keepalive_timeout)
+        else:
+            if self._continue_due and self.transport is not None:
+                self._continue_due = False
+                self.transport.write(wire.CONTINUE)
+            if self._timer is None:
+                self._arm(self.limits.keepalive_timeout)
+
+    @property
+    def last_answer(self) -> bool:
+        """The response being written is the connection's last one."""
+        return (self.closing or self._deferred_error is not None) and not self._queue
 
     def write(self, data: bytes) -> None:
         if self.transport is not None:
@@ -332,19 +354,24 @@ class HttpFront(asyncio.Protocol):
         self._fail(status, message)
 
     def _fail(self, status: int, message: str) -> None:
+        """Answer a request that cannot be parsed further, then close: the stream of
+        requests has lost its framing. Requests complete before it are answered first."""
         if self.transport is None:
             return
-        # Answer only when nothing else is on the wire, or the reply would interleave.
-        if self._current is None:
-            body = wire.error_body(message, "invalid_request_error")
-            self.transport.write(b"%scontent-type: application/json\r\ncontent-length: %d\r\n"
-                                 b"connection: close\r\n\r\n%s"
-                                 % (wire.status_line(status), len(body), body))
-            self._close_after_write()
-        else:
-            self.closing = True
-            self._queue.clear()
+        if self._current is None and not self._queue:
+            self._write_error(status, message)
+        elif self._deferred_error is None:
+            self._deferred_error = (status, message)
             self.transport.pause_reading()
+
+    def _write_error(self, status: int, message: str) -> None:
+        if self.transport is None:
+            return
+        body = wire.error_body(message, "invalid_request_error")
+        self.transport.write(b"%scontent-type: application/json\r\ncontent-length: %d\r\n"
+                             b"connection: close\r\n\r\n%s"
+                             % (wire.status_line(status), len(body), body))
+        self._close_after_write()
 
     def _close_after_write(self) -> None:
         self._disarm()
