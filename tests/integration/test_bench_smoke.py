@@ -1,0 +1,145 @@
+"""Smoke test of the benchmark scripts: they run and write well-formed JSON.
+
+No assertion here is about timing: numbers measured on a shared CI machine mean nothing
+to a test. Only the shape of the output, and that requests were answered, is checked.
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BENCH = REPO / "bench"
+PERCENTILE_KEYS = ("count", "min", "mean", "max", "p50", "p90", "p99", "p99.9")
+
+
+def start_simulator() -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen([sys.executable, "-m", "proxy.simulator", "--port", "0"],
+                            cwd=REPO, stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    line = ""
+    while not line.endswith("\n") and time.monotonic() < deadline and proc.poll() is None:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
+        if ready:
+            line += proc.stdout.readline()
+    if not line.startswith("LISTENING "):
+        stop(proc)
+        pytest.fail("simulator did not report LISTENING, got %r" % line)
+    return proc, int(line.rsplit(":", 1)[1])
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    proc.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def simulator():
+    proc, port = start_simulator()
+    yield port
+    stop(proc)
+
+
+def check_summary(summary: dict) -> None:
+    assert set(PERCENTILE_KEYS) <= set(summary), summary
+    assert summary["count"] > 0
+
+
+def run_load(port: int, tmp_path: Path, *args: str) -> tuple[dict, str]:
+    out = tmp_path / "load.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "load.py"),
+         "--url", "http://127.0.0.1:%d/v1/chat/completions" % port, "--model", "smoke",
+         "--duration", "0.3", "--warmup", "0.1", "--timeout", "10", "--json", str(out), *args],
+        cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(out.read_text()), proc.stdout
+
+
+def test_load_closed_loop(simulator, tmp_path):
+    data, stdout = run_load(simulator, tmp_path, "--connections", "4")
+    assert data["mode"] == "closed"
+    assert data["requests"] > 0 and data["error_count"] == 0, data["errors"]
+    check_summary(data["latency_us"])
+    assert data["ttfb_us"] is None and data["service_us"] is None
+    for key in ("achieved_rps", "totals", "generator", "histograms", "options", "loop"):
+        assert key in data
+    assert data["totals"]["connections_opened"] >= 4
+    assert "| latency |" in stdout and "achieved req/s" in stdout
+
+
+def test_load_open_loop_streaming(simulator, tmp_path):
+    data, _ = run_load(simulator, tmp_path, "--rate", "200", "--arrival", "poisson", "--stream")
+    assert data["mode"] == "open" and data["target_rps"] == 200
+    assert data["requests"] > 0 and data["error_count"] == 0, data["errors"]
+    for key in ("latency_us", "service_us", "send_lag_us", "ttfb_us", "ttft_us",
+                "inter_chunk_us", "chunks_per_response"):
+        check_summary(data[key])
+    assert data["chunks_per_response"]["min"] >= 2
+
+
+def test_load_counts_connect_errors(tmp_path):
+    import socket
+    with socket.socket() as s:          # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data, _ = run_load(port, tmp_path, "--connections", "2", "--quiet")
+    assert data["requests"] == 0
+    assert data["errors"].get("connect", 0) > 0, data["errors"]
+
+
+def test_compare_quick(tmp_path):
+    out = tmp_path / "compare.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "compare.py"), "--quick", "--seconds", "0.3",
+         "--warmup", "0.1", "--peers", "litellm,portkey", "--json", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(out.read_text())
+
+    meta = report["meta"]
+    for key in ("git", "python", "loop", "cpu_model", "fastpath", "nproc", "pinning"):
+        assert key in meta, key
+    assert meta["fastpath"] in ("c", "py")
+
+    targets = report["targets"]
+    assert {"direct", "nginx", "llmedge"} <= set(targets)
+    measured = [n for n, t in targets.items() if "skipped" not in t]
+    assert {"direct", "llmedge"} <= set(measured)
+    for name in measured:
+        t = targets[name]
+        assert "error" not in t, t["error"]
+        for key in ("startup_s", "rss_idle_mb", "rss_after_mb", "rss_peak_mb"):
+            assert key in t, (name, key)
+        assert set(t["scenarios"]) == {"c1", "c64", "stream_c1"}
+        for scenario, res in t["scenarios"].items():
+            assert "error" not in res, (name, scenario, res["error"])
+            assert res["requests"] > 0 and res["error_count"] == 0, (name, scenario, res)
+            check_summary(res["latency_us"])
+            assert "target_cpu_us_per_request" in res and "machine" in res
+        check_summary(t["scenarios"]["stream_c1"]["ttfb_us"])
+
+    summary = report["summary"]
+    for key in ("c1_p50_us", "c1_p99_us", "added_c1_p50_us", "added_c1_p99_us", "c64_rps",
+                "c64_cpu_us_per_request", "stream_ttfb_p50_us", "added_stream_ttfb_p50_us",
+                "rss_idle_mb", "rss_peak_mb", "startup_s"):
+        assert key in summary["llmedge"], key
+    assert isinstance(report["budget"], list) and report["budget"]
+    assert all(b["status"] in ("met", "missed", "n/a") for b in report["budget"])
+    for peer in ("litellm", "portkey"):
+        assert "not implemented" in report["peers"][peer]["status"]
+    assert "| llmedge |" in proc.stdout and "| direct (simulator) |" in proc.stdout
