@@ -275,7 +275,11 @@ class HttpFront(asyncio.Protocol):
         exchange = Exchange(self, parser.get_method(), self._url, self._headers,
                             b"".join(self._body), parser.should_keep_alive(),
                             parser.get_http_version() == "1.0")
+        # Nothing of this request is pending any more: the idle timer must see a clean slate.
         self._body = []
+        self._url = b""
+        self._headers = {}
+        self._body_size = 0
         if self._current is None:
             self._start(exchange)
         else:

@@ -387,3 +387,27 @@ def test_serve_refuses_a_bad_config(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "deployments: at least one deployment is needed" in proc.stderr
+
+
+def test_idle_keep_alive_connection_closes_without_a_408(start_edge, sims, dead_port):
+    edge = start_edge(edge_config(sims, dead_port, server="  keepalive_timeout_s: 0.5"))
+    with RawConn(edge.port) as conn:
+        conn.send(request_bytes("GET", "/healthz"))
+        assert conn.read_response().status == 200
+        # Past the keep-alive timeout the connection just closes: an unsolicited 408 could
+        # be read as the answer to a request the client sends at that moment.
+        assert conn.read_to_eof() == b""
+
+
+def test_stream_broken_mid_way_keeps_the_connection_usable(edge, sims):
+    sims.gamma.configure(drop_after=2)
+    body = {"model": "gamma", "stream": True, "messages": [{"role": "user", "content": "x"}]}
+    with RawConn(edge.port) as conn:
+        conn.send(request_bytes("POST", "/v1/chat/completions", body))
+        resp = conn.read_response()
+        assert resp.status == 200 and b'"error"' in resp.body
+        assert resp.headers.get("connection") == "keep-alive"
+        sims.gamma.configure(drop_after=None)
+        # The chunked body ended cleanly, so the same connection serves the next request.
+        conn.send(request_bytes("POST", "/v1/chat/completions", {**body, "stream": False}))
+        assert conn.read_response().status == 200
