@@ -1,0 +1,13 @@
+from collections.abc import Sequence
+
+class HashRing:
+    def __init__(self, nodes: Sequence[str | bytes], vnodes: int = 160) -> None: ...
+    def __len__(self) -> int: ...
+    def lookup(self, key: str | bytes) -> int: ...
+    def lookup_bounded(
+        self,
+        key: str | bytes,
+        loads: Sequence[int],
+        epsilon: float,
+        available: Sequence[bool] | None = None,
+    ) -> int: ...
