@@ -11,13 +11,23 @@ NO_EXTENSIONS = bool(os.environ.get("LLMEDGE_NO_EXTENSIONS")) or sys.implementat
 
 if not NO_EXTENSIONS:
     try:
+        from .cachekey import cache_key, canonical
+        from .hashing import HashRing
+        from .scoring import (EP_EJECTED, EP_HALF_OPEN, EP_HEALTHY, EP_OPEN, POLICY_COST,
+                              POLICY_LATENCY, POLICY_SCORE, EndpointTable)
         from .weighted import WeightedOrder
     except ImportError:
         NO_EXTENSIONS = True
 
 if NO_EXTENSIONS:
+    from .cachekey_py import cache_key, canonical  # type: ignore[assignment]
+    from .hashing_py import HashRing  # type: ignore[assignment]
+    from .scoring_py import (EP_EJECTED, EP_HALF_OPEN, EP_HEALTHY,  # type: ignore[assignment]
+                             EP_OPEN, POLICY_COST, POLICY_LATENCY, POLICY_SCORE, EndpointTable)
     from .weighted_py import WeightedOrder  # type: ignore[assignment]
 
 IMPLEMENTATION = "py" if NO_EXTENSIONS else "c"
 
-__all__ = ("IMPLEMENTATION", "NO_EXTENSIONS", "WeightedOrder")
+__all__ = ("EP_EJECTED", "EP_HALF_OPEN", "EP_HEALTHY", "EP_OPEN", "IMPLEMENTATION",
+           "NO_EXTENSIONS", "POLICY_COST", "POLICY_LATENCY", "POLICY_SCORE", "EndpointTable",
+           "HashRing", "WeightedOrder", "cache_key", "canonical")
