@@ -15,7 +15,8 @@ import msgspec
 
 from .errors import ConfigError
 
-POLICIES = ("ordered", "weighted")
+POLICIES = ("ordered", "weighted", "cost", "latency", "score")
+AFFINITIES = ("session",)
 PROVIDERS = ("openai",)
 
 
@@ -74,6 +75,15 @@ class RouteCache(msgspec.Struct, forbid_unknown_fields=True):
     ttl_s: float = 600.0
 
 
+class Objective(msgspec.Struct, forbid_unknown_fields=True):
+    """Weights of the ``score`` policy over features normalised across candidates."""
+
+    cost: float = 0.0
+    latency: float = 0.0
+    quality: float = 0.0
+    load: float = 0.0
+
+
 class Route(msgspec.Struct, forbid_unknown_fields=True):
     name: str
     deployments: list[str]
@@ -81,6 +91,12 @@ class Route(msgspec.Struct, forbid_unknown_fields=True):
     weights: dict[str, float] = {}      # weighted policy; a deployment left out weighs 1
     fallbacks: list[str] = []
     cache: RouteCache | None = None
+    objective: Objective | None = None  # score policy
+    require_tags: list[str] = []        # every deployment used must carry all of these
+    min_quality: float | None = None    # constraints: deployments outside them are not used
+    max_price: float | None = None      # USD per 1M tokens, input + output
+    affinity: str | None = None         # "session": one session sticks to one replica
+    affinity_epsilon: float = 0.25      # bounded load: no replica above (1 + e) x the mean
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True):
@@ -196,6 +212,8 @@ def check(config: Config) -> list[str]:
             _url_problem("%s.base_url" % where, dep.base_url, problems)
         for j, url in enumerate(dep.endpoints):
             _url_problem("%s.endpoints[%d]" % (where, j), url, problems)
+            if url in dep.endpoints[:j]:
+                problems.append("%s.endpoints[%d]: %r is listed twice" % (where, j, url))
         if not 0.0 <= dep.quality <= 1.0:
             problems.append("%s.quality: must be between 0 and 1" % where)
         if dep.price.input < 0 or dep.price.output < 0:
@@ -229,13 +247,36 @@ def check(config: Config) -> list[str]:
                 problems.append("%s.weights.%s: must be a number >= 0" % (where, name))
         if route.weights and route.policy != "weighted":
             problems.append("%s.weights: only used by policy 'weighted'" % where)
+        if route.policy == "score":
+            objective = route.objective
+            values = [] if objective is None else [
+                getattr(objective, f) for f in objective.__struct_fields__]
+            if not values or not all(v >= 0 and math.isfinite(v) for v in values) \
+                    or not any(values):
+                problems.append("%s.objective: policy 'score' needs weights >= 0, at least one "
+                                "> 0 (cost, latency, quality, load)" % where)
+        elif route.objective is not None:
+            problems.append("%s.objective: only used by policy 'score'" % where)
+        for j, tag in enumerate(route.require_tags):
+            if not tag or "," in tag or tag != tag.strip():
+                problems.append("%s.require_tags[%d]: %r is not a usable tag" % (where, j, tag))
+        if route.min_quality is not None and not 0.0 <= route.min_quality <= 1.0:
+            problems.append("%s.min_quality: must be between 0 and 1" % where)
+        if route.max_price is not None and not route.max_price >= 0:
+            problems.append("%s.max_price: must be >= 0" % where)
+        if route.affinity is not None and route.affinity not in AFFINITIES:
+            problems.append("%s.affinity: unknown affinity %r (known: %s)"
+                            % (where, route.affinity, ", ".join(AFFINITIES)))
+        if not (route.affinity_epsilon > 0 and math.isfinite(route.affinity_epsilon)):
+            problems.append("%s.affinity_epsilon: must be > 0" % where)
         if route.cache is not None and not route.cache.ttl_s > 0:
             problems.append("%s.cache.ttl_s: must be > 0" % where)
     return problems
 
 
 def _check_name(where: str, name: str, names: dict[str, str], problems: list[str]) -> None:
-    if not name or name != name.strip() or "," in name:
+    if (not name or name != name.strip() or "," in name
+            or any(ord(c) < 32 or ord(c) == 127 for c in name)):
         problems.append("%s.name: %r is not a usable name" % (where, name))
     elif name in names:
         problems.append("%s.name: %r is already used by %s" % (where, name, names[name]))

@@ -8,14 +8,16 @@ ends it with an SSE error event: never a truncation that looks complete.
 from __future__ import annotations
 
 import logging
+import time
 
 import orjson
 
-from .errors import ProxyError, UpstreamError, UpstreamReset, UpstreamStatus
+from .errors import (ProxyError, UpstreamError, UpstreamReset, UpstreamStatus,
+                     UpstreamUnavailable)
 from .http import wire
 from .http.front import Exchange
 from .metrics import Metrics
-from .routing.router import RoutePlan, Target
+from .routing.router import RoutePlan, Router, Target
 from .upstream.conn import ResponseHead, UpstreamConn
 from .upstream.pool import Endpoint
 
@@ -42,10 +44,12 @@ class Answer:
     """What one request needs while its candidates are tried."""
 
     __slots__ = ("exchange", "plan", "path", "body", "model", "stream", "request_id",
-                 "attempts", "upstream", "status", "_bodies")
+                 "attempts", "upstream", "status", "session", "reason", "head_at", "candidates",
+                 "_bodies")
 
     def __init__(self, exchange: Exchange, plan: RoutePlan, path: bytes, body: bytes,
-                 model: str, stream: bool, request_id: bytes) -> None:
+                 model: str, stream: bool, request_id: bytes, session: str | None = None,
+                 reason: str = "") -> None:
         self.exchange = exchange
         self.plan = plan
         self.path = path              # below the deployment's base URL, e.g. /chat/completions
@@ -56,6 +60,10 @@ class Answer:
         self.attempts = 0
         self.upstream: Target | None = None
         self.status = 0
+        self.session = session          # set when the route keeps sessions on one replica
+        self.reason = reason.encode("utf-8", "replace")
+        self.head_at = 0.0
+        self.candidates: list[Target] = []
         self._bodies: dict[str, bytes] = {}
 
     def body_for(self, target: Target) -> bytes:
@@ -72,9 +80,9 @@ class Answer:
 
     def response_headers(self) -> bytes:
         return b"x-llmedge-route: %s\r\nx-llmedge-upstream: %s\r\nx-llmedge-cache: bypass\r\n" \
-               b"x-llmedge-attempts: %d\r\nx-request-id: %s\r\n" % (
+               b"x-llmedge-attempts: %d\r\nx-llmedge-decision: %s\r\nx-request-id: %s\r\n" % (
                    self.plan.name_bytes, self.upstream.name_bytes if self.upstream else b"-",
-                   self.attempts, self.request_id)
+                   self.attempts, self.reason, self.request_id)
 
 
 class SseRelay:
@@ -84,7 +92,7 @@ class SseRelay:
     can still move to another candidate.
     """
 
-    __slots__ = ("answer", "conn", "head", "pending", "committed")
+    __slots__ = ("answer", "conn", "head", "pending", "committed", "committed_at")
 
     def __init__(self, answer: Answer, conn: UpstreamConn, head: ResponseHead) -> None:
         self.answer = answer
@@ -92,6 +100,7 @@ class SseRelay:
         self.head = head
         self.pending = b""
         self.committed = False
+        self.committed_at = 0.0
 
     def feed(self, data: bytes) -> None:
         if self.pending:
@@ -111,6 +120,7 @@ class SseRelay:
 
     def commit(self) -> None:
         self.committed = True
+        self.committed_at = time.monotonic()
         answer = self.answer
         ex = answer.exchange
         ex.start_stream(self.head.status, wire.EVENT_STREAM, answer.response_headers())
@@ -133,7 +143,8 @@ class SseRelay:
 
 
 class Dispatcher:
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, router: Router, metrics: Metrics) -> None:
+        self.router = router
         self.metrics = metrics
 
     async def run(self, answer: Answer, candidates: list[Target]) -> None:
@@ -159,7 +170,31 @@ class Dispatcher:
         self._fail(answer, last, errors)
 
     async def _attempt(self, answer: Answer, target: Target) -> None:
-        endpoint = target.endpoint()
+        """One try at one deployment: a replica from the endpoint table, and what the try
+        taught about that replica recorded back into it."""
+        picked = self.router.pick_endpoint(target, answer.session, answer.plan.epsilon)
+        if picked is None:
+            raise UpstreamUnavailable("every endpoint of %s is out of service" % target.name)
+        row, endpoint = picked
+        table = self.router.table
+        table.start(row)
+        started = time.monotonic()
+        try:
+            first_event_at = await self._exchange(answer, target, endpoint)
+        except UpstreamError:
+            now = time.monotonic()
+            table.record(row, now, (now - started) * 1e6, -1.0, True)
+            raise
+        except BaseException:
+            table.cancel(row)
+            raise
+        now = time.monotonic()
+        table.record(row, now, (answer.head_at - started) * 1e6,
+                     (first_event_at - started) * 1e6 if first_event_at else -1.0, False)
+
+    async def _exchange(self, answer: Answer, target: Target, endpoint: Endpoint) -> float:
+        """Send the request to one endpoint and answer the client from it; returns when the
+        first streamed event went out (0.0 for whole responses)."""
         timeouts = target.timeouts
         body = answer.body_for(target)
         request = [self._request_head(answer, target, endpoint, len(body)), body]
@@ -179,6 +214,7 @@ class Dispatcher:
                 conn = await endpoint.connect(timeouts.connect_s)
                 conn.send(request, timeouts.first_byte_s, timeouts.idle_s)
                 head = await conn.head()
+            answer.head_at = time.monotonic()
             status = head.status
             if status == 429 or status >= 500:
                 payload = await conn.read_whole()
@@ -195,10 +231,12 @@ class Dispatcher:
                 await conn.stream_to(relay.feed)
                 answer.status = status
                 relay.finish()
+                first_event_at = relay.committed_at
             else:
                 payload = await conn.read_whole()
                 answer.status = status
                 answer.exchange.respond(status, payload, content_type, answer.response_headers())
+                first_event_at = 0.0
         except BaseException:
             conn.abort()
             raise
@@ -206,6 +244,7 @@ class Dispatcher:
             endpoint.release(conn)
         else:
             conn.close()
+        return first_event_at
 
     @staticmethod
     def _request_head(answer: Answer, target: Target, endpoint: Endpoint, length: int) -> bytes:
@@ -223,7 +262,8 @@ class Dispatcher:
         ex.write(wire.sse_error_event(
             "upstream %s failed mid-stream: %s" % (target.name, exc.message),
             "upstream_error", "upstream_" + exc.kind))
-        ex.keep_alive = False
+        if not ex.chunked:
+            ex.keep_alive = False  # without chunked framing only a close ends the body
         ex.end_stream()
 
     def _fail(self, answer: Answer, last: UpstreamError | None, errors: list[str]) -> None:

@@ -66,6 +66,13 @@ class UpstreamReset(UpstreamError):
     kind = "reset"
 
 
+class UpstreamUnavailable(UpstreamError):
+    """Every endpoint of a deployment is ejected or has its circuit open."""
+
+    status = 503
+    kind = "unavailable"
+
+
 class UpstreamStatus(UpstreamError):
     """The upstream answered with a retryable status (429 or 5xx)."""
 

@@ -10,11 +10,11 @@ import time
 import msgspec
 
 from .dispatch import Answer, Dispatcher
-from .errors import BadRequest, ClientError, MethodNotAllowed, NotFound, ProxyError
+from .errors import BadRequest, MethodNotAllowed, NotFound, ProxyError
 from .http import wire
 from .http.front import Exchange
 from .metrics import Metrics
-from .routing.router import Router
+from .routing.router import Router, parse_tags
 
 log = logging.getLogger("llmedge.gateway")
 
@@ -29,16 +29,19 @@ class ChatView(msgspec.Struct):
     model: str
     messages: list[MessageView]
     stream: bool | None = False
+    user: str | None = None
 
 
 class EmbeddingsView(msgspec.Struct):
     model: str
     input: msgspec.Raw
+    user: str | None = None
 
 
 _chat_decoder = msgspec.json.Decoder(ChatView)
 _embeddings_decoder = msgspec.json.Decoder(EmbeddingsView)
 
+NO_TAGS: frozenset[str] = frozenset()
 CHAT_PATH = b"/chat/completions"
 EMBEDDINGS_PATH = b"/embeddings"
 _REQUEST_ID_OK = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
@@ -69,7 +72,7 @@ class Gateway:
     def __init__(self, router: Router, metrics: Metrics) -> None:
         self.router = router
         self.metrics = metrics
-        self.dispatcher = Dispatcher(metrics)
+        self.dispatcher = Dispatcher(router, metrics)
         self.draining = False
         self.started = False
         self.inflight = 0
@@ -134,12 +137,19 @@ class Gateway:
                 raise BadRequest("messages: must contain at least one message",
                                  param="messages")
             plan = self.router.plan(view.model)
-        except ClientError as exc:
+            tags = ex.headers.get(b"x-llmedge-tags")
+            session = ex.headers.get(b"x-llmedge-session")
+            session = session.decode("utf-8", "replace") if session else view.user
+            decision = plan.decide(self.router.table, self.router.rnd,
+                                   parse_tags(tags) if tags else NO_TAGS, session)
+        except ProxyError as exc:
             self._error(ex, exc)
             self.metrics.request("-", "-", exc.status, time.perf_counter() - started)
             return
         stream = bool(getattr(view, "stream", False))
-        answer = Answer(ex, plan, path, ex.body, view.model, stream, self._request_id(ex))
+        answer = Answer(ex, plan, path, ex.body, view.model, stream, self._request_id(ex),
+                        decision.session, decision.reason)
+        answer.candidates = decision.targets
         task = asyncio.get_running_loop().create_task(self._run(answer, started))
         ex.task = task
         self._tasks.add(task)
@@ -150,7 +160,7 @@ class Gateway:
         self.metrics.inflight.inc()
         self.idle.clear()
         try:
-            await self.dispatcher.run(answer, answer.plan.candidates(self.router.rnd))
+            await self.dispatcher.run(answer, answer.candidates)
         except asyncio.CancelledError:
             answer.status = 499  # the client went away; nothing left to answer
             raise

@@ -1,4 +1,11 @@
-"""The routing table: what a request's ``model`` names, and in what order to try upstreams."""
+"""The routing table: what a request's ``model`` names, which deployments may serve it,
+and in what order they are tried.
+
+Per request the router filters a route's deployments by compliance tags (the route's and
+the request's) and constraints, lets the route's policy order the rest, and appends the
+fallbacks that pass the same filters. Endpoints (replicas) are chosen later, per attempt,
+from the endpoint table.
+"""
 
 from __future__ import annotations
 
@@ -8,26 +15,36 @@ import ssl
 from collections.abc import Callable
 
 import orjson
+import xxhash
 
-from ..config import Config, Deployment, Timeouts
-from ..errors import ConfigError, NotFound
+from _fastpath import EndpointTable
+
+from ..config import Config, Deployment, Route, Timeouts
+from ..errors import BadRequest, ConfigError, NoHealthyUpstream, NotFound
 from ..upstream.pool import Endpoint
-from .policies import POLICIES, Direct
+from .affinity import SessionAffinity
+from .policies import POLICIES, Direct, Policy
 
 
 class Target:
-    """A deployment as the dispatcher sees it: endpoints, credentials, timeouts."""
+    """A deployment as the dispatcher sees it: endpoints with their table rows,
+    credentials, timeouts and what routing filters on."""
 
-    __slots__ = ("name", "upstream_model", "endpoints", "auth_header", "unusable",
-                 "timeouts", "_next", "name_bytes")
+    __slots__ = ("name", "name_bytes", "upstream_model", "endpoints", "rows", "auth_header",
+                 "unusable", "timeouts", "tags", "price", "quality", "affinity")
 
     def __init__(self, dep: Deployment, defaults: Timeouts, max_idle: int,
-                 ssl_context: ssl.SSLContext | None) -> None:
+                 ssl_context: ssl.SSLContext | None, table: EndpointTable) -> None:
         self.name = dep.name
         self.name_bytes = dep.name.encode()
         self.upstream_model = dep.upstream_model
         self.endpoints = [Endpoint(url, max_idle, ssl_context) for url in dep.urls]
+        self.price = dep.price.input + dep.price.output
+        self.quality = dep.quality
+        self.rows = [table.add(price=self.price, quality=dep.quality) for _ in self.endpoints]
         self.timeouts = dep.timeouts or defaults
+        self.tags = frozenset(dep.tags)
+        self.affinity: SessionAffinity | None = None
         self.unusable: str | None = None
         self.auth_header = b""
         if dep.api_key_env:
@@ -36,46 +53,131 @@ class Target:
                 self.auth_header = b"authorization: Bearer %s\r\n" % key.encode("latin-1")
             else:
                 self.unusable = "environment variable %s is not set" % dep.api_key_env
-        self._next = 0
-
-    def endpoint(self) -> Endpoint:
-        # Round robin over replicas; load-aware picking arrives with the endpoint table.
-        endpoints = self.endpoints
-        i = self._next
-        self._next = (i + 1) % len(endpoints)
-        return endpoints[i]
 
     def close(self) -> None:
         for endpoint in self.endpoints:
             endpoint.close()
 
 
+class Decision:
+    """The deployments to try, best first, and why."""
+
+    __slots__ = ("targets", "reason", "session")
+
+    def __init__(self, targets: list[Target], reason: str, session: str | None) -> None:
+        self.targets = targets
+        self.reason = reason
+        self.session = session
+
+
+class SessionRandom:
+    """A random stream seeded by a session key, so a session's weighted choice repeats."""
+
+    __slots__ = ("_state",)
+
+    def __init__(self, key: str) -> None:
+        self._state = xxhash.xxh3_64_intdigest(key.encode("utf-8", "surrogatepass")) or 1
+
+    def __call__(self) -> float:
+        # xorshift64*: plenty for spreading sessions, and cheap.
+        x = self._state
+        x ^= x >> 12
+        x ^= (x << 25) & 0xFFFFFFFFFFFFFFFF
+        x ^= x >> 27
+        self._state = x
+        return ((x * 0x2545F4914F6CDD1D) & 0xFFFFFFFFFFFFFFFF) / 18446744073709551616.0
+
+
 class RoutePlan:
-    __slots__ = ("name", "name_bytes", "targets", "fallbacks", "policy")
+    __slots__ = ("name", "name_bytes", "targets", "fallbacks", "policy", "require_tags",
+                 "min_quality", "max_price", "affinity", "epsilon")
 
     def __init__(self, name: str, targets: list[Target], fallbacks: list[Target],
-                 policy: object) -> None:
+                 policy: Policy, route: Route | None = None) -> None:
         self.name = name
         self.name_bytes = name.encode()
         self.targets = targets
         self.fallbacks = fallbacks
         self.policy = policy
+        self.require_tags = frozenset(route.require_tags) if route else frozenset()
+        self.min_quality = route.min_quality if route else None
+        self.max_price = route.max_price if route else None
+        self.affinity = route.affinity if route else None
+        self.epsilon = route.affinity_epsilon if route else 0.25
 
-    def candidates(self, rnd: Callable[[], float]) -> list[Target]:
-        targets = self.targets
-        ordered = [targets[i] for i in self.policy.order(rnd)]  # type: ignore[attr-defined]
-        for fallback in self.fallbacks:
+    def decide(self, table: EndpointTable, rnd: Callable[[], float],
+               request_tags: frozenset[str], session: str | None) -> Decision:
+        required = self.require_tags | request_tags if request_tags else self.require_tags
+        notes: list[str] = []
+        eligible = self._eligible(self.targets, required, notes)
+        if not eligible and not any(required <= t.tags for t in self.fallbacks):
+            self._refuse(required)
+        if self.affinity is not None and session is not None:
+            rnd = SessionRandom(session)
+        else:
+            session = None
+        if eligible:
+            order = self.policy.order(eligible, table, rnd)
+            ordered = [eligible[i] for i in order]
+        else:
+            ordered = []
+        for fallback in self._eligible(self.fallbacks, required, notes):
             if fallback not in ordered:
                 ordered.append(fallback)
-        return ordered
+        if not ordered:
+            raise NoHealthyUpstream("no deployment of %s %r meets its constraints (%s)"
+                                    % ("route" if self.policy.name != "direct" else
+                                       "deployment", self.name, "; ".join(notes)))
+        reason = "%s: %s" % (self.policy.name, ordered[0].name)
+        if len(ordered) > 1:
+            reason += " then " + ",".join(t.name for t in ordered[1:])
+        if notes:
+            reason += "; skipped " + "; ".join(notes)
+        return Decision(ordered, reason, session)
+
+    def _eligible(self, targets: list[Target], required: frozenset[str],
+                  notes: list[str]) -> list[Target]:
+        eligible = []
+        for t in targets:
+            if not required <= t.tags:
+                notes.append("%s (lacks %s)" % (t.name, ",".join(sorted(required - t.tags))))
+            elif self.min_quality is not None and t.quality < self.min_quality:
+                notes.append("%s (quality %g < %g)" % (t.name, t.quality, self.min_quality))
+            elif self.max_price is not None and t.price > self.max_price:
+                notes.append("%s (price %g > %g)" % (t.name, t.price, self.max_price))
+            else:
+                eligible.append(t)
+        return eligible
+
+    def _refuse(self, required: frozenset[str]) -> None:
+        lacking = []
+        for t in self.targets + self.fallbacks:
+            missing = sorted(required - t.tags)
+            lacking.append("%s lacks %s" % (t.name, ",".join(missing)))
+        raise BadRequest("no deployment of %r may serve this request: it requires tags %s (%s)"
+                         % (self.name, ",".join(sorted(required)), "; ".join(lacking)),
+                         code="unsatisfiable_tags", param="x-llmedge-tags")
+
+
+def parse_tags(value: bytes) -> frozenset[str]:
+    """``x-llmedge-tags: k=v,k=v`` -> the set of tags a deployment must carry."""
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("x-llmedge-tags: not UTF-8", param="x-llmedge-tags") from None
+    return frozenset(tag.strip() for tag in text.split(",") if tag.strip())
 
 
 class Router:
     def __init__(self, config: Config, ssl_context: ssl.SSLContext | None,
                  rnd: Callable[[], float] = random.random) -> None:
         self.rnd = rnd
+        # Unmeasured endpoints start optimistic (1 ms) so that they get tried and measured;
+        # a pessimistic start would leave a new replica unused next to a measured one.
+        self.table = EndpointTable(default_rtt_us=1000.0)
         defaults = config.upstream.timeouts
-        self.targets = {d.name: Target(d, defaults, config.upstream.pool_max_idle, ssl_context)
+        self.targets = {d.name: Target(d, defaults, config.upstream.pool_max_idle, ssl_context,
+                                       self.table)
                         for d in config.deployments}
         self.routes: dict[str, RoutePlan] = {}
         problems = []
@@ -85,9 +187,13 @@ class Router:
             except ValueError as exc:
                 problems.append("routes[%d]: %s" % (i, exc))
                 continue
-            self.routes[route.name] = RoutePlan(
-                route.name, [self.targets[n] for n in route.deployments],
-                [self.targets[n] for n in route.fallbacks], policy)
+            targets = [self.targets[n] for n in route.deployments]
+            fallbacks = [self.targets[n] for n in route.fallbacks]
+            self.routes[route.name] = RoutePlan(route.name, targets, fallbacks, policy, route)
+            if route.affinity == "session":
+                for target in targets + fallbacks:
+                    if target.affinity is None:
+                        target.affinity = SessionAffinity(target.endpoints, target.rows)
         if problems:
             raise ConfigError(problems)
         self._direct = {name: RoutePlan(name, [t], [], Direct())
@@ -103,6 +209,23 @@ class Router:
             raise NotFound("The model %r does not exist: it names no route or deployment"
                            % model, param="model")
         return plan
+
+    def pick_endpoint(self, target: Target, session: str | None,
+                      epsilon: float) -> tuple[int, Endpoint] | None:
+        """The replica for one attempt: by session affinity when the route asks for it,
+        else power of two choices on load; None when every replica is out."""
+        if session is not None and target.affinity is not None:
+            k = target.affinity.lookup(session, self.table, epsilon)
+        else:
+            rows = target.rows
+            if len(rows) == 1:
+                k = 0 if self.table.available(rows[0]) else -1
+            else:
+                row = self.table.pick(rows, self.rnd)
+                k = -1 if row < 0 else rows.index(row)
+        if k < 0:
+            return None
+        return target.rows[k], target.endpoints[k]
 
     def unready(self) -> list[str]:
         """Why some route has no usable deployment (empty when every route can serve)."""
