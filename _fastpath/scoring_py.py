@@ -187,8 +187,8 @@ class EndpointTable:
         """Groups (deployments: lists of endpoint rows) best first; those with no available
         endpoint come last, in their given order.
 
-        A group's price and quality are its first row's; its latency and load are those of
-        its best available row (the one ``pick`` would favour). ``policy`` POLICY_COST orders
+        A group's price and quality are its first row's; its latency is the lowest latency
+        and its load the lowest load among its available rows (each taken on its own). ``policy`` POLICY_COST orders
         by price, then latency; POLICY_LATENCY by load (latency × (inflight + 1)); POLICY_SCORE
         by ``weights`` = (cost, latency, quality, load) over features normalised to 0..1 across
         the available groups: lower cost, latency and load and higher quality score better.

@@ -73,6 +73,13 @@ class Deployment(msgspec.Struct, forbid_unknown_fields=True):
 
 class RouteCache(msgspec.Struct, forbid_unknown_fields=True):
     ttl_s: float = 600.0
+    when: str = "repeatable"    # repeatable (temperature 0 or a seed) | always
+    shared: bool = False        # True: one cache for every client credential (tenant)
+
+
+class CacheSection(msgspec.Struct, forbid_unknown_fields=True):
+    max_entries: int = 10_000
+    max_bytes: int = 64 * 1024 * 1024
 
 
 class Objective(msgspec.Struct, forbid_unknown_fields=True):
@@ -104,6 +111,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     routes: list[Route] = []
     server: ServerSection = msgspec.field(default_factory=ServerSection)
     upstream: UpstreamSection = msgspec.field(default_factory=UpstreamSection)
+    cache: CacheSection = msgspec.field(default_factory=CacheSection)
 
 
 _AT_PATH = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
@@ -194,6 +202,8 @@ def check(config: Config) -> list[str]:
     ca_file = config.upstream.ca_file
     if ca_file is not None and not os.path.isfile(ca_file):
         problems.append("upstream.ca_file: no such file %r" % ca_file)
+    if config.cache.max_entries < 1 or config.cache.max_bytes < 1:
+        problems.append("cache: max_entries and max_bytes must be >= 1")
     if config.upstream.pool_max_idle < 0:
         problems.append("upstream.pool_max_idle: must be >= 0")
 
@@ -269,8 +279,11 @@ def check(config: Config) -> list[str]:
                             % (where, route.affinity, ", ".join(AFFINITIES)))
         if not (route.affinity_epsilon > 0 and math.isfinite(route.affinity_epsilon)):
             problems.append("%s.affinity_epsilon: must be > 0" % where)
-        if route.cache is not None and not route.cache.ttl_s > 0:
-            problems.append("%s.cache.ttl_s: must be > 0" % where)
+        if route.cache is not None:
+            if not (route.cache.ttl_s > 0 and math.isfinite(route.cache.ttl_s)):
+                problems.append("%s.cache.ttl_s: must be > 0" % where)
+            if route.cache.when not in ("repeatable", "always"):
+                problems.append("%s.cache.when: must be 'repeatable' or 'always'" % where)
     return problems
 
 

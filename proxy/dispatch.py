@@ -12,6 +12,7 @@ import time
 
 import orjson
 
+from .cache import Entry, MemoryCache
 from .errors import (ProxyError, UpstreamError, UpstreamReset, UpstreamStatus,
                      UpstreamUnavailable)
 from .http import wire
@@ -45,7 +46,7 @@ class Answer:
 
     __slots__ = ("exchange", "plan", "path", "body", "model", "stream", "request_id",
                  "attempts", "upstream", "status", "session", "reason", "head_at", "candidates",
-                 "_bodies")
+                 "cache_state", "store_key", "_bodies")
 
     def __init__(self, exchange: Exchange, plan: RoutePlan, path: bytes, body: bytes,
                  model: str, stream: bool, request_id: bytes, session: str | None = None,
@@ -64,6 +65,8 @@ class Answer:
         self.reason = reason.encode("utf-8", "replace")
         self.head_at = 0.0
         self.candidates: list[Target] = []
+        self.cache_state = b"bypass"
+        self.store_key: bytes | None = None  # store a successful whole answer under this
         self._bodies: dict[str, bytes] = {}
 
     def body_for(self, target: Target) -> bytes:
@@ -79,10 +82,10 @@ class Answer:
         return body
 
     def response_headers(self) -> bytes:
-        return b"x-llmedge-route: %s\r\nx-llmedge-upstream: %s\r\nx-llmedge-cache: bypass\r\n" \
+        return b"x-llmedge-route: %s\r\nx-llmedge-upstream: %s\r\nx-llmedge-cache: %s\r\n" \
                b"x-llmedge-attempts: %d\r\nx-llmedge-decision: %s\r\nx-request-id: %s\r\n" % (
                    self.plan.name_bytes, self.upstream.name_bytes if self.upstream else b"-",
-                   self.attempts, self.reason, self.request_id)
+                   self.cache_state, self.attempts, self.reason, self.request_id)
 
 
 class SseRelay:
@@ -143,9 +146,10 @@ class SseRelay:
 
 
 class Dispatcher:
-    def __init__(self, router: Router, metrics: Metrics) -> None:
+    def __init__(self, router: Router, metrics: Metrics, cache: MemoryCache) -> None:
         self.router = router
         self.metrics = metrics
+        self.cache = cache
 
     async def run(self, answer: Answer, candidates: list[Target]) -> None:
         errors: list[str] = []
@@ -237,6 +241,9 @@ class Dispatcher:
                 answer.status = status
                 answer.exchange.respond(status, payload, content_type, answer.response_headers())
                 first_event_at = 0.0
+                if answer.store_key is not None and status == 200:
+                    self.cache.put(answer.store_key, Entry(
+                        payload, content_type, target.name_bytes, answer.plan.cache.ttl_s))
         except BaseException:
             conn.abort()
             raise

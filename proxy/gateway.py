@@ -8,7 +8,9 @@ import os
 import time
 
 import msgspec
+import orjson
 
+from .cache import MemoryCache, repeatable, request_key, sse_replay
 from .dispatch import Answer, Dispatcher
 from .errors import BadRequest, MethodNotAllowed, NotFound, ProxyError
 from .http import wire
@@ -69,10 +71,11 @@ def _decode(decoder: msgspec.json.Decoder, body: bytes):
 class Gateway:
     """Implements ``http.front.Application``."""
 
-    def __init__(self, router: Router, metrics: Metrics) -> None:
+    def __init__(self, router: Router, metrics: Metrics, cache: MemoryCache) -> None:
         self.router = router
         self.metrics = metrics
-        self.dispatcher = Dispatcher(router, metrics)
+        self.cache = cache
+        self.dispatcher = Dispatcher(router, metrics, cache)
         self.draining = False
         self.started = False
         self.inflight = 0
@@ -150,6 +153,9 @@ class Gateway:
         answer = Answer(ex, plan, path, ex.body, view.model, stream, self._request_id(ex),
                         decision.session, decision.reason)
         answer.candidates = decision.targets
+        if plan.cache is not None and path is CHAT_PATH and self._from_cache(answer, stream):
+            self.metrics.request(plan.name, "cache", 200, time.perf_counter() - started)
+            return
         task = asyncio.get_running_loop().create_task(self._run(answer, started))
         ex.task = task
         self._tasks.add(task)
@@ -180,6 +186,39 @@ class Gateway:
             self.metrics.request(answer.plan.name,
                                  answer.upstream.name if answer.upstream else "-",
                                  answer.status, time.perf_counter() - started)
+
+    def _from_cache(self, answer: Answer, stream: bool) -> bool:
+        """Answer from the cache when the route caches and the request allows it; otherwise
+        arrange for a successful answer to be stored. True when answered."""
+        ex = answer.exchange
+        policy = answer.plan.cache
+        request = orjson.loads(ex.body)
+        if policy.when != "always" and not repeatable(request):
+            return False
+        control = ex.headers.get(b"cache-control", b"").lower()
+        key = request_key(answer.plan.name, request, ex.headers.get(b"authorization"), policy)
+        if b"no-cache" not in control:
+            entry = self.cache.get(key)
+            self.metrics.cache(answer.plan.name, "hit" if entry else "miss")
+            if entry is not None:
+                answer.cache_state = b"hit"
+                answer.upstream = self.router.targets.get(entry.upstream.decode())
+                answer.reason = b"cache hit"
+                answer.status = 200
+                extra = answer.response_headers() + b"age: %d\r\n" % entry.age_s
+                if stream:
+                    options = request.get("stream_options")
+                    usage = isinstance(options, dict) and bool(options.get("include_usage"))
+                    ex.start_stream(200, wire.EVENT_STREAM, extra)
+                    ex.write(sse_replay(entry.body, usage))
+                    ex.end_stream()
+                else:
+                    ex.respond(200, entry.body, entry.content_type, extra)
+                return True
+            answer.cache_state = b"miss"
+        if b"no-store" not in control:
+            answer.store_key = key
+        return False
 
     def _error(self, ex: Exchange, exc: ProxyError) -> None:
         extra = b""

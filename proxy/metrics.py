@@ -32,6 +32,9 @@ class Metrics:
             "llmedge_stream_failures",
             "Streams ended by an upstream failure after the client got the first byte.",
             ["deployment"], registry=registry)
+        self._cache = Counter(
+            "llmedge_cache_lookups", "Response cache lookups, by route and result.",
+            ["route", "result"], registry=registry)
         self.inflight = Gauge("llmedge_inflight_requests", "Requests being answered.",
                               registry=registry)
         self.connections = Gauge("llmedge_client_connections", "Open client connections.",
@@ -57,6 +60,9 @@ class Metrics:
 
     def stream_failure(self, deployment: str) -> None:
         self._child(self._stream_failures, deployment).inc()
+
+    def cache(self, route: str, result: str) -> None:
+        self._child(self._cache, route, result).inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

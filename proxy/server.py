@@ -13,6 +13,7 @@ import sys
 
 import _fastpath
 
+from .cache import MemoryCache
 from .config import Config, parse_address
 from .gateway import Gateway
 from .http.front import HttpFront, Limits
@@ -61,7 +62,8 @@ class Server:
                 None, functools.partial(ssl.create_default_context,
                                         cafile=config.upstream.ca_file))
         self.router = Router(config, ssl_context)
-        self.gateway = Gateway(self.router, self.metrics)
+        self.gateway = Gateway(self.router, self.metrics,
+                               MemoryCache(config.cache.max_entries, config.cache.max_bytes))
         server = config.server
         limits = Limits(server.max_body_bytes, server.max_header_bytes, server.max_headers,
                         server.request_timeout_s, server.keepalive_timeout_s,

@@ -90,7 +90,7 @@ class SessionRandom:
 
 class RoutePlan:
     __slots__ = ("name", "name_bytes", "targets", "fallbacks", "policy", "require_tags",
-                 "min_quality", "max_price", "affinity", "epsilon")
+                 "min_quality", "max_price", "affinity", "epsilon", "cache")
 
     def __init__(self, name: str, targets: list[Target], fallbacks: list[Target],
                  policy: Policy, route: Route | None = None) -> None:
@@ -104,6 +104,7 @@ class RoutePlan:
         self.max_price = route.max_price if route else None
         self.affinity = route.affinity if route else None
         self.epsilon = route.affinity_epsilon if route else 0.25
+        self.cache = route.cache if route else None
 
     def decide(self, table: EndpointTable, rnd: Callable[[], float],
                request_tags: frozenset[str], session: str | None) -> Decision:
