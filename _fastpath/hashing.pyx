@@ -6,16 +6,16 @@ from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.math cimport ceil
 from libc.stdint cimport INT64_MAX, int64_t, uint8_t, uint32_t, uint64_t
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 
 import operator
 
-from xxhash import xxh3_64_intdigest
 
 __all__ = ("HashRing",)
 
 # The one Python call of a lookup, resolved once.
-cdef object _xxh3 = xxh3_64_intdigest
 
 cdef enum:
     _SMALL_N = 64   # lookup_bounded keeps per-call state on the stack up to this many nodes
@@ -24,6 +24,35 @@ cdef enum:
 
 
 # === helpers ===
+
+cdef inline uint64_t _ring_hash(const char* data, Py_ssize_t size) noexcept nogil:
+    # ring_hash in hashing_py.py, word for word (little-endian words, as int.from_bytes).
+    cdef uint64_t h = 0x9E3779B97F4A7C15ULL ^ (<uint64_t>size * 0xFF51AFD7ED558CCDULL)
+    cdef uint64_t word
+    cdef Py_ssize_t offset = 0, i, take
+    cdef const unsigned char* p
+    while offset < size:
+        take = size - offset
+        if take > 8:
+            take = 8
+        word = 0
+        p = <const unsigned char*>data + offset
+        for i in range(take):
+            word |= (<uint64_t>p[i]) << (8 * i)
+        h ^= word * 0xC4CEB9FE1A85EC53ULL
+        h = ((h << 31) | (h >> 33)) * 0xFF51AFD7ED558CCDULL
+        offset += 8
+    h ^= h >> 30
+    h *= 0xBF58476D1CE4E5B9ULL
+    h ^= h >> 27
+    h *= 0x94D049BB133111EBULL
+    return h ^ (h >> 31)
+
+
+def ring_hash(bytes data):
+    """The 64-bit hash of ring points and keys (see hashing_py.ring_hash)."""
+    return _ring_hash(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+
 
 cdef bytes _node_name(object node):
     # As _node_name in hashing_py.py.
@@ -35,13 +64,16 @@ cdef bytes _node_name(object node):
 
 
 cdef inline uint64_t _key_point(object key) except? 0:
-    # As _key_point in hashing_py.py: a str is hashed as its UTF-8 bytes (xxhash itself
-    # refuses str). Encoding goes through PyUnicode_AsUTF8String, like str.encode there.
+    # As _key_point in hashing_py.py: a str is hashed as its UTF-8 bytes, read in place
+    # (lone surrogates raise UnicodeEncodeError, as str.encode does there).
+    cdef const char* data
+    cdef Py_ssize_t size
     if isinstance(key, str):
-        key = (<str>key).encode("utf-8")
+        data = PyUnicode_AsUTF8AndSize(key, &size)
+        return _ring_hash(data, size)
     elif not isinstance(key, bytes):
         raise TypeError("key must be str or bytes, not %r" % type(key).__name__)
-    return _xxh3(key)
+    return _ring_hash(PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
 
 
 cdef inline Py_ssize_t _start(const uint64_t* points, Py_ssize_t size,
@@ -131,7 +163,7 @@ cdef class HashRing:
             raise ValueError("vnodes must be >= 1")
         # Built and sorted in Python, once: it is not on the request path, and sorting the
         # (point, index) tuples gives exactly the twin's tie order.
-        ring = sorted((_xxh3(b"%s#%d" % (name, i)), index)
+        ring = sorted((ring_hash(b"%s#%d" % (name, i)), index)
                       for index, name in enumerate(names) for i in range(vnodes))
         self._n = len(names)
         self._size = len(ring)

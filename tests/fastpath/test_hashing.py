@@ -5,7 +5,6 @@ import random
 from bisect import bisect_left
 
 import pytest
-import xxhash
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -245,15 +244,44 @@ def test_accepts_what_the_twin_accepts(impl):
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_ring_follows_the_label_format(impl):
-    # The spec, spelled out: XXH3-64 of b"name#i" for the points, of the key for lookups.
+    # The spec, spelled out: ring_hash of b"name#i" for the points, of the key for lookups.
     names = ["alpha", b"beta", "gamma"]
-    points = sorted((xxhash.xxh3_64_intdigest(b"%s#%d" % (_encoded(name), i)), index)
+    points = sorted((hashing_py.ring_hash(b"%s#%d" % (_encoded(name), i)), index)
                     for index, name in enumerate(names) for i in range(5))
     ring = impl.HashRing(names, vnodes=5)
     for j in range(500):
         key = "user-%d" % j
-        pos = bisect_left(points, (xxhash.xxh3_64_intdigest(key.encode()), -1))
+        pos = bisect_left(points, (hashing_py.ring_hash(key.encode()), -1))
         assert ring.lookup(key) == points[pos % len(points)][1]
+
+
+@pytest.mark.compiled
+@pytest.mark.skipif(_fastpath.NO_EXTENSIONS, reason="compiled twin not built")
+@given(data=st.binary(max_size=64))
+@example(data=b"")
+@example(data=b"12345678")
+@example(data=b"123456789")
+def test_ring_hash_c_matches_py(data):
+    assert hashing.ring_hash(data) == hashing_py.ring_hash(data)
+
+
+def test_ring_hash_spreads_and_separates_padding():
+    assert hashing_py.ring_hash(b"a") != hashing_py.ring_hash(b"a\0")
+    assert hashing_py.ring_hash(b"") != hashing_py.ring_hash(b"\0")
+    # Each output bit flips for about half of one-bit input changes (avalanche).
+    flips = [0] * 64
+    base = b"session-000042"
+    h0 = hashing_py.ring_hash(base)
+    trials = 0
+    for byte in range(len(base)):
+        for bit in range(8):
+            changed = bytearray(base)
+            changed[byte] ^= 1 << bit
+            diff = h0 ^ hashing_py.ring_hash(bytes(changed))
+            trials += 1
+            for out in range(64):
+                flips[out] += (diff >> out) & 1
+    assert all(0.25 < f / trials < 0.75 for f in flips), flips
 
 
 @pytest.mark.parametrize("impl", IMPLS)
