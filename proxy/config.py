@@ -44,10 +44,22 @@ class ServerSection(msgspec.Struct, forbid_unknown_fields=True):
     max_pipelined: int = 32              # requests queued on one connection before reading pauses
 
 
+class BreakerConfig(msgspec.Struct, forbid_unknown_fields=True):
+    consecutive_failures: int = 5      # open after this many failures in a row
+    failure_rate: float = 0.5          # ... or this share of failures in the window
+    min_requests: int = 20             # ... once the window holds at least this many
+    window_s: float = 10.0
+    open_s: float = 5.0                # first backoff; doubles with each re-opening
+    max_open_s: float = 60.0
+    jitter: float = 0.1                # +- share of the backoff, so replicas do not sync
+    cooldown_429_s: float = 5.0        # a 429 without Retry-After keeps the circuit open this long
+
+
 class UpstreamSection(msgspec.Struct, forbid_unknown_fields=True):
     timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
     pool_max_idle: int = 64              # idle keep-alive connections kept per endpoint
     ca_file: str | None = None           # PEM bundle trusted for https upstreams (default: system)
+    breaker: BreakerConfig = msgspec.field(default_factory=BreakerConfig)
 
 
 class Deployment(msgspec.Struct, forbid_unknown_fields=True):
@@ -199,6 +211,17 @@ def check(config: Config) -> list[str]:
         if not (value > 0 and math.isfinite(value)):
             problems.append("server.%s: must be a positive number of seconds" % field)
     _check_timeouts("upstream.timeouts", config.upstream.timeouts, problems)
+    breaker = config.upstream.breaker
+    if breaker.consecutive_failures < 1 or breaker.min_requests < 1:
+        problems.append("upstream.breaker: consecutive_failures and min_requests must be >= 1")
+    if not 0.0 < breaker.failure_rate <= 1.0:
+        problems.append("upstream.breaker.failure_rate: must be in (0, 1]")
+    if not 0.0 <= breaker.jitter < 1.0:
+        problems.append("upstream.breaker.jitter: must be in [0, 1)")
+    for field in ("window_s", "open_s", "max_open_s", "cooldown_429_s"):
+        value = getattr(breaker, field)
+        if not (value > 0 and math.isfinite(value)):
+            problems.append("upstream.breaker.%s: must be a positive number of seconds" % field)
     ca_file = config.upstream.ca_file
     if ca_file is not None and not os.path.isfile(ca_file):
         problems.append("upstream.ca_file: no such file %r" % ca_file)

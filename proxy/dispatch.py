@@ -46,7 +46,7 @@ class Answer:
 
     __slots__ = ("exchange", "plan", "path", "body", "model", "stream", "request_id",
                  "attempts", "upstream", "status", "session", "reason", "head_at", "candidates",
-                 "cache_state", "store_key", "_bodies")
+                 "cache_state", "store_key", "failures", "_bodies")
 
     def __init__(self, exchange: Exchange, plan: RoutePlan, path: bytes, body: bytes,
                  model: str, stream: bool, request_id: bytes, session: str | None = None,
@@ -66,6 +66,7 @@ class Answer:
         self.head_at = 0.0
         self.candidates: list[Target] = []
         self.cache_state = b"bypass"
+        self.failures: list[UpstreamError] = []
         self.store_key: bytes | None = None  # store a successful whole answer under this
         self._bodies: dict[str, bytes] = {}
 
@@ -158,11 +159,20 @@ class Dispatcher:
             if target.unusable:
                 errors.append("%s: %s" % (target.name, target.unusable))
                 continue
+            picked = self.router.pick_endpoint(target, answer.session, answer.plan.epsilon)
+            if picked is None:
+                # Ejected or circuit open everywhere: skipped, and not an attempt (nothing
+                # was sent).
+                last = UpstreamUnavailable("every endpoint of %s is out of service"
+                                           % target.name)
+                errors.append("%s: %s" % (target.name, last.message))
+                answer.failures.append(last)
+                continue
             answer.attempts += 1
             answer.upstream = target
             self.metrics.attempt(target.name)
             try:
-                await self._attempt(answer, target)
+                await self._attempt(answer, target, *picked)
                 return
             except UpstreamError as exc:
                 self.metrics.upstream_error(target.name, exc.kind)
@@ -170,24 +180,25 @@ class Dispatcher:
                     self._end_broken_stream(answer, target, exc)
                     return
                 errors.append("%s: %s" % (target.name, exc.message))
+                answer.failures.append(exc)
                 last = exc
         self._fail(answer, last, errors)
 
-    async def _attempt(self, answer: Answer, target: Target) -> None:
-        """One try at one deployment: a replica from the endpoint table, and what the try
-        taught about that replica recorded back into it."""
-        picked = self.router.pick_endpoint(target, answer.session, answer.plan.epsilon)
-        if picked is None:
-            raise UpstreamUnavailable("every endpoint of %s is out of service" % target.name)
-        row, endpoint = picked
+    async def _attempt(self, answer: Answer, target: Target, row: int,
+                       endpoint: Endpoint) -> None:
+        """One try at one deployment's chosen replica, and what the try taught about that
+        replica recorded back into the endpoint table and its breaker."""
         table = self.router.table
         table.start(row)
         started = time.monotonic()
         try:
             first_event_at = await self._exchange(answer, target, endpoint)
-        except UpstreamError:
+        except UpstreamError as exc:
             now = time.monotonic()
             table.record(row, now, (now - started) * 1e6, -1.0, True)
+            self.router.breakers.on_failure(
+                row, exc.kind, exc.retry_after,
+                rate_limited=isinstance(exc, UpstreamStatus) and exc.upstream_status == 429)
             raise
         except BaseException:
             table.cancel(row)
@@ -195,6 +206,7 @@ class Dispatcher:
         now = time.monotonic()
         table.record(row, now, (answer.head_at - started) * 1e6,
                      (first_event_at - started) * 1e6 if first_event_at else -1.0, False)
+        self.router.breakers.on_success(row)
 
     async def _exchange(self, answer: Answer, target: Target, endpoint: Endpoint) -> float:
         """Send the request to one endpoint and answer the client from it; returns when the
@@ -286,6 +298,23 @@ class Dispatcher:
                 extra += b"retry-after: %s\r\n" % wire.retry_after_value(retry_after)
             answer.status = last.upstream_status
             ex.respond(last.upstream_status, last.body, last.content_type or wire.JSON, extra)
+            return
+        if isinstance(last, UpstreamUnavailable) and all(
+                isinstance(e, UpstreamUnavailable) for e in answer.failures):
+            # Every candidate's circuit is open: fail fast, and say when to come back.
+            rows = [row for t in answer.candidates for row in t.rows]
+            breakers = self.router.breakers
+            wait = breakers.retry_after(rows)
+            if breakers.all_rate_limited(rows):
+                status, type_, code = 429, "rate_limit_error", "rate_limited"
+                message = "every upstream is rate-limited: " + "; ".join(errors)
+            else:
+                status, type_, code = 503, "upstream_error", "upstream_unavailable"
+                message = "every upstream is unavailable: " + "; ".join(errors)
+            answer.status = status
+            ex.respond(status, wire.error_body(message, type_, code), wire.JSON,
+                       answer.response_headers() + b"retry-after: %s\r\n"
+                       % wire.retry_after_value(wait if wait is not None else 1.0))
             return
         message = "no upstream could answer: " + "; ".join(errors) if errors else \
             "no upstream could answer"

@@ -39,6 +39,9 @@ class Metrics:
                               registry=registry)
         self.connections = Gauge("llmedge_client_connections", "Open client connections.",
                                  registry=registry)
+        self.upstream_connections = Gauge(
+            "llmedge_upstream_connections", "Open connections to upstream endpoints.",
+            registry=registry)
         self._children: dict[tuple, object] = {}
 
     def _child(self, metric, *labels: str):

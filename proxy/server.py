@@ -62,6 +62,9 @@ class Server:
                 None, functools.partial(ssl.create_default_context,
                                         cafile=config.upstream.ca_file))
         self.router = Router(config, ssl_context)
+        endpoints = [e for t in self.router.targets.values() for e in t.endpoints]
+        self.metrics.upstream_connections.set_function(
+            lambda: sum(e.open_connections for e in endpoints))
         self.gateway = Gateway(self.router, self.metrics,
                                MemoryCache(config.cache.max_entries, config.cache.max_bytes))
         server = config.server

@@ -135,9 +135,10 @@ def dead_port() -> int:
     return free_port()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def edge(sim_procs, dead_port, tmp_path_factory):
-    """One llmedge per test module over the session's simulators."""
+    """A fresh llmedge per test over the session's simulators: llmedge learns from traffic
+    (latency, open circuits), so one test's failures must not steer the next."""
     workdir = tmp_path_factory.mktemp("edge")
     proc = Llmedge(workdir, edge_config(sim_procs, dead_port), env=EDGE_ENV)
     try:

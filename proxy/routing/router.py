@@ -19,6 +19,7 @@ import xxhash
 
 from _fastpath import EndpointTable
 
+from ..breaker import Breakers
 from ..config import Config, Deployment, Route, Timeouts
 from ..errors import BadRequest, ConfigError, NoHealthyUpstream, NotFound
 from ..upstream.pool import Endpoint
@@ -176,6 +177,7 @@ class Router:
         # Unmeasured endpoints start optimistic (1 ms) so that they get tried and measured;
         # a pessimistic start would leave a new replica unused next to a measured one.
         self.table = EndpointTable(default_rtt_us=1000.0)
+        self.breakers = Breakers(self.table, config.upstream.breaker)
         defaults = config.upstream.timeouts
         self.targets = {d.name: Target(d, defaults, config.upstream.pool_max_idle, ssl_context,
                                        self.table)
@@ -238,5 +240,6 @@ class Router:
         return reasons
 
     def close(self) -> None:
+        self.breakers.aclose()
         for target in self.targets.values():
             target.close()
