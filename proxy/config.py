@@ -42,6 +42,7 @@ class ServerSection(msgspec.Struct, forbid_unknown_fields=True):
     keepalive_timeout_s: float = 75.0    # idle connection between requests
     drain_timeout_s: float = 30.0
     max_pipelined: int = 32              # requests queued on one connection before reading pauses
+    admin_token_env: str | None = None   # when set, /admin/* needs "Authorization: Bearer <it>"
 
 
 class BreakerConfig(msgspec.Struct, forbid_unknown_fields=True):

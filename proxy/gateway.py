@@ -10,6 +10,8 @@ import time
 import msgspec
 import orjson
 
+from _fastpath import EP_EJECTED, EP_HALF_OPEN, EP_HEALTHY, EP_OPEN
+
 from .cache import MemoryCache, repeatable, request_key, sse_replay
 from .dispatch import Answer, Dispatcher
 from .errors import BadRequest, MethodNotAllowed, NotFound, ProxyError
@@ -44,6 +46,8 @@ _chat_decoder = msgspec.json.Decoder(ChatView)
 _embeddings_decoder = msgspec.json.Decoder(EmbeddingsView)
 
 NO_TAGS: frozenset[str] = frozenset()
+STATE_NAMES = {EP_HEALTHY: "healthy", EP_EJECTED: "ejected", EP_OPEN: "open",
+               EP_HALF_OPEN: "half-open"}
 CHAT_PATH = b"/chat/completions"
 EMBEDDINGS_PATH = b"/embeddings"
 _REQUEST_ID_OK = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
@@ -82,6 +86,7 @@ class Gateway:
         self.idle = asyncio.Event()
         self.idle.set()
         self._request_prefix = os.urandom(4).hex().encode()
+        self.admin_token: bytes | None = None  # "Bearer <token>" when the config sets one
         self._request_count = 0
         self._tasks: set[asyncio.Task] = set()
 
@@ -102,6 +107,8 @@ class Gateway:
             self._get(ex) and ex.respond(200, b'{"status":"ok"}')
         elif path == b"/readyz":
             self._get(ex) and self._ready(ex)
+        elif path == b"/admin/upstreams":
+            self._get(ex) and self._admin(ex) and ex.respond(200, self._upstreams())
         elif path == b"/metrics":
             self._get(ex) and ex.respond(200, self.metrics.exposition(),
                                          self.metrics.content_type)
@@ -116,6 +123,29 @@ class Gateway:
             return True
         self._error(ex, MethodNotAllowed("use GET for this endpoint", code="method_not_allowed"))
         return False
+
+    def _admin(self, ex: Exchange) -> bool:
+        token = self.admin_token
+        if token is None or ex.headers.get(b"authorization") == token:
+            return True
+        ex.respond(401, wire.error_body("admin endpoints need the admin token",
+                                        "authentication_error", "invalid_admin_token"))
+        return False
+
+    def _upstreams(self) -> bytes:
+        """The live endpoint table: state, statistics, and why each endpoint is in its state."""
+        router = self.router
+        rows = []
+        for target in router.targets.values():
+            for row, endpoint in zip(target.rows, target.endpoints):
+                stats = router.table.stats(row)
+                stats["state"] = STATE_NAMES.get(stats["state"], stats["state"])
+                rows.append({"deployment": target.name, "url": endpoint.url,
+                             "usable": target.unusable is None,
+                             "unusable_reason": target.unusable,
+                             "open_connections": endpoint.open_connections,
+                             **stats, **router.breakers.describe(row)})
+        return orjson.dumps({"endpoints": rows})
 
     def _ready(self, ex: Exchange) -> None:
         reasons = self.router.unready()

@@ -67,6 +67,12 @@ class Server:
             lambda: sum(e.open_connections for e in endpoints))
         self.gateway = Gateway(self.router, self.metrics,
                                MemoryCache(config.cache.max_entries, config.cache.max_bytes))
+        if config.server.admin_token_env:
+            token = os.environ.get(config.server.admin_token_env, "")
+            if not token:
+                raise OSError("server.admin_token_env: %s is not set"
+                              % config.server.admin_token_env)
+            self.gateway.admin_token = b"Bearer " + token.encode("latin-1")
         server = config.server
         limits = Limits(server.max_body_bytes, server.max_header_bytes, server.max_headers,
                         server.request_timeout_s, server.keepalive_timeout_s,
