@@ -56,11 +56,42 @@ class BreakerConfig(msgspec.Struct, forbid_unknown_fields=True):
     cooldown_429_s: float = 5.0        # a 429 without Retry-After keeps the circuit open this long
 
 
+class HealthConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """Active health probes of every endpoint (``upstream.health``)."""
+
+    enabled: bool = True
+    path: str = "/models"              # appended to the endpoint's base path; GET, never billed
+    interval_s: float = 10.0           # between the end of one probe and the next
+    timeout_s: float = 2.0             # connect + response head of one probe
+    jitter: float = 0.1                # +- share of the interval, so endpoints do not sync
+    unhealthy_after: int = 3           # consecutive failed probes that eject an endpoint
+    healthy_after: int = 2             # consecutive passed probes that restore it
+
+
+class HealthOverride(msgspec.Struct, forbid_unknown_fields=True):
+    """``deployments[].health``: the fields given replace ``upstream.health``'s, the rest
+    are inherited (a whole struct with defaults would silently reset them)."""
+
+    enabled: bool | None = None
+    path: str | None = None
+    interval_s: float | None = None
+    timeout_s: float | None = None
+    jitter: float | None = None
+    unhealthy_after: int | None = None
+    healthy_after: int | None = None
+
+    def apply(self, base: HealthConfig) -> HealthConfig:
+        changes = {f: getattr(self, f) for f in self.__struct_fields__
+                   if getattr(self, f) is not None}
+        return msgspec.structs.replace(base, **changes) if changes else base
+
+
 class UpstreamSection(msgspec.Struct, forbid_unknown_fields=True):
     timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
     pool_max_idle: int = 64              # idle keep-alive connections kept per endpoint
     ca_file: str | None = None           # PEM bundle trusted for https upstreams (default: system)
     breaker: BreakerConfig = msgspec.field(default_factory=BreakerConfig)
+    health: HealthConfig = msgspec.field(default_factory=HealthConfig)
 
 
 class Deployment(msgspec.Struct, forbid_unknown_fields=True):
@@ -74,6 +105,7 @@ class Deployment(msgspec.Struct, forbid_unknown_fields=True):
     quality: float = 0.5
     tags: list[str] = []
     timeouts: Timeouts | None = None
+    health: HealthOverride | None = None
 
     @property
     def upstream_model(self) -> str:
@@ -190,6 +222,31 @@ def _check_timeouts(where: str, timeouts: Timeouts, problems: list[str]) -> None
             problems.append("%s.%s: must be a positive number of seconds" % (where, field))
 
 
+def health_of(config: Config, dep: Deployment) -> HealthConfig:
+    """The health-probe settings of one deployment: its override over ``upstream.health``."""
+    base = config.upstream.health
+    return dep.health.apply(base) if dep.health is not None else base
+
+
+# Printable ASCII without space: the path goes into a request line as it is.
+_PROBE_PATH = re.compile(r"^/[!-~]*$")
+
+
+def _check_health(where: str, health: HealthConfig, problems: list[str]) -> None:
+    if not _PROBE_PATH.match(health.path):
+        problems.append("%s.path: must start with / and hold printable ASCII without spaces, "
+                        "got %r" % (where, health.path))
+    for field in ("interval_s", "timeout_s"):
+        value = getattr(health, field)
+        if not (value > 0 and math.isfinite(value)):
+            problems.append("%s.%s: must be a positive number of seconds" % (where, field))
+    if not 0.0 <= health.jitter < 1.0:
+        problems.append("%s.jitter: must be in [0, 1)" % where)
+    for field in ("unhealthy_after", "healthy_after"):
+        if getattr(health, field) < 1:
+            problems.append("%s.%s: must be >= 1" % (where, field))
+
+
 def check(config: Config) -> list[str]:
     """Every semantic problem of a decoded config, each prefixed with its path."""
     problems: list[str] = []
@@ -223,6 +280,7 @@ def check(config: Config) -> list[str]:
         value = getattr(breaker, field)
         if not (value > 0 and math.isfinite(value)):
             problems.append("upstream.breaker.%s: must be a positive number of seconds" % field)
+    _check_health("upstream.health", config.upstream.health, problems)
     ca_file = config.upstream.ca_file
     if ca_file is not None and not os.path.isfile(ca_file):
         problems.append("upstream.ca_file: no such file %r" % ca_file)
@@ -256,6 +314,11 @@ def check(config: Config) -> list[str]:
             problems.append("%s.api_key_env: must name an environment variable" % where)
         if dep.timeouts is not None:
             _check_timeouts("%s.timeouts" % where, dep.timeouts, problems)
+        if dep.health is not None:
+            # Checked merged, but only for what the override sets: a bad inherited value
+            # is reported once, under upstream.health.
+            merged = dep.health.apply(HealthConfig())
+            _check_health("%s.health" % where, merged, problems)
 
     deployments = {d.name for d in config.deployments}
     for i, route in enumerate(config.routes):

@@ -16,6 +16,7 @@ import _fastpath
 from .cache import MemoryCache
 from .config import Config, parse_address
 from .gateway import Gateway
+from .health import HealthChecker
 from .http.front import HttpFront, Limits
 from .metrics import Metrics
 from .routing.router import Router
@@ -45,6 +46,7 @@ class Server:
         self.metrics = Metrics()
         self.router: Router | None = None
         self.gateway: Gateway | None = None
+        self.health: HealthChecker | None = None
         self.fronts: set[HttpFront] = set()
         self.address: tuple[str, int] | None = None
         self._http_server: asyncio.AbstractServer | None = None
@@ -89,6 +91,9 @@ class Server:
         for name, var in ((t.name, t.unusable) for t in self.router.targets.values()
                           if t.unusable):
             log.warning("deployment %s is unusable: %s", name, var)
+        # Last in start(): a start-up that fails earlier leaves no probe task behind.
+        self.health = HealthChecker(self.router, config)
+        self.health.start()
         self.gateway.started = True
         log.info("llmedge serving on http://%s:%d (fastpath=%s)", self.address[0],
                  self.address[1], _fastpath.IMPLEMENTATION)
@@ -130,6 +135,9 @@ class Server:
         await gateway.aclose()
         for front in list(self.fronts):
             front.abort()
+        if self.health is not None:
+            # Before the pools close: a probe in flight owns a connection of an endpoint.
+            await self.health.aclose()
         self.router.close()
         if self._http_server is not None:
             await self._http_server.wait_closed()
