@@ -43,6 +43,7 @@ class ServerSection(msgspec.Struct, forbid_unknown_fields=True):
     drain_timeout_s: float = 30.0
     max_pipelined: int = 32              # requests queued on one connection before reading pauses
     admin_token_env: str | None = None   # when set, /admin/* needs "Authorization: Bearer <it>"
+    max_inflight: int = 4096             # proxied requests at once; past it, 503 at once
 
 
 class BreakerConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -106,6 +107,7 @@ class Deployment(msgspec.Struct, forbid_unknown_fields=True):
     tags: list[str] = []
     timeouts: Timeouts | None = None
     health: HealthOverride | None = None
+    max_inflight: int = 0               # requests at once; past it, the next candidate (0: no limit)
 
     @property
     def upstream_model(self) -> str:
@@ -261,7 +263,7 @@ def check(config: Config) -> list[str]:
     if server.http is None and server.grpc is None:
         problems.append("server: at least one of http and grpc must be set")
     for field, low in (("workers", 1), ("max_body_bytes", 1), ("max_header_bytes", 256),
-                       ("max_headers", 1), ("max_pipelined", 1)):
+                       ("max_headers", 1), ("max_pipelined", 1), ("max_inflight", 1)):
         if getattr(server, field) < low:
             problems.append("server.%s: must be >= %d" % (field, low))
     for field in ("request_timeout_s", "keepalive_timeout_s", "drain_timeout_s"):
@@ -306,6 +308,8 @@ def check(config: Config) -> list[str]:
             _url_problem("%s.endpoints[%d]" % (where, j), url, problems)
             if url in dep.endpoints[:j]:
                 problems.append("%s.endpoints[%d]: %r is listed twice" % (where, j, url))
+        if dep.max_inflight < 0:
+            problems.append("%s.max_inflight: must be >= 0 (0: no limit)" % where)
         if not 0.0 <= dep.quality <= 1.0:
             problems.append("%s.quality: must be between 0 and 1" % where)
         if dep.price.input < 0 or dep.price.output < 0:

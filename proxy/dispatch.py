@@ -13,8 +13,8 @@ import time
 import orjson
 
 from .cache import Entry, MemoryCache
-from .errors import (ProxyError, UpstreamError, UpstreamReset, UpstreamStatus,
-                     UpstreamUnavailable)
+from .errors import (ProxyError, UpstreamError, UpstreamReset, UpstreamSaturated,
+                     UpstreamStatus, UpstreamUnavailable)
 from .http import wire
 from .http.front import Exchange
 from .metrics import Metrics
@@ -159,6 +159,13 @@ class Dispatcher:
             if target.unusable:
                 errors.append("%s: %s" % (target.name, target.unusable))
                 continue
+            if target.max_inflight and target.inflight >= target.max_inflight:
+                # Full: shed to the next candidate at once instead of queueing.
+                last = UpstreamSaturated("%s is at max_inflight %d"
+                                         % (target.name, target.max_inflight))
+                errors.append("%s: %s" % (target.name, last.message))
+                answer.failures.append(last)
+                continue
             picked = self.router.pick_endpoint(target, answer.session, answer.plan.epsilon)
             if picked is None:
                 # Ejected or circuit open everywhere: skipped, and not an attempt (nothing
@@ -171,6 +178,7 @@ class Dispatcher:
             answer.attempts += 1
             answer.upstream = target
             self.metrics.attempt(target.name)
+            target.inflight += 1
             try:
                 await self._attempt(answer, target, *picked)
                 return
@@ -182,6 +190,8 @@ class Dispatcher:
                 errors.append("%s: %s" % (target.name, exc.message))
                 answer.failures.append(exc)
                 last = exc
+            finally:
+                target.inflight -= 1
         self._fail(answer, last, errors)
 
     async def _attempt(self, answer: Answer, target: Target, row: int,
@@ -299,8 +309,15 @@ class Dispatcher:
             answer.status = last.upstream_status
             ex.respond(last.upstream_status, last.body, last.content_type or wire.JSON, extra)
             return
-        if isinstance(last, UpstreamUnavailable) and all(
-                isinstance(e, UpstreamUnavailable) for e in answer.failures):
+        if answer.failures and all(isinstance(e, UpstreamSaturated) for e in answer.failures):
+            answer.status = 429
+            ex.respond(429, wire.error_body(
+                "every deployment is at its max_inflight: " + "; ".join(errors),
+                "rate_limit_error", "deployments_saturated"), wire.JSON,
+                answer.response_headers() + b"retry-after: 1\r\n")
+            return
+        if answer.failures and all(isinstance(e, (UpstreamUnavailable, UpstreamSaturated))
+                                   for e in answer.failures):
             # Every candidate's circuit is open: fail fast, and say when to come back.
             rows = [row for t in answer.candidates for row in t.rows]
             breakers = self.router.breakers

@@ -73,6 +73,21 @@ class UpstreamUnavailable(UpstreamError):
     kind = "unavailable"
 
 
+class UpstreamSaturated(UpstreamError):
+    """A deployment is at its max_inflight: skipped, like an open circuit."""
+
+    status = 429
+    kind = "saturated"
+
+
+class Overloaded(ProxyError):
+    """The whole server is at its max_inflight."""
+
+    status = 503
+    type = "server_error"
+    code = "overloaded"
+
+
 class UpstreamStatus(UpstreamError):
     """The upstream answered with a retryable status (429 or 5xx)."""
 

@@ -14,7 +14,7 @@ from _fastpath import EP_EJECTED, EP_HALF_OPEN, EP_HEALTHY, EP_OPEN
 
 from .cache import MemoryCache, repeatable, request_key, sse_replay
 from .dispatch import Answer, Dispatcher
-from .errors import BadRequest, MethodNotAllowed, NotFound, ProxyError
+from .errors import BadRequest, MethodNotAllowed, NotFound, Overloaded, ProxyError
 from .http import wire
 from .http.front import Exchange
 from .metrics import Metrics
@@ -87,6 +87,7 @@ class Gateway:
         self.idle.set()
         self._request_prefix = os.urandom(4).hex().encode()
         self.admin_token: bytes | None = None  # "Bearer <token>" when the config sets one
+        self.max_inflight = 4096
         self._request_count = 0
         self._tasks: set[asyncio.Task] = set()
 
@@ -186,15 +187,22 @@ class Gateway:
         if plan.cache is not None and path is CHAT_PATH and self._from_cache(answer, stream):
             self.metrics.request(plan.name, "cache", 200, time.perf_counter() - started)
             return
+        if self.inflight >= self.max_inflight:
+            # Shed at once: a bounded answer now beats an unbounded queue.
+            answer.status = 503
+            self._error(ex, Overloaded("llmedge is at max_inflight (%d requests); retry shortly"
+                                       % self.max_inflight, retry_after=1.0))
+            self.metrics.request(plan.name, "-", 503, time.perf_counter() - started)
+            return
+        self.inflight += 1
+        self.metrics.inflight.inc()
+        self.idle.clear()
         task = asyncio.get_running_loop().create_task(self._run(answer, started))
         ex.task = task
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _run(self, answer: Answer, started: float) -> None:
-        self.inflight += 1
-        self.metrics.inflight.inc()
-        self.idle.clear()
         try:
             await self.dispatcher.run(answer, answer.candidates)
         except asyncio.CancelledError:

@@ -69,6 +69,7 @@ class Server:
             lambda: sum(e.open_connections for e in endpoints))
         self.gateway = Gateway(self.router, self.metrics,
                                MemoryCache(config.cache.max_entries, config.cache.max_bytes))
+        self.gateway.max_inflight = config.server.max_inflight
         if config.server.admin_token_env:
             token = os.environ.get(config.server.admin_token_env, "")
             if not token:

@@ -32,7 +32,8 @@ class Target:
     credentials, timeouts and what routing filters on."""
 
     __slots__ = ("name", "name_bytes", "upstream_model", "endpoints", "rows", "auth_header",
-                 "unusable", "timeouts", "tags", "price", "quality", "affinity")
+                 "unusable", "timeouts", "tags", "price", "quality", "affinity", "inflight",
+                 "max_inflight")
 
     def __init__(self, dep: Deployment, defaults: Timeouts, max_idle: int,
                  ssl_context: ssl.SSLContext | None, table: EndpointTable) -> None:
@@ -46,6 +47,8 @@ class Target:
         self.timeouts = dep.timeouts or defaults
         self.tags = frozenset(dep.tags)
         self.affinity: SessionAffinity | None = None
+        self.inflight = 0
+        self.max_inflight = dep.max_inflight
         self.unusable: str | None = None
         self.auth_header = b""
         if dep.api_key_env:
