@@ -87,11 +87,18 @@ class HealthOverride(msgspec.Struct, forbid_unknown_fields=True):
         return msgspec.structs.replace(base, **changes) if changes else base
 
 
+class RetryBudgetConfig(msgspec.Struct, forbid_unknown_fields=True):
+    ratio: float = 0.2                 # retries and fallbacks: at most this share of requests
+    min_per_s: float = 10.0            # ... plus this many per second, so a quiet proxy retries
+    window_s: float = 10.0             # over this much recent time
+
+
 class UpstreamSection(msgspec.Struct, forbid_unknown_fields=True):
     timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
     pool_max_idle: int = 64              # idle keep-alive connections kept per endpoint
     ca_file: str | None = None           # PEM bundle trusted for https upstreams (default: system)
     breaker: BreakerConfig = msgspec.field(default_factory=BreakerConfig)
+    retry_budget: RetryBudgetConfig = msgspec.field(default_factory=RetryBudgetConfig)
     health: HealthConfig = msgspec.field(default_factory=HealthConfig)
 
 
@@ -271,6 +278,11 @@ def check(config: Config) -> list[str]:
         if not (value > 0 and math.isfinite(value)):
             problems.append("server.%s: must be a positive number of seconds" % field)
     _check_timeouts("upstream.timeouts", config.upstream.timeouts, problems)
+    budget = config.upstream.retry_budget
+    if not (budget.ratio >= 0 and budget.min_per_s >= 0 and budget.window_s > 0
+            and all(math.isfinite(v) for v in (budget.ratio, budget.min_per_s, budget.window_s))):
+        problems.append("upstream.retry_budget: ratio and min_per_s must be >= 0, "
+                        "window_s > 0")
     breaker = config.upstream.breaker
     if breaker.consecutive_failures < 1 or breaker.min_requests < 1:
         problems.append("upstream.breaker: consecutive_failures and min_requests must be >= 1")

@@ -12,6 +12,7 @@ import time
 
 import orjson
 
+from .budget import RetryBudget
 from .cache import Entry, MemoryCache
 from .errors import (ProxyError, UpstreamError, UpstreamReset, UpstreamSaturated,
                      UpstreamStatus, UpstreamUnavailable)
@@ -147,12 +148,15 @@ class SseRelay:
 
 
 class Dispatcher:
-    def __init__(self, router: Router, metrics: Metrics, cache: MemoryCache) -> None:
+    def __init__(self, router: Router, metrics: Metrics, cache: MemoryCache,
+                 budget: RetryBudget) -> None:
         self.router = router
         self.metrics = metrics
         self.cache = cache
+        self.budget = budget
 
     async def run(self, answer: Answer, candidates: list[Target]) -> None:
+        self.budget.request()
         errors: list[str] = []
         last: UpstreamError | None = None
         for target in candidates:
@@ -175,6 +179,12 @@ class Dispatcher:
                 errors.append("%s: %s" % (target.name, last.message))
                 answer.failures.append(last)
                 continue
+            if answer.attempts and not self.budget.try_retry():
+                # Falling back now would add load during what may be an outage; the budget
+                # says enough of that is already happening.
+                errors.append("%s: not tried: the retry budget is spent" % target.name)
+                self.metrics.upstream_error(target.name, "retry_budget")
+                break
             answer.attempts += 1
             answer.upstream = target
             self.metrics.attempt(target.name)

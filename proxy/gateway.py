@@ -12,6 +12,7 @@ import orjson
 
 from _fastpath import EP_EJECTED, EP_HALF_OPEN, EP_HEALTHY, EP_OPEN
 
+from .budget import RetryBudget
 from .cache import MemoryCache, repeatable, request_key, sse_replay
 from .dispatch import Answer, Dispatcher
 from .errors import BadRequest, MethodNotAllowed, NotFound, Overloaded, ProxyError
@@ -75,11 +76,12 @@ def _decode(decoder: msgspec.json.Decoder, body: bytes):
 class Gateway:
     """Implements ``http.front.Application``."""
 
-    def __init__(self, router: Router, metrics: Metrics, cache: MemoryCache) -> None:
+    def __init__(self, router: Router, metrics: Metrics, cache: MemoryCache,
+                 budget: RetryBudget) -> None:
         self.router = router
         self.metrics = metrics
         self.cache = cache
-        self.dispatcher = Dispatcher(router, metrics, cache)
+        self.dispatcher = Dispatcher(router, metrics, cache, budget)
         self.draining = False
         self.started = False
         self.inflight = 0
