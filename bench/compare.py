@@ -66,6 +66,12 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from machine import (CLK_TCK, choose_cpus, cpu_model, git_state, log_tail,  # noqa: E402
+                     pid_cpu_s, pid_status_kb, pin, pin_at_exec, proc_stat, process_tree,
+                     stop_popen, version_of)
+
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 LOAD = BENCH / "load.py"
@@ -82,7 +88,6 @@ STARVED_SHARE = 0.5   # a worker below this fraction of its fair CPU share count
 # A peer's c64 window under --quick: one round of 64 requests through LiteLLM takes about half
 # a second, so a shorter window may hold no answered request at all.
 PEER_QUICK_C64 = {"seconds": 1.5, "warmup": 0.5}
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 NOISY_CORES = 0.1     # CPU used by other processes during a measurement worth a warning
 
 LLMEDGE_CONFIG = """\
@@ -180,50 +185,6 @@ PORTKEY_PACKAGE_JSON = {"private": True, "overrides": {"@hono/node-server": "1.1
 
 # === processes ===
 
-def proc_stat(pid: int) -> list[str]:
-    """The fields of /proc/PID/stat after the command name (state is [0], ppid [1])."""
-    with open("/proc/%d/stat" % pid) as f:
-        return f.read().rpartition(")")[2].split()
-
-
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and all its descendants, from one scan of /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                ppid = int(proc_stat(int(entry))[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    tree = [pid]
-    for p in tree:
-        tree.extend(children.get(p, ()))
-    return tree
-
-
-def pid_cpu_s(pid: int, reaped_children: bool = False) -> float:
-    """utime + stime of one process (all its threads); with ``reaped_children`` also the CPU
-    of the children it has waited for, so a child that exits between two samples of a tree
-    still counts once."""
-    fields = proc_stat(pid)
-    ticks = int(fields[11]) + int(fields[12])
-    if reaped_children:
-        ticks += int(fields[13]) + int(fields[14])
-    return ticks / CLK_TCK
-
-
-def pid_status_kb(pid: int, key: str) -> int | None:
-    try:
-        with open("/proc/%d/status" % pid) as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
 class Proc:
     """A started server process and what /proc says about it.
 
@@ -267,13 +228,7 @@ class Proc:
 
     def stop(self) -> int | None:
         pids = self.pids() if self.tree and self.alive() else []
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-        try:
-            code = self.popen.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            code = self.popen.wait()
+        code = stop_popen(self.popen)
         for pid in pids[1:]:
             # A descendant that outlived its parent would keep the port and a core busy.
             try:
@@ -281,30 +236,7 @@ class Proc:
                     os.kill(pid, signal.SIGKILL)
             except (OSError, IndexError):
                 pass
-        if self.popen.stdout is not None:
-            self.popen.stdout.close()
         return code
-
-
-def pin(pid: int, cpu: int | None) -> None:
-    if cpu is not None:
-        os.sched_setaffinity(pid, {cpu})
-
-
-def pin_at_exec(cpus: set[int] | None):
-    """A Popen preexec_fn that pins before exec: node and the ASGI servers start threads
-    (and workers fork) right away, and threads that exist before a later
-    sched_setaffinity(pid) would keep their old mask."""
-    if not cpus:
-        return None
-    return lambda: os.sched_setaffinity(0, cpus)
-
-
-def log_tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 def start_listening(name: str, cmd: list[str], cpu: int | None, tmp: Path,
@@ -942,40 +874,10 @@ def workers_check(cfg: Path, sim: Proc, args, cpus: dict, tmp: Path) -> dict:
 
 # === facts about the run ===
 
-def git_sha() -> dict:
-    def git(*a):
-        try:
-            return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True,
-                                  timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-    sha = git("rev-parse", "HEAD")
-    return {"sha": sha or None, "dirty": bool(git("status", "--porcelain")) if sha else None}
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def fastpath_implementation() -> str:
     code = "import _fastpath; print(_fastpath.IMPLEMENTATION)"
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     return proc.stdout.strip() or "unknown (%s)" % proc.stderr.strip()[-200:]
-
-
-def version_of(module: str) -> str | None:
-    try:
-        from importlib.metadata import version
-        return version(module)
-    except Exception:
-        return None
 
 
 def nginx_version(nginx: str) -> str:
@@ -987,7 +889,7 @@ def meta(args, cpus: dict, nginx: str | None) -> dict:
     return {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
-        "git": git_sha(),
+        "git": git_state(),
         "python": sys.version.split()[0],
         "python_implementation": platform.python_implementation(),
         "loop": "uvloop %s" % version_of("uvloop") if version_of("uvloop") else "asyncio",
@@ -1299,15 +1201,6 @@ def workers_markdown(workers: dict | None, le: dict | None) -> list[str]:
 
 
 # === main ===
-
-def choose_cpus(no_pin: bool) -> dict:
-    if no_pin or not hasattr(os, "sched_getaffinity"):
-        return {"proxy": None, "load": None, "why": "--no-pin" if no_pin else "unsupported"}
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        return {"proxy": None, "load": None, "why": "only one CPU available"}
-    return {"proxy": cpus[0], "load": cpus[1]}
-
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench/compare.py", description=__doc__.split("\n")[0],

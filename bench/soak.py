@@ -68,6 +68,11 @@ from pathlib import Path
 
 import httptools
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from machine import (choose_cpus, cpu_model, git_sha, log_tail, pid_cpu_s,  # noqa: E402
+                     pid_status_kb, pin, stop_popen, version_of)
+
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 LOAD = BENCH / "load.py"
@@ -75,10 +80,9 @@ HOST = "127.0.0.1"          # every process this script starts listens here, and
 ROUTE = "soak"
 SLOW_ROUTE = "slow"
 STARTUP_TIMEOUT = 30.0
-STOP_TIMEOUT = 15.0
 PROBE_TIMEOUT = 5.0
 LOAD_TIMEOUT = 10.0         # per request in the load generators
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+LOG_TAIL_LINES = 20         # lines of a log quoted in an error
 SIMULATORS = ("flaky", "staller", "healthy", "paced")
 ERROR_STATUSES = (500, 502, 503, 429)
 
@@ -138,38 +142,6 @@ def spawn(cmd: list[str], stdout, stderr) -> subprocess.Popen:
                             start_new_session=True, preexec_fn=_child_setup)
 
 
-def stop_popen(popen: subprocess.Popen, timeout: float = STOP_TIMEOUT) -> int | None:
-    """SIGTERM, wait, then SIGKILL; the exit code (negative when killed by a signal)."""
-    if popen.poll() is None:
-        try:
-            popen.send_signal(signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    try:
-        code = popen.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        popen.kill()
-        code = popen.wait()
-    if popen.stdout is not None:
-        popen.stdout.close()
-    return code
-
-
-def pin(pid: int, cpu: int | None) -> None:
-    if cpu is not None:
-        try:
-            os.sched_setaffinity(pid, {cpu})
-        except OSError:
-            pass
-
-
-def log_tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
 class Server:
     """A started server process (simulator or llmedge) and what /proc says about it."""
 
@@ -187,14 +159,7 @@ class Server:
         return self.popen.poll() is None
 
     def status_kb(self, key: str) -> int | None:
-        try:
-            with open("/proc/%d/status" % self.pid) as f:
-                for line in f:
-                    if line.startswith(key + ":"):
-                        return int(line.split()[1])
-        except (OSError, ValueError):
-            pass
-        return None
+        return pid_status_kb(self.pid, key)
 
     def fds(self) -> int | None:
         try:
@@ -204,9 +169,7 @@ class Server:
 
     def cpu_s(self) -> float | None:
         try:
-            with open("/proc/%d/stat" % self.pid) as f:
-                fields = f.read().rpartition(")")[2].split()
-            return (int(fields[11]) + int(fields[12])) / CLK_TCK
+            return pid_cpu_s(self.pid)
         except (OSError, ValueError, IndexError):
             return None
 
@@ -225,7 +188,7 @@ def start_server(name: str, cmd: list[str], cpu: int | None, workdir: Path,
         t0 = time.perf_counter()
         popen = spawn(cmd, subprocess.PIPE, log)
     procs.append(popen)
-    pin(popen.pid, cpu)
+    pin(popen.pid, cpu, best_effort=True)
     line = ""
     deadline = t0 + STARTUP_TIMEOUT
     while not line.endswith("\n") and time.perf_counter() < deadline and popen.poll() is None:
@@ -235,19 +198,11 @@ def start_server(name: str, cmd: list[str], cpu: int | None, workdir: Path,
     startup = time.perf_counter() - t0
     match = re.match(r"LISTENING ([0-9.]+):(\d+)$", line.strip())
     if not match:
-        raise RuntimeError("%s did not start (got %r):\n%s" % (name, line, log_tail(log_path)))
+        raise RuntimeError("%s did not start (got %r):\n%s"
+                           % (name, line, log_tail(log_path, LOG_TAIL_LINES)))
     if match.group(1) != HOST:
         raise RuntimeError("%s listens on %s, not %s" % (name, match.group(1), HOST))
     return Server(name, popen, int(match.group(2)), startup, log_path)
-
-
-def choose_cpus(no_pin: bool) -> dict:
-    if no_pin or not hasattr(os, "sched_getaffinity"):
-        return {"proxy": None, "load": None, "why": "--no-pin" if no_pin else "unsupported"}
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        return {"proxy": None, "load": None, "why": "only one CPU available"}
-    return {"proxy": cpus[0], "load": cpus[1]}
 
 
 # === a small HTTP client (asyncio streams, no threads) ===
@@ -713,7 +668,7 @@ async def upstream_connections(sims: dict[str, Server]) -> int | None:
 async def soak(args, report: dict, procs: list, workdir: Path) -> None:
     cpus = report["meta"]["pinning"]
     if cpus["load"] is not None:
-        pin(0, cpus["load"])
+        pin(0, cpus["load"], best_effort=True)
     sims: dict[str, Server] = {}
     for i, name in enumerate(SIMULATORS):
         cmd = [sys.executable, "-m", "proxy.simulator", "--host", HOST, "--port", "0",
@@ -776,12 +731,13 @@ async def soak(args, report: dict, procs: list, workdir: Path) -> None:
                     file=sys.stderr, flush=True)
             if not edge.alive():
                 info["died"] = "exited with %s at t=%ss:\n%s" % (
-                    edge.popen.returncode, s["t"], log_tail(edge.log_path))
+                    edge.popen.returncode, s["t"], log_tail(edge.log_path, LOG_TAIL_LINES))
                 break
             dead = [k for k, (p, _, _) in loads.items() if p.poll() not in (None, 0)]
             if dead:
                 raise RuntimeError("load generator %s failed (%s):\n%s" % (
-                    dead[0], loads[dead[0]][0].returncode, log_tail(loads[dead[0]][2])))
+                    dead[0], loads[dead[0]][0].returncode,
+                    log_tail(loads[dead[0]][2], LOG_TAIL_LINES)))
     finally:
         for task in tasks:
             task.cancel()
@@ -802,7 +758,7 @@ async def soak(args, report: dict, procs: list, workdir: Path) -> None:
             data = json.loads(out.read_text())
         except (OSError, ValueError):
             report["load"][kind] = {"error": "no result (exit %s):\n%s" % (
-                popen.returncode, log_tail(log_path))}
+                popen.returncode, log_tail(log_path, LOG_TAIL_LINES))}
             continue
         report["load"][kind] = {
             "connections": data["options"]["connections"],
@@ -992,33 +948,6 @@ def markdown(report: dict) -> str:
 
 
 # === main ===
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def git_sha() -> str | None:
-    try:   # read-only
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def version_of(module: str) -> str | None:
-    try:
-        from importlib.metadata import version
-        return version(module)
-    except Exception:
-        return None
-
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench/soak.py", description=__doc__.split("\n")[0],
