@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import openai
+import procs
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -83,60 +84,12 @@ class Sim:
             time.sleep(0.02)
 
 
-class RawConn:
-    """A socket with just enough HTTP/1.1 response parsing to check pipelining and framing."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-        self.buf = b""
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def _fill(self) -> bool:
-        data = self.sock.recv(65536)
-        self.buf += data
-        return bool(data)
-
-    def read_until(self, marker: bytes) -> bytes:
-        while marker not in self.buf:
-            if not self._fill():
-                raise EOFError(self.buf)
-        head, _, self.buf = self.buf.partition(marker)
-        return head + marker
-
-    def read_exact(self, n: int) -> bytes:
-        while len(self.buf) < n:
-            if not self._fill():
-                raise EOFError(self.buf)
-        data, self.buf = self.buf[:n], self.buf[n:]
-        return data
+class RawConn(procs.RawConn):
+    """tests/procs.py's raw connection, answering read_response as (status, headers, body)."""
 
     def read_response(self) -> tuple[int, dict, bytes]:
-        head = self.read_until(b"\r\n\r\n").decode("latin-1").split("\r\n")
-        status = int(head[0].split()[1])
-        headers = {}
-        for line in head[1:]:
-            if line:
-                name, _, value = line.partition(":")
-                headers[name.strip().lower()] = value.strip()
-        if headers.get("transfer-encoding") == "chunked":
-            body = b""
-            while True:
-                size = int(self.read_until(b"\r\n")[:-2], 16)
-                body += self.read_exact(size)
-                self.read_exact(2)
-                if size == 0:
-                    break
-        else:
-            body = self.read_exact(int(headers.get("content-length", 0)))
-        return status, headers, body
-
-    def at_eof(self) -> bool:
-        return not self.buf and not self._fill()
+        resp = super().read_response()
+        return resp.status, resp.headers, resp.body
 
 
 def chat_request(body: dict, extra: bytes = b"") -> bytes:
