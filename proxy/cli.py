@@ -62,10 +62,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     workers = args.workers or config.server.workers
     if args.http:
         config.server.http = args.http
+    if args.grpc:
+        config.server.grpc = args.grpc
     factory = loop_factory(args.loop)
     if workers <= 1:
         return _run_worker(config, factory, reuse_port=False)
-    if config.server.http and config.server.http.endswith(":0"):
+    if any(a and a.endswith(":0") for a in (config.server.http, config.server.grpc)):
         print("llmedge: --workers needs a fixed port, not :0", file=sys.stderr)
         return CONFIG_ERROR
     return _run_workers(config, factory, workers)
@@ -147,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=int(os.environ.get("LLMEDGE_WORKERS", 0)),
                        help="processes sharing the port (default: server.workers)")
     serve.add_argument("--http", help="override server.http (host:port)")
+    serve.add_argument("--grpc", help="override server.grpc (host:port)")
     serve.add_argument("--loop", choices=LOOPS, default=os.environ.get("LLMEDGE_LOOP", "auto"))
     serve.set_defaults(func=cmd_serve)
 

@@ -31,6 +31,23 @@ class Price(msgspec.Struct, forbid_unknown_fields=True):
     output: float = 0.0             # USD per 1M completion tokens
 
 
+class GrpcLimits(msgspec.Struct, forbid_unknown_fields=True):
+    """``server.grpc_limits``: message sizes, HTTP/2 streams and keepalive of the gRPC front."""
+
+    max_receive_message_bytes: int = 8 * 1024 * 1024   # one request message
+    max_send_message_bytes: int = 64 * 1024 * 1024     # one answer (as large as an upstream's)
+    max_concurrent_streams: int = 256       # calls at once on one client connection (HTTP/2)
+    max_concurrent_rpcs: int | None = None  # calls at once in all; past it RESOURCE_EXHAUSTED
+    keepalive_time_s: float = 60.0          # ping a connection after this long without data
+    keepalive_timeout_s: float = 20.0       # ... and close it when the ping is not answered
+    permit_keepalive_without_calls: bool = True   # clients may ping connections with no call
+    min_ping_interval_s: float = 10.0       # client pings more often count as strikes
+    max_ping_strikes: int = 2               # ... and past this many the connection is closed
+    max_connection_idle_s: float | None = None    # close connections idle this long
+    max_connection_age_s: float | None = None     # ask clients to reconnect after this long
+    max_connection_age_grace_s: float | None = None
+
+
 class ServerSection(msgspec.Struct, forbid_unknown_fields=True):
     http: str | None = "127.0.0.1:8080"
     grpc: str | None = None
@@ -44,6 +61,7 @@ class ServerSection(msgspec.Struct, forbid_unknown_fields=True):
     max_pipelined: int = 32              # requests queued on one connection before reading pauses
     admin_token_env: str | None = None   # when set, /admin/* needs "Authorization: Bearer <it>"
     max_inflight: int = 4096             # proxied requests at once; past it, 503 at once
+    grpc_limits: GrpcLimits = msgspec.field(default_factory=GrpcLimits)
 
 
 class BreakerConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -231,6 +249,23 @@ def _check_timeouts(where: str, timeouts: Timeouts, problems: list[str]) -> None
             problems.append("%s.%s: must be a positive number of seconds" % (where, field))
 
 
+def _check_grpc_limits(limits: GrpcLimits, problems: list[str]) -> None:
+    for field in ("max_receive_message_bytes", "max_send_message_bytes",
+                  "max_concurrent_streams", "max_concurrent_rpcs"):
+        value = getattr(limits, field)
+        if value is not None and value < 1:
+            problems.append("server.grpc_limits.%s: must be >= 1" % field)
+    if limits.max_ping_strikes < 0:
+        problems.append("server.grpc_limits.max_ping_strikes: must be >= 0 (0: no limit)")
+    for field in ("keepalive_time_s", "keepalive_timeout_s", "min_ping_interval_s",
+                  "max_connection_idle_s", "max_connection_age_s",
+                  "max_connection_age_grace_s"):
+        value = getattr(limits, field)
+        if value is not None and not (value > 0 and math.isfinite(value)):
+            problems.append("server.grpc_limits.%s: must be a positive number of seconds"
+                            % field)
+
+
 def health_of(config: Config, dep: Deployment) -> HealthConfig:
     """The health-probe settings of one deployment: its override over ``upstream.health``."""
     base = config.upstream.health
@@ -277,6 +312,7 @@ def check(config: Config) -> list[str]:
         value = getattr(server, field)
         if not (value > 0 and math.isfinite(value)):
             problems.append("server.%s: must be a positive number of seconds" % field)
+    _check_grpc_limits(server.grpc_limits, problems)
     _check_timeouts("upstream.timeouts", config.upstream.timeouts, problems)
     budget = config.upstream.retry_budget
     if not (budget.ratio >= 0 and budget.min_per_s >= 0 and budget.window_s > 0

@@ -50,6 +50,8 @@ class Server:
         self.health: HealthChecker | None = None
         self.fronts: set[HttpFront] = set()
         self.address: tuple[str, int] | None = None
+        self.grpc = None                  # GrpcFront when server.grpc is set
+        self.grpc_address: tuple[str, int] | None = None
         self._http_server: asyncio.AbstractServer | None = None
         self._stop = asyncio.Event()
         self._force = False
@@ -83,8 +85,11 @@ class Server:
                         server.request_timeout_s, server.keepalive_timeout_s,
                         server.max_pipelined)
         if server.grpc is not None:
-            log.warning("server.grpc is set, but this version has no gRPC front end; "
-                        "serving HTTP only")
+            from .grpc.front import GrpcFront  # grpc loads only when it is used
+
+            self.grpc = GrpcFront(self.gateway, server.grpc, server.grpc_limits,
+                                  self.reuse_port)
+            self.grpc_address = await self.grpc.start()
         if server.http is not None:
             sock = self._sock or make_listener(server.http, self.reuse_port)
             gateway, fronts = self.gateway, self.fronts
@@ -98,8 +103,12 @@ class Server:
         self.health = HealthChecker(self.router, config)
         self.health.start()
         self.gateway.started = True
-        log.info("llmedge serving on http://%s:%d (fastpath=%s)", self.address[0],
-                 self.address[1], _fastpath.IMPLEMENTATION)
+        if self.grpc is not None:
+            await self.grpc.set_ready(not self.router.unready())
+        log.info("llmedge serving on%s%s (fastpath=%s)",
+                 " http://%s:%d" % self.address if self.address else "",
+                 " grpc://%s:%d" % self.grpc_address if self.grpc_address else "",
+                 _fastpath.IMPLEMENTATION)
 
     def install_signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -126,6 +135,8 @@ class Server:
         gateway = self.gateway
         assert gateway is not None and self.router is not None
         gateway.draining = True
+        if self.grpc is not None:
+            await self.grpc.enter_drain()
         if self._http_server is not None:
             self._http_server.close()
         for front in list(self.fronts):
@@ -138,6 +149,8 @@ class Server:
         await gateway.aclose()
         for front in list(self.fronts):
             front.abort()
+        if self.grpc is not None:
+            await self.grpc.stop()
         if self.health is not None:
             # Before the pools close: a probe in flight owns a connection of an endpoint.
             await self.health.aclose()
@@ -151,9 +164,15 @@ async def serve(config: Config, *, reuse_port: bool = False, ready_line: bool = 
     server = Server(config, reuse_port=reuse_port)
     await server.start()
     server.install_signals()
-    if ready_line and server.address is not None:
-        # One machine-readable line, so scripts and tests learn an ephemeral port.
-        # One write call: with --workers the lines of several processes must not interleave.
-        os.write(sys.stdout.fileno(), b"LISTENING %s:%d\n" % (server.address[0].encode(),
-                                                               server.address[1]))
+    if ready_line:
+        # One machine-readable line per front end, so scripts and tests learn ephemeral
+        # ports; the gRPC one first, so whoever waits for LISTENING has both. One write
+        # call: with --workers the lines of several processes must not interleave.
+        lines = b""
+        if server.grpc_address is not None:
+            lines += b"LISTENING-GRPC %s:%d\n" % (server.grpc_address[0].encode(),
+                                                  server.grpc_address[1])
+        if server.address is not None:
+            lines += b"LISTENING %s:%d\n" % (server.address[0].encode(), server.address[1])
+        os.write(sys.stdout.fileno(), lines)
     await server.serve_until_stopped()

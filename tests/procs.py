@@ -298,6 +298,8 @@ class Proc:
 
 
 LISTENING = r"LISTENING ([0-9.]+|\[[0-9a-fA-F:]+\]):(\d+)"
+# Printed just before LISTENING, in the same write, when server.grpc is set.
+GRPC_LISTENING = r"LISTENING-GRPC ([0-9.]+|\[[0-9a-fA-F:]+\]):(\d+)"
 
 
 class Simulator(Proc):
@@ -381,6 +383,8 @@ class Llmedge(Proc):
         self.port = int(self.ready[0].group(2))
         self.root = "http://127.0.0.1:%d" % self.port
         self.base_url = self.root + "/v1"
+        grpc_line = re.search(GRPC_LISTENING, self.stdout)
+        self.grpc_port = int(grpc_line.group(2)) if grpc_line else None
 
     def call(self, method: str, path: str, body: Any = None,
              headers: dict[str, str] | None = None) -> Response:

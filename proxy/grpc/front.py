@@ -1,0 +1,304 @@
+"""The gRPC front end: ``llmedge.v1.Gateway`` on a grpc.aio server in the HTTP front end's loop.
+
+Chat and ChatStream translate the request to the OpenAI JSON body and hand it to the same
+``Gateway.handle`` an HTTP request goes through (validation, routing, cache, shedding,
+dispatcher with fallbacks and breakers, metrics) with a ``GrpcExchange`` to answer into.
+The client's deadline bounds the whole answer, every attempt and fallback included, and a
+cancelled or expired call cancels the request's task, which aborts the upstream request.
+Health (``grpc.health.v1``) is SERVING once ready and NOT_SERVING from the start of a drain;
+server reflection lists the services.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, NoReturn
+
+import grpc
+import orjson
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import Counter
+
+from ..config import GrpcLimits, parse_address
+from ..errors import BadRequest, ProxyError
+from ..gateway import Gateway
+from ..routing.router import Router, parse_tags
+from . import status, translate
+from ._gen import gateway_pb2 as pb
+from ._gen import gateway_pb2_grpc as pb_grpc
+from .exchange import GrpcExchange
+
+log = logging.getLogger("llmedge.grpc")
+
+SERVICE = pb.DESCRIPTOR.services_by_name["Gateway"].full_name
+NO_TAGS: frozenset[str] = frozenset()
+# Left to RPCs still running after the drain waited for every proxied request: only the
+# quick ones (Route, ListModels) and health watches, which end with the server.
+STOP_GRACE_S = 1.0
+
+
+def request_headers(context: grpc.aio.ServicerContext) -> dict[bytes, bytes]:
+    """Request metadata as the lower-case header dict of the HTTP front end."""
+    headers: dict[bytes, bytes] = {}
+    for key, value in context.invocation_metadata() or ():
+        if isinstance(value, str):  # "-bin" metadata is bytes and means nothing here
+            headers[key.encode("latin-1")] = value.encode("utf-8")
+    return headers
+
+
+def route_decision(router: Router, request: pb.ChatRequest,
+                   headers: dict[bytes, bytes]) -> pb.RouteDecision:
+    """What the router would do with ``request``, without calling any upstream.
+
+    One function on purpose: a richer explanation of the decision plugs in here.
+    """
+    if not request.model:
+        raise BadRequest("model: required", param="model")
+    plan = router.plan(request.model)
+    tags = headers.get(b"x-llmedge-tags")
+    session = headers.get(b"x-llmedge-session")
+    decision = plan.decide(router.table, router.rnd, parse_tags(tags) if tags else NO_TAGS,
+                           session.decode("utf-8", "replace") if session else
+                           request.user or None)
+    return pb.RouteDecision(
+        route=plan.name, reason=decision.reason, session=decision.session or "",
+        targets=[pb.RouteTarget(deployment=t.name, upstream_model=t.upstream_model,
+                                price=t.price, quality=t.quality, usable=t.unusable is None,
+                                unusable_reason=t.unusable or "")
+                 for t in decision.targets])
+
+
+async def _fail(context: grpc.aio.ServicerContext, failure: status.Failure) -> NoReturn:
+    await context.abort(failure.code, failure.message, tuple(failure.trailers))
+    raise AssertionError("unreachable: abort raises")
+
+
+def _cancel(ex: GrpcExchange) -> None:
+    """The handler is leaving before the answer finished: stop the request (and with it
+    the upstream request)."""
+    task = ex.task
+    if not ex.finished and task is not None and not task.done():
+        task.cancel()
+
+
+class GatewayServicer(pb_grpc.GatewayServicer):
+    def __init__(self, gateway: Gateway, counter: Counter) -> None:
+        self.gateway = gateway
+        self._counter = counter
+        router = gateway.router
+        self._models = pb.ListModelsResponse(models=[
+            pb.Model(id=name, owned_by="llmedge-route" if name in router.routes
+                     else "llmedge-deployment")
+            for name in [*router.routes, *router.targets]])
+
+    # === RPCs ===
+
+    async def Chat(self, request: pb.ChatRequest,
+                   context: grpc.aio.ServicerContext) -> pb.ChatResponse:
+        ex = await self._start(request, context, stream=False)
+        try:
+            async with asyncio.timeout(context.time_remaining()):
+                while not ex.finished:
+                    await ex.wait()
+        except TimeoutError:
+            await self._deadline_exceeded(ex, context)
+        finally:
+            _cancel(ex)
+        if ex.aborted or ex.status >= 300:
+            await self._fail_answer(ex, context)
+        doc = self._whole(ex)
+        if doc is None:
+            await self._fail(context, "Chat", status.Failure(
+                grpc.StatusCode.INTERNAL, "the upstream's answer is not JSON",
+                status.metadata(ex.header_block)))
+        await context.send_initial_metadata(status.metadata(ex.header_block))
+        self._counter.labels("Chat", "OK").inc()
+        return translate.chat_response(doc)
+
+    async def ChatStream(self, request: pb.ChatRequest,
+                         context: grpc.aio.ServicerContext) -> None:
+        ex = await self._start(request, context, stream=True)
+        try:
+            async with asyncio.timeout(context.time_remaining()):
+                while not ex.started:
+                    await ex.wait()
+                if not ex.streaming:
+                    # A whole answer: an error, or an upstream that did not stream.
+                    if ex.aborted or ex.status >= 300:
+                        await self._fail_answer(ex, context)
+                    doc = self._whole(ex)
+                    if doc is None:
+                        await self._fail(context, "ChatStream", status.Failure(
+                            grpc.StatusCode.INTERNAL, "the upstream's answer is not JSON",
+                            status.metadata(ex.header_block)))
+                    await context.send_initial_metadata(status.metadata(ex.header_block))
+                    await context.write(translate.completion_as_chunk(doc))
+                    self._counter.labels("ChatStream", "OK").inc()
+                    return
+                await context.send_initial_metadata(status.metadata(ex.header_block))
+                while True:
+                    while ex.events:
+                        await context.write(translate.chat_chunk(ex.take()))
+                    if ex.error is not None or ex.finished:
+                        break
+                    await ex.wait()
+        except TimeoutError:
+            await self._deadline_exceeded(ex, context)
+        finally:
+            _cancel(ex)
+        if ex.error is not None:
+            code = (grpc.StatusCode.INTERNAL if ex.error.code == "upstream_bad_event"
+                    else grpc.StatusCode.UNAVAILABLE)
+            trailers = status.metadata(ex.header_block)
+            trailers.append(("x-llmedge-error-type", ex.error.kind))
+            if ex.error.code:
+                trailers.append(("x-llmedge-error-code", str(ex.error.code)))
+            await self._fail(context, "ChatStream",
+                             status.Failure(code, ex.error.message, trailers))
+        if ex.aborted:
+            await self._fail_answer(ex, context)
+        self._counter.labels("ChatStream", "OK").inc()
+
+    async def Route(self, request: pb.ChatRequest,
+                    context: grpc.aio.ServicerContext) -> pb.RouteDecision:
+        try:
+            decision = route_decision(self.gateway.router, request, request_headers(context))
+        except ProxyError as exc:
+            await self._fail(context, "Route", status.from_error(exc))
+        self._counter.labels("Route", "OK").inc()
+        return decision
+
+    async def ListModels(self, request: pb.ListModelsRequest,
+                         context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
+        self._counter.labels("ListModels", "OK").inc()
+        return self._models
+
+    # === helpers ===
+
+    async def _start(self, request: pb.ChatRequest, context: grpc.aio.ServicerContext,
+                     stream: bool) -> GrpcExchange:
+        method = "ChatStream" if stream else "Chat"
+        if self.gateway.draining:
+            await self._fail(context, method, status.Failure(
+                grpc.StatusCode.UNAVAILABLE, "llmedge is draining; retry on another instance",
+                [("retry-after", "0")]))
+        try:
+            body = translate.request_body(request, stream)
+        except ProxyError as exc:
+            await self._fail(context, method, status.from_error(exc))
+        ex = GrpcExchange(request_headers(context), body)
+        self.gateway.handle(ex)
+        return ex
+
+    @staticmethod
+    def _whole(ex: GrpcExchange) -> Any:
+        try:
+            return orjson.loads(ex.payload)
+        except orjson.JSONDecodeError:
+            return None
+
+    async def _fail_answer(self, ex: GrpcExchange, context: grpc.aio.ServicerContext) -> NoReturn:
+        method = "ChatStream" if ex.streaming else "Chat"
+        if ex.aborted:
+            await self._fail(context, method, status.Failure(
+                grpc.StatusCode.INTERNAL, "internal error", status.metadata(ex.header_block)))
+        await self._fail(context, method, status.from_http(ex.status, ex.payload,
+                                                           ex.header_block))
+
+    async def _deadline_exceeded(self, ex: GrpcExchange,
+                                 context: grpc.aio.ServicerContext) -> NoReturn:
+        _cancel(ex)
+        await self._fail(context, "ChatStream" if ex.streaming else "Chat", status.Failure(
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            "the deadline passed before the upstream answered%s" % (
+                " in full" if ex.started else ""),
+            status.metadata(ex.header_block)))
+
+    async def _fail(self, context: grpc.aio.ServicerContext, method: str,
+                    failure: status.Failure) -> NoReturn:
+        self._counter.labels(method, failure.code.name).inc()
+        await _fail(context, failure)
+
+
+def server_options(limits: GrpcLimits, reuse_port: bool) -> list[tuple[str, Any]]:
+    def ms(seconds: float) -> int:
+        return int(seconds * 1000)
+
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_receive_message_length", limits.max_receive_message_bytes),
+        ("grpc.max_send_message_length", limits.max_send_message_bytes),
+        ("grpc.max_concurrent_streams", limits.max_concurrent_streams),
+        ("grpc.keepalive_time_ms", ms(limits.keepalive_time_s)),
+        ("grpc.keepalive_timeout_ms", ms(limits.keepalive_timeout_s)),
+        ("grpc.keepalive_permit_without_calls", int(limits.permit_keepalive_without_calls)),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", ms(limits.min_ping_interval_s)),
+        ("grpc.http2.max_ping_strikes", limits.max_ping_strikes),
+        # gRPC turns SO_REUSEPORT on by default: a second llmedge on the same port would then
+        # silently take half the traffic. Only --workers shares a port on purpose.
+        ("grpc.so_reuseport", int(reuse_port)),
+    ]
+    for name, value in (("grpc.max_connection_idle_ms", limits.max_connection_idle_s),
+                        ("grpc.max_connection_age_ms", limits.max_connection_age_s),
+                        ("grpc.max_connection_age_grace_ms", limits.max_connection_age_grace_s)):
+        if value is not None:
+            options.append((name, ms(value)))
+    return options
+
+
+class GrpcFront:
+    """Owns the grpc.aio server: ``start()``, ``set_ready()``, ``enter_drain()``, ``stop()``."""
+
+    def __init__(self, gateway: Gateway, address: str, limits: GrpcLimits,
+                 reuse_port: bool = False) -> None:
+        self.gateway = gateway
+        self.address = address
+        self.limits = limits
+        self.reuse_port = reuse_port
+        self.port = 0
+        self.health = HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        counter = Counter("llmedge_grpc_requests", "gRPC calls answered, by method and status.",
+                          ["method", "code"], registry=gateway.metrics.registry)
+        self.servicer = GatewayServicer(gateway, counter)
+
+    async def start(self) -> tuple[str, int]:
+        """Bind and serve; health is NOT_SERVING until ``set_ready``."""
+        host, port = parse_address(self.address)
+        server = grpc.aio.server(options=server_options(self.limits, self.reuse_port),
+                                 maximum_concurrent_rpcs=self.limits.max_concurrent_rpcs)
+        pb_grpc.add_GatewayServicer_to_server(self.servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME), server)
+        target = "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
+        try:
+            self.port = server.add_insecure_port(target)
+        except RuntimeError as exc:
+            raise OSError("server.grpc: cannot listen on %s: %s" % (self.address, exc)) from None
+        if not self.port:
+            raise OSError("server.grpc: cannot listen on %s" % self.address)
+        for service in ("", SERVICE):
+            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await server.start()
+        self._server = server
+        return host, self.port
+
+    async def set_ready(self, ready: bool) -> None:
+        state = (health_pb2.HealthCheckResponse.SERVING if ready
+                 else health_pb2.HealthCheckResponse.NOT_SERVING)
+        for service in ("", SERVICE):
+            await self.health.set(service, state)
+
+    async def enter_drain(self) -> None:
+        """NOT_SERVING from now on (and watchers told); new Chat calls are refused with
+        UNAVAILABLE while the calls in flight finish."""
+        await self.health.enter_graceful_shutdown()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.stop(STOP_GRACE_S)
+            self._server = None
