@@ -377,3 +377,49 @@ routes:
         health = health_pb2_grpc.HealthStub(ch)
         resp = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=CALL_TIMEOUT)
         assert resp.status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def test_limits_message_size_and_concurrent_calls(sims, dead_port, start_edge):
+    edge = start_edge(edge_config(sims, dead_port, server="""\
+  grpc: 127.0.0.1:0
+  grpc_limits: {max_receive_message_bytes: 2048, max_concurrent_rpcs: 1}"""))
+    sims.gamma.configure(stall_after=0)
+    with grpc.insecure_channel("127.0.0.1:%d" % edge.grpc_port) as ch:
+        stub = pb_grpc.GatewayStub(ch)
+        err = expect_error(lambda: stub.Route(ask(text="x" * 4096), timeout=CALL_TIMEOUT),
+                           grpc.StatusCode.RESOURCE_EXHAUSTED)
+        assert "2048" in err.details(), err.details()
+        held = stub.Chat.future(ask("gamma"), timeout=CALL_TIMEOUT)
+        sims.gamma.wait_stat("chat", 1)
+        expect_error(lambda: stub.Route(ask(), timeout=CALL_TIMEOUT),
+                     grpc.StatusCode.RESOURCE_EXHAUSTED)
+        held.cancel()
+
+
+def test_bad_limits_are_config_errors():
+    from proxy.config import parse
+    from proxy.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        parse("""\
+server: {grpc: "127.0.0.1:0", grpc_limits: {max_send_message_bytes: 0, keepalive_time_s: -1}}
+deployments: [{name: a, base_url: "http://127.0.0.1:1/v1"}]
+""")
+    assert info.value.problems == [
+        "server.grpc_limits.max_send_message_bytes: must be >= 1",
+        "server.grpc_limits.keepalive_time_s: must be a positive number of seconds"]
+
+
+def test_the_example_client_runs(gedge):
+    import subprocess
+    import sys
+
+    from procs import REPO
+
+    out = subprocess.run([sys.executable, str(REPO / "examples" / "grpc_client.py"),
+                          "127.0.0.1:%d" % gedge.grpc_port, "beta"], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "answered by beta via route beta after 1 attempt(s)" in out.stdout
+    assert out.stdout.count(REPLIES["beta"]) == 2
+    assert "route beta would try: beta" in out.stdout

@@ -1,0 +1,38 @@
+"""Smoke test of bench/grpc_load.py: it runs both front ends and writes a well-formed report.
+
+Nothing here is about timing; only the report's shape and that calls were answered.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_grpc_load_reports_both_front_ends(tmp_path, stream):
+    out = tmp_path / "report.json"
+    cmd = [sys.executable, str(REPO / "bench" / "grpc_load.py"), "--connections", "2",
+           "--duration", "0.5", "--warmup", "0.2", "--rounds", "1", "--json", str(out)]
+    if stream:
+        cmd.append("--stream")
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=100)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(out.read_text())
+    for front in ("http", "grpc"):
+        row = report[front]
+        assert row["errors"] == 0
+        assert row["achieved_rps"] > 0
+        assert row["edge_cpu_us_per_request"] > 0
+        assert set(row["latency_us"]) == {"p50", "p90", "p99"}
+        assert ("ttft_us" in row) == stream
+    keys = {"latency_p50", "latency_p99", "edge_cpu_per_request"} | (
+        {"ttft_p50"} if stream else set())
+    assert set(report["overhead"]) == keys
+    assert "| grpc |" in proc.stdout
