@@ -150,8 +150,12 @@ routes:
 
 def measure(args: argparse.Namespace, label: str, edge_pid: int, fn) -> dict:
     cpu0 = machine.pid_cpu_s(edge_pid)
+    own0, wall0 = time.process_time(), time.perf_counter()
     result = fn()
     cpu = machine.pid_cpu_s(edge_pid) - cpu0
+    # The load generator's own CPU share: near 1.0 means the client, not llmedge, set the pace.
+    result["client_cpu_util"] = round((time.process_time() - own0)
+                                      / (time.perf_counter() - wall0), 3)
     done = result["completed_all"]
     result["edge_cpu_us_per_request"] = round(cpu / done * 1e6, 1) if done else None
     result["front"] = label
@@ -167,6 +171,7 @@ def combine(rows: list[dict]) -> dict:
     out = {"rounds": len(rows),
            "achieved_rps": median(r["achieved_rps"] for r in rows),
            "edge_cpu_us_per_request": median(r["edge_cpu_us_per_request"] for r in rows),
+           "client_cpu_util": median(r["client_cpu_util"] for r in rows),
            "errors": sum(sum(r["errors"].values()) for r in rows)}
     for key in ("latency_us", "ttft_us"):
         if rows[0].get(key):
@@ -193,14 +198,14 @@ def overhead(http: dict, grpc_: dict) -> dict:
 
 
 def markdown(report: dict) -> str:
-    lines = ["| front | rps | p50 µs | p90 µs | p99 µs | llmedge CPU µs/req |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| front | rps | p50 µs | p90 µs | p99 µs | llmedge CPU µs/req | client CPU |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name in ("http", "grpc"):
         r = report[name]
         lat = r.get("latency_us") or {}
-        lines.append("| %s | %s | %s | %s | %s | %s |" % (
+        lines.append("| %s | %s | %s | %s | %s | %s | %s |" % (
             name, r["achieved_rps"], lat.get("p50"), lat.get("p90"), lat.get("p99"),
-            r["edge_cpu_us_per_request"]))
+            r["edge_cpu_us_per_request"], r["client_cpu_util"]))
     lines.append("")
     for key, row in report["overhead"].items():
         lines.append("%s: gRPC %s µs vs HTTP %s µs: %+.1f µs, ratio %.3f" % (

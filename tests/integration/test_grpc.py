@@ -150,6 +150,12 @@ def test_failure_mid_stream_ends_with_an_error_status(sims, stub):
     assert sum(1 for c in got if c.choices and c.choices[0].delta.content) == 2
 
 
+def test_calls_without_a_deadline(stub):
+    assert stub.Chat(ask("beta")).choices[0].message.content == REPLIES["beta"]
+    assert "".join(c.choices[0].delta.content for c in stub.ChatStream(ask("beta"))
+                   if c.choices) == REPLIES["beta"]
+
+
 def test_fallback_when_the_first_deployment_is_down(stub):
     resp, call = stub.Chat.with_call(ask("via-dead"), timeout=CALL_TIMEOUT)
     assert resp.choices[0].message.content == REPLIES["beta"]
@@ -423,3 +429,22 @@ def test_the_example_client_runs(gedge):
     assert "answered by beta via route beta after 1 attempt(s)" in out.stdout
     assert out.stdout.count(REPLIES["beta"]) == 2
     assert "route beta would try: beta" in out.stdout
+
+
+def test_a_second_llmedge_cannot_take_the_grpc_port(sims, dead_port, start_edge, tmp_path):
+    import subprocess
+    import sys
+
+    from procs import REPO, free_port
+
+    port = free_port()
+    config = edge_config(sims, dead_port, server="  grpc: 127.0.0.1:%d" % port)
+    first = start_edge(config)
+    assert first.grpc_port == port
+    path = tmp_path / "second.yaml"
+    path.write_text(config)
+    second = subprocess.run([sys.executable, "-m", "proxy", "serve", "-c", str(path)],
+                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert second.returncode == 3
+    assert "server.grpc: cannot listen on 127.0.0.1:%d" % port in second.stderr
+    assert "LISTENING" not in second.stdout
