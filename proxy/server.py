@@ -121,6 +121,8 @@ class Server:
             log.warning("second signal: exiting without waiting")
             for front in list(self.fronts):
                 front.abort()
+            if self.grpc is not None:
+                self.grpc.force()
         self._stop.set()
 
     async def serve_until_stopped(self) -> None:
@@ -136,7 +138,7 @@ class Server:
         assert gateway is not None and self.router is not None
         gateway.draining = True
         if self.grpc is not None:
-            await self.grpc.enter_drain()
+            await self.grpc.enter_drain(self.config.server.drain_timeout_s)
         if self._http_server is not None:
             self._http_server.close()
         for front in list(self.fronts):

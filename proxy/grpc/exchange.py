@@ -39,7 +39,7 @@ class StreamError(Exception):
 class GrpcExchange:
     __slots__ = ("method", "url", "headers", "body", "task", "started", "finished", "chunked",
                  "keep_alive", "on_pause", "on_resume", "status", "payload", "content_type",
-                 "header_block", "streaming", "events", "error", "aborted", "_paused",
+                 "header_block", "streaming", "events", "error", "aborted", "dropped", "_paused",
                  "_partial", "_waiter")
 
     def __init__(self, headers: dict[bytes, bytes], body: bytes) -> None:
@@ -62,6 +62,7 @@ class GrpcExchange:
         self.events: deque[Any] = deque()   # decoded JSON of each data event, in order
         self.error: StreamError | None = None
         self.aborted = False
+        self.dropped = False          # the request's task ended without finishing the answer
         self._paused = False
         self._partial = b""
         self._waiter: asyncio.Future[None] | None = None
@@ -128,6 +129,13 @@ class GrpcExchange:
         """The answer cannot be completed honestly (an internal error mid-stream)."""
         self.aborted = True
         self._finish()
+
+    def task_done(self, task: asyncio.Task) -> None:
+        """The request's task ended. Normally the answer finished first; a task cancelled
+        before that (a drain that ran out of time) must not leave the handler waiting."""
+        if not self.finished:
+            self.dropped = True
+            self._finish()
 
     # === what the RPC handler calls ===
 

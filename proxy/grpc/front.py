@@ -88,6 +88,11 @@ class GatewayServicer(pb_grpc.GatewayServicer):
     def __init__(self, gateway: Gateway, counter: Counter) -> None:
         self.gateway = gateway
         self._counter = counter
+        # Chat and ChatStream calls being answered: a drain waits for them (their last
+        # events may still be on the way to the client after the request task ended).
+        self.active: set[GrpcExchange] = set()
+        self.idle = asyncio.Event()
+        self.idle.set()
         router = gateway.router
         self._models = pb.ListModelsResponse(models=[
             pb.Model(id=name, owned_by="llmedge-route" if name in router.routes
@@ -106,8 +111,8 @@ class GatewayServicer(pb_grpc.GatewayServicer):
         except TimeoutError:
             await self._deadline_exceeded(ex, context)
         finally:
-            _cancel(ex)
-        if ex.aborted or ex.status >= 300:
+            self._end(ex)
+        if ex.aborted or ex.dropped or ex.status >= 300:
             await self._fail_answer(ex, context)
         doc = self._whole(ex)
         if doc is None:
@@ -123,11 +128,11 @@ class GatewayServicer(pb_grpc.GatewayServicer):
         ex = await self._start(request, context, stream=True)
         try:
             async with asyncio.timeout(context.time_remaining()):
-                while not ex.started:
+                while not (ex.started or ex.finished):
                     await ex.wait()
                 if not ex.streaming:
                     # A whole answer: an error, or an upstream that did not stream.
-                    if ex.aborted or ex.status >= 300:
+                    if ex.aborted or ex.dropped or ex.status >= 300:
                         await self._fail_answer(ex, context)
                     doc = self._whole(ex)
                     if doc is None:
@@ -148,7 +153,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
         except TimeoutError:
             await self._deadline_exceeded(ex, context)
         finally:
-            _cancel(ex)
+            self._end(ex)
         if ex.error is not None:
             code = (grpc.StatusCode.INTERNAL if ex.error.code == "upstream_bad_event"
                     else grpc.StatusCode.UNAVAILABLE)
@@ -158,7 +163,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
                 trailers.append(("x-llmedge-error-code", str(ex.error.code)))
             await self._fail(context, "ChatStream",
                              status.Failure(code, ex.error.message, trailers))
-        if ex.aborted:
+        if ex.aborted or ex.dropped:
             await self._fail_answer(ex, context)
         self._counter.labels("ChatStream", "OK").inc()
 
@@ -190,8 +195,27 @@ class GatewayServicer(pb_grpc.GatewayServicer):
         except ProxyError as exc:
             await self._fail(context, method, status.from_error(exc))
         ex = GrpcExchange(request_headers(context), body)
-        self.gateway.handle(ex)
+        self.active.add(ex)
+        self.idle.clear()
+        try:
+            self.gateway.handle(ex)
+        except BaseException:
+            self._end(ex)
+            raise
+        if ex.task is not None:
+            ex.task.add_done_callback(ex.task_done)
         return ex
+
+    def _end(self, ex: GrpcExchange) -> None:
+        _cancel(ex)
+        self.active.discard(ex)
+        if not self.active:
+            self.idle.set()
+
+    def cancel_all(self) -> None:
+        """Stop every request being answered (a forced exit)."""
+        for ex in list(self.active):
+            _cancel(ex)
 
     @staticmethod
     def _whole(ex: GrpcExchange) -> Any:
@@ -202,6 +226,10 @@ class GatewayServicer(pb_grpc.GatewayServicer):
 
     async def _fail_answer(self, ex: GrpcExchange, context: grpc.aio.ServicerContext) -> NoReturn:
         method = "ChatStream" if ex.streaming else "Chat"
+        if ex.dropped:
+            await self._fail(context, method, status.Failure(
+                grpc.StatusCode.UNAVAILABLE, "llmedge stopped answering this call (it is "
+                "shutting down); retry on another instance", status.metadata(ex.header_block)))
         if ex.aborted:
             await self._fail(context, method, status.Failure(
                 grpc.StatusCode.INTERNAL, "internal error", status.metadata(ex.header_block)))
@@ -260,6 +288,7 @@ class GrpcFront:
         self.port = 0
         self.health = HealthServicer()
         self._server: grpc.aio.Server | None = None
+        self._drain_deadline: float | None = None
         counter = Counter("llmedge_grpc_requests", "gRPC calls answered, by method and status.",
                           ["method", "code"], registry=gateway.metrics.registry)
         self.servicer = GatewayServicer(gateway, counter)
@@ -293,12 +322,30 @@ class GrpcFront:
         for service in ("", SERVICE):
             await self.health.set(service, state)
 
-    async def enter_drain(self) -> None:
+    async def enter_drain(self, timeout: float) -> None:
         """NOT_SERVING from now on (and watchers told); new Chat calls are refused with
-        UNAVAILABLE while the calls in flight finish."""
+        UNAVAILABLE while the calls in flight finish, for up to ``timeout`` seconds."""
+        self._drain_deadline = asyncio.get_running_loop().time() + timeout
         await self.health.enter_graceful_shutdown()
 
+    def force(self) -> None:
+        """A second signal: stop waiting for calls in flight."""
+        self._drain_deadline = None
+        self.servicer.cancel_all()
+
     async def stop(self) -> None:
-        if self._server is not None:
-            await self._server.stop(STOP_GRACE_S)
-            self._server = None
+        """Once the calls in flight are answered (or the drain's time is up), close. Not
+        server.stop(grace) alone: health watches never end by themselves, so the grace
+        would always be spent in full."""
+        if self._server is None:
+            return
+        deadline = self._drain_deadline
+        if deadline is not None:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self.servicer.idle.wait()
+            except TimeoutError:
+                log.warning("drain timeout: %d gRPC calls still being answered",
+                            len(self.servicer.active))
+        await self._server.stop(STOP_GRACE_S)
+        self._server = None

@@ -448,3 +448,36 @@ def test_a_second_llmedge_cannot_take_the_grpc_port(sims, dead_port, start_edge,
     assert second.returncode == 3
     assert "server.grpc: cannot listen on 127.0.0.1:%d" % port in second.stderr
     assert "LISTENING" not in second.stdout
+
+
+def test_a_call_outliving_the_drain_ends_unavailable(sims, gedge, stub):
+    sims.gamma.configure(stall_after=0)
+    future = stub.Chat.future(ask("gamma"), timeout=CALL_TIMEOUT)
+    sims.gamma.wait_stat("chat", 1)
+    gedge.send_signal(signal.SIGTERM)
+    with pytest.raises(grpc.RpcError) as info:
+        future.result(timeout=DRAIN_TIMEOUT_S + 15)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "shutting down" in info.value.details()
+    assert gedge.wait(timeout=DRAIN_TIMEOUT_S + 15) == 0
+    sims.gamma.wait_stat("connections_closed", 1)
+
+
+def test_a_second_signal_stops_waiting_for_grpc_calls(sims, gedge, stub):
+    sims.gamma.configure(stall_after=0)
+    future = stub.Chat.future(ask("gamma"), timeout=CALL_TIMEOUT)
+    sims.gamma.wait_stat("chat", 1)
+    gedge.send_signal(signal.SIGTERM)
+    # The first signal is handled once the health watchers have been told.
+    with grpc.insecure_channel("127.0.0.1:%d" % gedge.grpc_port) as ch:
+        health = health_pb2_grpc.HealthStub(ch)
+        watch = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=CALL_TIMEOUT)
+        assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        watch.cancel()
+    gedge.send_signal(signal.SIGINT)
+    with pytest.raises(grpc.RpcError) as info:
+        future.result(timeout=CALL_TIMEOUT)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert gedge.wait() == 0
+    assert "second signal" in gedge.stderr()
+    assert "drain timeout" not in gedge.stderr()
