@@ -481,3 +481,40 @@ def test_a_second_signal_stops_waiting_for_grpc_calls(sims, gedge, stub):
     assert gedge.wait() == 0
     assert "second signal" in gedge.stderr()
     assert "drain timeout" not in gedge.stderr()
+
+
+def test_a_slow_stream_reader_pushes_back_on_the_upstream(sims, start_edge):
+    """~60 MB streamed to a client that reads nothing at first: gRPC's flow control stops
+    the handler's writes, the events waiting for it stay few, the upstream read pauses, and
+    the bytes wait in the upstream instead of in llmedge. Then every chunk arrives."""
+    import time
+    from pathlib import Path
+
+    from procs import wait_for
+
+    def rss_kib(pid: int) -> int:
+        for line in Path("/proc/%d/status" % pid).read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS for %d" % pid)
+
+    chunks, piece = 12000, "x" * 5000
+    sims.alpha.configure(chunks=chunks, reply=piece * chunks, tokens_per_s=None)
+    edge = start_edge("server:\n  http: 127.0.0.1:0\n  grpc: 127.0.0.1:0\ndeployments:\n"
+                      "  - name: big\n    base_url: %s\n" % sims.alpha.url)
+    baseline = rss_kib(edge.pid)
+    with grpc.insecure_channel("127.0.0.1:%d" % edge.grpc_port) as ch:
+        call = pb_grpc.GatewayStub(ch).ChatStream(ask("big"), timeout=CALL_TIMEOUT * 3)
+        wait_for(lambda: sims.alpha.stats()["pending_write_bytes"] > 0,
+                 message="the upstream to be held back")
+        # Long enough for an llmedge without backpressure to have read most of it.
+        peak, deadline = baseline, time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            peak = max(peak, rss_kib(edge.pid))
+            time.sleep(0.05)
+        held_upstream = sims.alpha.stats()["pending_write_bytes"]
+        assert peak - baseline < 32 * 1024, (baseline, peak)
+        assert held_upstream > 16 * 1024 * 1024, held_upstream
+        got = sum(1 for c in call if c.choices and c.choices[0].delta.content == piece)
+    assert call.code() == grpc.StatusCode.OK
+    assert got == chunks
