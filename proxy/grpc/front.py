@@ -88,6 +88,8 @@ class GatewayServicer(pb_grpc.GatewayServicer):
     def __init__(self, gateway: Gateway, counter: Counter) -> None:
         self.gateway = gateway
         self._counter = counter
+        self._ok = {m: counter.labels(m, "OK") for m in ("Chat", "ChatStream", "Route",
+                                                          "ListModels")}
         # Chat and ChatStream calls being answered: a drain waits for them (their last
         # events may still be on the way to the client after the request task ended).
         self.active: set[GrpcExchange] = set()
@@ -120,7 +122,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
                 grpc.StatusCode.INTERNAL, "the upstream's answer is not JSON",
                 status.metadata(ex.header_block)))
         await context.send_initial_metadata(status.metadata(ex.header_block))
-        self._counter.labels("Chat", "OK").inc()
+        self._ok["Chat"].inc()
         return translate.chat_response(doc)
 
     async def ChatStream(self, request: pb.ChatRequest,
@@ -141,7 +143,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
                             status.metadata(ex.header_block)))
                     await context.send_initial_metadata(status.metadata(ex.header_block))
                     await context.write(translate.completion_as_chunk(doc))
-                    self._counter.labels("ChatStream", "OK").inc()
+                    self._ok["ChatStream"].inc()
                     return
                 await context.send_initial_metadata(status.metadata(ex.header_block))
                 while True:
@@ -165,7 +167,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
                              status.Failure(code, ex.error.message, trailers))
         if ex.aborted or ex.dropped:
             await self._fail_answer(ex, context)
-        self._counter.labels("ChatStream", "OK").inc()
+        self._ok["ChatStream"].inc()
 
     async def Route(self, request: pb.ChatRequest,
                     context: grpc.aio.ServicerContext) -> pb.RouteDecision:
@@ -173,12 +175,12 @@ class GatewayServicer(pb_grpc.GatewayServicer):
             decision = route_decision(self.gateway.router, request, request_headers(context))
         except ProxyError as exc:
             await self._fail(context, "Route", status.from_error(exc))
-        self._counter.labels("Route", "OK").inc()
+        self._ok["Route"].inc()
         return decision
 
     async def ListModels(self, request: pb.ListModelsRequest,
                          context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
-        self._counter.labels("ListModels", "OK").inc()
+        self._ok["ListModels"].inc()
         return self._models
 
     # === helpers ===
