@@ -20,6 +20,9 @@ CACHED_ROUTE = """\
   - name: cached
     deployments: [gamma]
     cache: {ttl_s: 600}
+  - name: sticky
+    deployments: [alpha, beta]
+    affinity: session
 """
 
 
@@ -179,6 +182,12 @@ def test_cache_hit_and_cache_control_metadata(sims, stub):
                                    timeout=CALL_TIMEOUT)
     assert initial(third)["x-llmedge-cache"] == "bypass"
     assert sims.gamma.stats()["chat"] == 2
+    # Each credential has its own cache: another tenant's first call is a miss.
+    for token, state in (("Bearer tenant-a", "miss"), ("Bearer tenant-a", "hit"),
+                         ("Bearer tenant-b", "miss")):
+        _, call = stub.Chat.with_call(req, metadata=[("authorization", token)],
+                                      timeout=CALL_TIMEOUT)
+        assert initial(call)["x-llmedge-cache"] == state, token
 
 
 # === Route and ListModels ===
@@ -197,6 +206,16 @@ def test_route_decides_without_calling_an_upstream(sims, stub):
     err = expect_error(lambda: stub.Route(ask("nope"), timeout=CALL_TIMEOUT),
                        grpc.StatusCode.NOT_FOUND)
     assert "nope" in err.details()
+
+
+def test_route_uses_the_session_from_metadata_or_user(stub):
+    by_metadata = stub.Route(ask("sticky"), metadata=[("x-llmedge-session", "user-42")],
+                             timeout=CALL_TIMEOUT)
+    assert by_metadata.session == "user-42"
+    by_user = stub.Route(ask("sticky", user="user-7"), timeout=CALL_TIMEOUT)
+    assert by_user.session == "user-7"
+    assert stub.Route(ask("auto"), metadata=[("x-llmedge-session", "user-42")],
+                      timeout=CALL_TIMEOUT).session == ""  # no affinity on this route
 
 
 def test_list_models(stub):
