@@ -186,6 +186,12 @@ class Breakers:
                  if r in self._circuits and self._circuits[r].state == OPEN]
         return bool(open_) and all(c.rate_limited for c in open_)
 
+    def forget(self, row: int) -> None:
+        """An endpoint left the configuration: its circuit and timer go with it."""
+        circuit = self._circuits.pop(row, None)
+        if circuit is not None and circuit.timer is not None:
+            circuit.timer.cancel()
+
     def aclose(self) -> None:
         for circuit in self._circuits.values():
             if circuit.timer is not None:

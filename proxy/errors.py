@@ -113,3 +113,12 @@ class ConfigError(Exception):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+
+
+class ReloadRejected(Exception):
+    """A reload did not happen; the configuration in use keeps serving."""
+
+    def __init__(self, reason: str, problems: list[str] | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.problems = problems or [reason]

@@ -15,7 +15,8 @@ from _fastpath import EP_EJECTED, EP_HALF_OPEN, EP_HEALTHY, EP_OPEN
 from .budget import RetryBudget
 from .cache import MemoryCache, repeatable, request_key, sse_replay
 from .dispatch import Answer, Dispatcher
-from .errors import BadRequest, MethodNotAllowed, NotFound, Overloaded, ProxyError
+from .errors import (BadRequest, MethodNotAllowed, NotFound, Overloaded, ProxyError,
+                     ReloadRejected)
 from .http import wire
 from .http.front import Exchange
 from .metrics import Metrics
@@ -92,6 +93,7 @@ class Gateway:
         self.max_inflight = 4096
         self._request_count = 0
         self._tasks: set[asyncio.Task] = set()
+        self.reloader = None  # async () -> summary dict; set by the server
 
     # === http.front.Application ===
 
@@ -112,6 +114,8 @@ class Gateway:
             self._get(ex) and self._ready(ex)
         elif path == b"/admin/upstreams":
             self._get(ex) and self._admin(ex) and ex.respond(200, self._upstreams())
+        elif path == b"/admin/reload":
+            self._post(ex) and self._admin(ex) and self._reload(ex)
         elif path == b"/metrics":
             self._get(ex) and ex.respond(200, self.metrics.exposition(),
                                          self.metrics.content_type)
@@ -126,6 +130,34 @@ class Gateway:
             return True
         self._error(ex, MethodNotAllowed("use GET for this endpoint", code="method_not_allowed"))
         return False
+
+    def _post(self, ex: Exchange) -> bool:
+        if ex.method == b"POST":
+            return True
+        self._error(ex, MethodNotAllowed("use POST for this endpoint", code="method_not_allowed"))
+        return False
+
+    def _reload(self, ex: Exchange) -> None:
+        if self.reloader is None:
+            ex.respond(501, wire.error_body("this server cannot reload", "server_error"))
+            return
+        task = asyncio.get_running_loop().create_task(self._run_reload(ex, self.reloader))
+        ex.task = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _run_reload(ex: Exchange, reloader) -> None:
+        try:
+            summary = await reloader()
+        except ReloadRejected as exc:
+            ex.respond(400, orjson.dumps({"error": {
+                "message": "reload rejected; the previous configuration keeps serving: "
+                           + exc.reason,
+                "type": "invalid_request_error", "param": None, "code": "invalid_config",
+                "problems": exc.problems}}))
+            return
+        ex.respond(200, orjson.dumps(summary))
 
     def _admin(self, ex: Exchange) -> bool:
         token = self.admin_token

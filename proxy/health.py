@@ -72,7 +72,11 @@ class HealthChecker:
     """
 
     def __init__(self, router: Router, config: Config,
-                 rnd: Callable[[], float] = random.random) -> None:
+                 rnd: Callable[[], float] = random.random,
+                 previous: HealthChecker | None = None) -> None:
+        """``previous``: the checker this one replaces on a reload; an endpoint probed by
+        both keeps its streaks, so a reload neither restores an ejected endpoint early nor
+        forgets failures that were about to eject it."""
         self._breakers = router.breakers
         self._rnd = rnd
         self._probes: dict[int, _Probe] = {}   # by table row
@@ -84,7 +88,21 @@ class HealthChecker:
             if not health.enabled or target.unusable:
                 continue
             for endpoint, row in zip(target.endpoints, target.rows):
-                self._probes[row] = _Probe(target, endpoint, row, health)
+                probe = self._probes[row] = _Probe(target, endpoint, row, health)
+                before = previous._probes.get(row) if previous is not None else None
+                if before is not None:
+                    probe.healthy, probe.passed, probe.failed = \
+                        before.healthy, before.passed, before.failed
+                    probe.last, probe.last_at = before.last, before.last_at
+                elif not router.breakers.describe(row)["probe_ok"]:
+                    # Probing was switched off while the endpoint was ejected, and is on
+                    # again: passes must restore it.
+                    probe.healthy = False
+
+    @property
+    def rows(self) -> set[int]:
+        """Table rows of the probed endpoints."""
+        return set(self._probes)
 
     @property
     def probed(self) -> int:
