@@ -44,6 +44,7 @@ class ServerSection(msgspec.Struct, forbid_unknown_fields=True):
     max_pipelined: int = 32              # requests queued on one connection before reading pauses
     admin_token_env: str | None = None   # when set, /admin/* needs "Authorization: Bearer <it>"
     max_inflight: int = 4096             # proxied requests at once; past it, 503 at once
+    access_log: str | None = None        # "-" (stderr), "stdout" or a file: JSON lines
 
 
 class BreakerConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -93,8 +94,18 @@ class RetryBudgetConfig(msgspec.Struct, forbid_unknown_fields=True):
     window_s: float = 10.0             # over this much recent time
 
 
+class RetryConfig(msgspec.Struct, forbid_unknown_fields=True):
+    same_deployment: int = 0           # extra attempts on a deployment before its fallbacks
+    backoff_s: float = 0.05            # first backoff; doubles per retry, full jitter
+    max_backoff_s: float = 1.0
+
+
 class UpstreamSection(msgspec.Struct, forbid_unknown_fields=True):
     timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
+    # From a request's arrival to an upstream's response head, across every attempt and
+    # fallback (None: only the per-attempt timeouts bound it).
+    deadline_s: float | None = None
+    retry: RetryConfig = msgspec.field(default_factory=RetryConfig)
     pool_max_idle: int = 64              # idle keep-alive connections kept per endpoint
     ca_file: str | None = None           # PEM bundle trusted for https upstreams (default: system)
     breaker: BreakerConfig = msgspec.field(default_factory=BreakerConfig)
@@ -278,6 +289,13 @@ def check(config: Config) -> list[str]:
         if not (value > 0 and math.isfinite(value)):
             problems.append("server.%s: must be a positive number of seconds" % field)
     _check_timeouts("upstream.timeouts", config.upstream.timeouts, problems)
+    retry = config.upstream.retry
+    if retry.same_deployment < 0 or retry.backoff_s < 0 or retry.max_backoff_s < retry.backoff_s:
+        problems.append("upstream.retry: same_deployment and backoff_s must be >= 0 and "
+                        "max_backoff_s >= backoff_s")
+    deadline = config.upstream.deadline_s
+    if deadline is not None and not (0 < deadline < math.inf):
+        problems.append("upstream.deadline_s: must be a positive number of seconds")
     budget = config.upstream.retry_budget
     if not (budget.ratio >= 0 and budget.min_per_s >= 0 and budget.window_s > 0
             and all(math.isfinite(v) for v in (budget.ratio, budget.min_per_s, budget.window_s))):

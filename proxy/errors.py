@@ -62,6 +62,14 @@ class UpstreamTimeout(UpstreamError):
     kind = "timeout"
 
 
+class DeadlineExceeded(UpstreamError):
+    """The request's overall deadline passed before an upstream answered: not a fault of
+    the endpoint that was being tried, so it does not count against it."""
+
+    status = 504
+    kind = "deadline"
+
+
 class UpstreamReset(UpstreamError):
     kind = "reset"
 

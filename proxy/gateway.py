@@ -12,8 +12,11 @@ import orjson
 
 from _fastpath import EP_EJECTED, EP_HALF_OPEN, EP_HEALTHY, EP_OPEN
 
+from .accesslog import AccessLog
+from .accounting import ask_for_usage, cost_usd
 from .budget import RetryBudget
 from .cache import MemoryCache, repeatable, request_key, sse_replay
+from .config import RetryConfig
 from .dispatch import Answer, Dispatcher
 from .errors import (BadRequest, MethodNotAllowed, NotFound, Overloaded, ProxyError,
                      ReloadRejected)
@@ -78,11 +81,13 @@ class Gateway:
     """Implements ``http.front.Application``."""
 
     def __init__(self, router: Router, metrics: Metrics, cache: MemoryCache,
-                 budget: RetryBudget) -> None:
+                 budget: RetryBudget, retry: RetryConfig | None = None) -> None:
         self.router = router
         self.metrics = metrics
         self.cache = cache
-        self.dispatcher = Dispatcher(router, metrics, cache, budget)
+        self.dispatcher = Dispatcher(router, metrics, cache, budget, retry)
+        self.access_log: AccessLog | None = None
+        self.deadline_s: float | None = None
         self.draining = False
         self.started = False
         self.inflight = 0
@@ -213,21 +218,36 @@ class Gateway:
         except ProxyError as exc:
             self._error(ex, exc)
             self.metrics.request("-", "-", exc.status, time.perf_counter() - started)
+            if self.access_log is not None:
+                self.access_log.write({"ts": time.time(), "path": path.decode(),
+                                       "status": exc.status, "error": exc.code or exc.type,
+                                       "duration_ms": round((time.perf_counter() - started)
+                                                            * 1e3, 3)})
             return
         stream = bool(getattr(view, "stream", False))
         answer = Answer(ex, plan, path, ex.body, view.model, stream, self._request_id(ex),
                         decision.session, decision.reason)
         answer.candidates = decision.targets
+        if self.deadline_s is not None:
+            answer.deadline = time.monotonic() + self.deadline_s
         if plan.cache is not None and path is CHAT_PATH and self._from_cache(answer, stream):
-            self.metrics.request(plan.name, "cache", 200, time.perf_counter() - started)
+            self._account(answer, started)
             return
         if self.inflight >= self.max_inflight:
             # Shed at once: a bounded answer now beats an unbounded queue.
             answer.status = 503
             self._error(ex, Overloaded("llmedge is at max_inflight (%d requests); retry shortly"
                                        % self.max_inflight, retry_after=1.0))
-            self.metrics.request(plan.name, "-", 503, time.perf_counter() - started)
+            self.metrics.shed("server_max_inflight")
+            self._account(answer, started)
             return
+        if stream and path is CHAT_PATH:
+            # Ask for usage so tokens and cost are counted; strip it again on the way back
+            # if the client did not ask.
+            with_usage = ask_for_usage(answer.body)
+            if with_usage is not None:
+                answer.body = with_usage
+                answer.strip_usage = True
         self.inflight += 1
         self.metrics.inflight.inc()
         self.idle.clear()
@@ -255,9 +275,55 @@ class Gateway:
             self.metrics.inflight.dec()
             if self.inflight == 0:
                 self.idle.set()
-            self.metrics.request(answer.plan.name,
-                                 answer.upstream.name if answer.upstream else "-",
-                                 answer.status, time.perf_counter() - started)
+            self._account(answer, started)
+
+    def _account(self, answer: Answer, started: float) -> None:
+        """Metrics and the access log line of one answered request."""
+        elapsed = time.perf_counter() - started
+        metrics = self.metrics
+        route = answer.plan.name
+        upstream = answer.upstream
+        deployment = upstream.name if upstream is not None else "-"
+        if answer.cache_state == b"hit":
+            deployment = "cache"
+        metrics.request(route, deployment, answer.status, elapsed)
+        overhead = max(0.0, elapsed - answer.upstream_s)
+        if answer.attempts:
+            metrics.overhead(overhead)
+        ttft = 0.0
+        if answer.first_event_at:
+            # perf_counter and monotonic share a clock on Linux, but not everywhere: go
+            # through the elapsed time.
+            ttft = max(0.0, elapsed - (time.monotonic() - answer.first_event_at))
+            metrics.first_token(route, deployment, ttft)
+        usage = answer.usage
+        cost = 0.0
+        if usage is not None and upstream is not None and answer.cache_state != b"hit":
+            cost = cost_usd(usage, upstream.price_in, upstream.price_out)
+            metrics.usage(route, deployment, usage.prompt_tokens, usage.completion_tokens,
+                          cost)
+        log = self.access_log
+        if log is not None:
+            record = {
+                "ts": time.time(), "request_id": answer.request_id.decode("latin-1"),
+                "path": answer.path.decode(), "route": route, "deployment": deployment,
+                "decision": answer.reason.decode("utf-8", "replace"),
+                "attempts": answer.attempts, "retries": answer.retries,
+                "status": answer.status, "stream": answer.stream,
+                "cache": answer.cache_state.decode(),
+                "duration_ms": round(elapsed * 1e3, 3),
+                "upstream_ms": round(answer.upstream_s * 1e3, 3),
+                "overhead_us": round(overhead * 1e6, 1),
+            }
+            if ttft:
+                record["ttft_ms"] = round(ttft * 1e3, 3)
+            if usage is not None:
+                record["prompt_tokens"] = usage.prompt_tokens
+                record["completion_tokens"] = usage.completion_tokens
+                record["cost_usd"] = cost
+            if answer.failures:
+                record["failures"] = [e.kind for e in answer.failures]
+            log.write(record)
 
     def _from_cache(self, answer: Answer, stream: bool) -> bool:
         """Answer from the cache when the route caches and the request allows it; otherwise

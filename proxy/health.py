@@ -32,6 +32,7 @@ from collections.abc import Callable
 
 from .config import Config, HealthConfig, health_of
 from .errors import UpstreamError
+from .metrics import Metrics
 from .routing.router import Router, Target
 from .upstream.pool import Endpoint
 
@@ -73,11 +74,12 @@ class HealthChecker:
 
     def __init__(self, router: Router, config: Config,
                  rnd: Callable[[], float] = random.random,
-                 previous: HealthChecker | None = None) -> None:
+                 previous: HealthChecker | None = None, metrics: Metrics | None = None) -> None:
         """``previous``: the checker this one replaces on a reload; an endpoint probed by
         both keeps its streaks, so a reload neither restores an ejected endpoint early nor
         forgets failures that were about to eject it."""
         self._breakers = router.breakers
+        self._metrics = metrics
         self._rnd = rnd
         self._probes: dict[int, _Probe] = {}   # by table row
         self._tasks: set[asyncio.Task[None]] = set()
@@ -172,6 +174,8 @@ class HealthChecker:
         return True, "answered %d" % status
 
     def _record(self, probe: _Probe, ok: bool, reason: str) -> None:
+        if self._metrics is not None:
+            self._metrics.probe(probe.target.name, ok)
         probe.last = reason
         probe.last_at = time.monotonic()
         config = probe.config

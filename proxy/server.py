@@ -19,7 +19,8 @@ import msgspec
 
 from .config import Config, ServerSection, load, parse_address
 from .errors import ConfigError, ReloadRejected
-from .gateway import Gateway
+from .accesslog import AccessLog
+from .gateway import STATE_NAMES, Gateway
 from .health import HealthChecker
 from .http.front import HttpFront, Limits
 from .metrics import Metrics
@@ -50,6 +51,7 @@ class Server:
         self.config = config
         self.config_path = config_path      # what a reload reads; None: reload refused
         self.reloads = 0
+        self.access_log: AccessLog | None = None
         self._reload_lock = asyncio.Lock()
         self._reload_tasks: set[asyncio.Task] = set()
         self.reuse_port = reuse_port
@@ -73,8 +75,13 @@ class Server:
                         for e in t.endpoints))
         self.gateway = Gateway(self.router, self.metrics,
                                MemoryCache(config.cache.max_entries, config.cache.max_bytes),
-                               RetryBudget(config.upstream.retry_budget))
+                               RetryBudget(config.upstream.retry_budget), config.upstream.retry)
         self.gateway.max_inflight = config.server.max_inflight
+        self.gateway.deadline_s = config.upstream.deadline_s
+        self.metrics.watch_endpoints(self._endpoint_rows)
+        if config.server.access_log:
+            self.access_log = AccessLog(config.server.access_log)
+            self.gateway.access_log = self.access_log
         self.gateway.reloader = self.reload
         self.gateway.admin_token = self._admin_token(config)
         server = config.server
@@ -94,7 +101,7 @@ class Server:
                           if t.unusable):
             log.warning("deployment %s is unusable: %s", name, var)
         # Last in start(): a start-up that fails earlier leaves no probe task behind.
-        self.health = HealthChecker(self.router, config)
+        self.health = HealthChecker(self.router, config, metrics=self.metrics)
         self.health.start()
         self.gateway.started = True
         log.info("llmedge serving on http://%s:%d (fastpath=%s)", self.address[0],
@@ -122,6 +129,17 @@ class Server:
         self._reload_tasks.add(task)
         task.add_done_callback(self._reload_tasks.discard)
 
+    def _endpoint_rows(self):
+        router = self.router
+        if router is None:
+            return
+        table = router.table
+        for target in router.targets.values():
+            for row, endpoint in zip(target.rows, target.endpoints):
+                stats = table.stats(row)
+                stats["state"] = STATE_NAMES.get(stats["state"], "healthy")
+                yield target.name, endpoint.url, stats
+
     async def _reload_logged(self) -> None:
         try:
             await self.reload()
@@ -146,13 +164,21 @@ class Server:
                 config = await loop.run_in_executor(None, load, self.config_path)
                 router = Router(config, await _ssl_context(config), previous=self.router)
             except ConfigError as exc:
+                self.metrics.reload(False)
                 log.error("reload rejected, still serving the previous configuration: %s",
                           "; ".join(exc.problems))
                 raise ReloadRejected("; ".join(exc.problems), exc.problems) from None
             except (OSError, ssl.SSLError) as exc:
+                self.metrics.reload(False)
                 log.error("reload rejected, still serving the previous configuration: %s", exc)
                 raise ReloadRejected(str(exc)) from None
-            return await self._swap(config, router)
+            try:
+                summary = await self._swap(config, router)
+            except ReloadRejected:
+                self.metrics.reload(False)
+                raise
+            self.metrics.reload(True)
+            return summary
 
     async def _swap(self, config: Config, router: Router) -> dict:
         old_config, old_router, old_health = self.config, self.router, self.health
@@ -175,9 +201,11 @@ class Server:
         gateway.router = gateway.dispatcher.router = router
         gateway.max_inflight = config.server.max_inflight
         gateway.admin_token = admin_token
+        gateway.deadline_s = config.upstream.deadline_s
+        gateway.dispatcher.retry = config.upstream.retry
         if config.upstream.retry_budget != old_config.upstream.retry_budget:
             gateway.dispatcher.budget.configure(config.upstream.retry_budget)
-        health = HealthChecker(router, config, previous=old_health)
+        health = HealthChecker(router, config, previous=old_health, metrics=self.metrics)
         if old_health is not None:
             for row in old_health.rows - health.rows:
                 # No longer probed (or gone): probes have no say over it any more.
@@ -247,6 +275,9 @@ class Server:
         self.router.close()
         if self._http_server is not None:
             await self._http_server.wait_closed()
+        if self.access_log is not None:
+            # The writer thread may block on its file: not on the loop.
+            await asyncio.get_running_loop().run_in_executor(None, self.access_log.close)
         log.info("llmedge stopped")
 
 

@@ -33,7 +33,7 @@ class Target:
 
     __slots__ = ("name", "name_bytes", "upstream_model", "endpoints", "rows", "auth_header",
                  "unusable", "timeouts", "tags", "price", "quality", "affinity", "inflight",
-                 "max_inflight")
+                 "max_inflight", "price_in", "price_out")
 
     def __init__(self, dep: Deployment, defaults: Timeouts, max_idle: int,
                  ssl_context: ssl.SSLContext | None, table: EndpointTable,
@@ -42,6 +42,7 @@ class Target:
         self.name_bytes = dep.name.encode()
         self.upstream_model = dep.upstream_model
         self.price = dep.price.input + dep.price.output
+        self.price_in, self.price_out = dep.price.input, dep.price.output
         self.quality = dep.quality
         self.endpoints = []
         self.rows = []
