@@ -100,12 +100,25 @@ class RetryConfig(msgspec.Struct, forbid_unknown_fields=True):
     max_backoff_s: float = 1.0
 
 
+class OutlierConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """Passive outlier detection among a deployment's replicas, from real traffic."""
+
+    enabled: bool = True
+    interval_s: float = 10.0
+    min_requests: int = 20             # per replica and interval before it is judged
+    success_rate_gap: float = 0.3      # ejected when this far below its peers' success rate
+    eject_s: float = 30.0              # first ejection; each further one lasts this much longer
+    max_eject_s: float = 300.0
+    max_ejection_percent: float = 50.0  # of a deployment's replicas; one always stays
+
+
 class UpstreamSection(msgspec.Struct, forbid_unknown_fields=True):
     timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
     # From a request's arrival to an upstream's response head, across every attempt and
     # fallback (None: only the per-attempt timeouts bound it).
     deadline_s: float | None = None
     retry: RetryConfig = msgspec.field(default_factory=RetryConfig)
+    outlier: OutlierConfig = msgspec.field(default_factory=OutlierConfig)
     pool_max_idle: int = 64              # idle keep-alive connections kept per endpoint
     ca_file: str | None = None           # PEM bundle trusted for https upstreams (default: system)
     breaker: BreakerConfig = msgspec.field(default_factory=BreakerConfig)
@@ -293,6 +306,14 @@ def check(config: Config) -> list[str]:
     if retry.same_deployment < 0 or retry.backoff_s < 0 or retry.max_backoff_s < retry.backoff_s:
         problems.append("upstream.retry: same_deployment and backoff_s must be >= 0 and "
                         "max_backoff_s >= backoff_s")
+    outlier = config.upstream.outlier
+    if (outlier.interval_s <= 0 or outlier.min_requests < 1 or outlier.eject_s <= 0
+            or outlier.max_eject_s < outlier.eject_s
+            or not 0 < outlier.success_rate_gap <= 1
+            or not 0 <= outlier.max_ejection_percent <= 100):
+        problems.append("upstream.outlier: interval_s and eject_s must be > 0, max_eject_s >= "
+                        "eject_s, min_requests >= 1, success_rate_gap in (0, 1], "
+                        "max_ejection_percent in [0, 100]")
     deadline = config.upstream.deadline_s
     if deadline is not None and not (0 < deadline < math.inf):
         problems.append("upstream.deadline_s: must be a positive number of seconds")

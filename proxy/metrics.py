@@ -76,6 +76,12 @@ class Metrics:
         self._probes = Counter(
             "llmedge_health_probes", "Health probes, by deployment and result.",
             ["deployment", "result"], registry=registry)
+        self._outliers = Counter(
+            "llmedge_outlier_ejections", "Replicas taken out of rotation by outlier "
+            "detection, by deployment.", ["deployment"], registry=registry)
+        self.outlier_sweeps = Counter(
+            "llmedge_outlier_sweeps", "Outlier detection passes over the replicas.",
+            registry=registry)
         self._reloads = Counter(
             "llmedge_config_reloads", "Configuration reloads, by result.", ["result"],
             registry=registry)
@@ -134,6 +140,9 @@ class Metrics:
 
     def probe(self, deployment: str, ok: bool) -> None:
         self._child(self._probes, deployment, "pass" if ok else "fail").inc()
+
+    def outlier_ejection(self, deployment: str) -> None:
+        self._child(self._outliers, deployment).inc()
 
     def reload(self, ok: bool) -> None:
         self._child(self._reloads, "ok" if ok else "rejected").inc()

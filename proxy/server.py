@@ -21,6 +21,7 @@ from .config import Config, ServerSection, load, parse_address
 from .errors import ConfigError, ReloadRejected
 from .accesslog import AccessLog
 from .gateway import STATE_NAMES, Gateway
+from .outlier import OutlierDetector
 from .health import HealthChecker
 from .http.front import HttpFront, Limits
 from .metrics import Metrics
@@ -52,6 +53,7 @@ class Server:
         self.config_path = config_path      # what a reload reads; None: reload refused
         self.reloads = 0
         self.access_log: AccessLog | None = None
+        self.outliers: OutlierDetector | None = None
         self._reload_lock = asyncio.Lock()
         self._reload_tasks: set[asyncio.Task] = set()
         self.reuse_port = reuse_port
@@ -103,6 +105,9 @@ class Server:
         # Last in start(): a start-up that fails earlier leaves no probe task behind.
         self.health = HealthChecker(self.router, config, metrics=self.metrics)
         self.health.start()
+        self.outliers = OutlierDetector(config.upstream.outlier, self.router.breakers,
+                                        self.metrics, self.router.targets.values())
+        self.outliers.start()
         self.gateway.started = True
         log.info("llmedge serving on http://%s:%d (fastpath=%s)", self.address[0],
                  self.address[1], _fastpath.IMPLEMENTATION)
@@ -203,6 +208,9 @@ class Server:
         gateway.admin_token = admin_token
         gateway.deadline_s = config.upstream.deadline_s
         gateway.dispatcher.retry = config.upstream.retry
+        if self.outliers is not None:
+            self.outliers.targets = router.targets.values()
+            self.outliers.config = config.upstream.outlier
         if config.upstream.retry_budget != old_config.upstream.retry_budget:
             gateway.dispatcher.budget.configure(config.upstream.retry_budget)
         health = HealthChecker(router, config, previous=old_health, metrics=self.metrics)
@@ -269,6 +277,8 @@ class Server:
             task.cancel()
         for front in list(self.fronts):
             front.abort()
+        if self.outliers is not None:
+            await self.outliers.aclose()
         if self.health is not None:
             # Before the pools close: a probe in flight owns a connection of an endpoint.
             await self.health.aclose()
