@@ -41,6 +41,7 @@ class ServerSection(msgspec.Struct, forbid_unknown_fields=True):
     request_timeout_s: float = 30.0      # to receive one request's head and body
     keepalive_timeout_s: float = 75.0    # idle connection between requests
     drain_timeout_s: float = 30.0
+    drain_delay_s: float = 0.0           # after SIGTERM: unready but serving, then close
     max_pipelined: int = 32              # requests queued on one connection before reading pauses
     admin_token_env: str | None = None   # when set, /admin/* needs "Authorization: Bearer <it>"
     max_inflight: int = 4096             # proxied requests at once; past it, 503 at once
@@ -301,6 +302,8 @@ def check(config: Config) -> list[str]:
         value = getattr(server, field)
         if not (value > 0 and math.isfinite(value)):
             problems.append("server.%s: must be a positive number of seconds" % field)
+    if not (0 <= server.drain_delay_s < math.inf):
+        problems.append("server.drain_delay_s: must be >= 0 seconds")
     _check_timeouts("upstream.timeouts", config.upstream.timeouts, problems)
     retry = config.upstream.retry
     if retry.same_deployment < 0 or retry.backoff_s < 0 or retry.max_backoff_s < retry.backoff_s:

@@ -67,6 +67,7 @@ class Server:
         self._http_server: asyncio.AbstractServer | None = None
         self._stop = asyncio.Event()
         self._force = False
+        self._forced = asyncio.Event()
 
     async def start(self) -> None:
         config = self.config
@@ -246,6 +247,7 @@ class Server:
     def _on_signal(self) -> None:
         if self._stop.is_set():
             self._force = True  # a second signal: stop waiting for in-flight requests
+            self._forced.set()
             log.warning("second signal: exiting without waiting")
             for front in list(self.fronts):
                 front.abort()
@@ -263,6 +265,17 @@ class Server:
         gateway = self.gateway
         assert gateway is not None and self.router is not None
         gateway.draining = True
+        delay = self.config.server.drain_delay_s
+        if delay > 0 and not self._force:
+            # /readyz says "draining" while everything is still served, so that load
+            # balancers stop sending before the listener goes away.
+            log.info("draining: unready, still serving for %gs before closing listeners",
+                     delay)
+            try:
+                async with asyncio.timeout(delay):
+                    await self._forced.wait()
+            except TimeoutError:
+                pass
         if self._http_server is not None:
             self._http_server.close()
         for front in list(self.fronts):

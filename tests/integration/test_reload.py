@@ -225,3 +225,19 @@ def test_sigterm_under_load_answers_every_accepted_request(start_edge, sims):
     # never accepted as a request.
     assert set(load.failures) <= {"ConnectionRefusedError", "ConnectionResetError",
                                   "RemoteDisconnected", "BrokenPipeError"}, load.failures
+
+
+def test_sigterm_turns_readyz_unready_while_still_serving_during_the_delay(start_edge, sims):
+    config = _config(sims, "[alpha]").replace("drain_timeout_s: 10",
+                                              "drain_timeout_s: 10\n  drain_delay_s: 30")
+    edge = start_edge(config)
+    assert edge.call("GET", "/readyz").status == 200
+    edge.send_signal(signal.SIGTERM)
+    resp = wait_for(lambda: (lambda r: r if r.status == 503 else None)(
+        edge.call("GET", "/readyz")), message="/readyz to turn unready")
+    assert resp.json()["reasons"][0] == "draining"
+    assert ask(edge).status == 200          # still answering during the delay
+    assert edge.call("GET", "/healthz").status == 200
+    # A second signal cuts the delay short.
+    edge.send_signal(signal.SIGTERM)
+    assert edge.wait() == 0
