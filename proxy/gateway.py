@@ -219,7 +219,7 @@ class Gateway:
             self._error(ex, exc)
             self.metrics.request("-", "-", exc.status, time.perf_counter() - started)
             if self.access_log is not None:
-                self.access_log.write({"ts": time.time(), "path": path.decode(),
+                self.access_log.write({"ts": time.time(), "path": "/v1" + path.decode(),
                                        "status": exc.status, "error": exc.code or exc.type,
                                        "duration_ms": round((time.perf_counter() - started)
                                                             * 1e3, 3)})
@@ -306,7 +306,7 @@ class Gateway:
         if log is not None:
             record = {
                 "ts": time.time(), "request_id": answer.request_id.decode("latin-1"),
-                "path": answer.path.decode(), "route": route, "deployment": deployment,
+                "path": "/v1" + answer.path.decode(), "route": route, "deployment": deployment,
                 "decision": answer.reason.decode("utf-8", "replace"),
                 "attempts": answer.attempts, "retries": answer.retries,
                 "status": answer.status, "stream": answer.stream,
