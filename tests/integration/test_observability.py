@@ -169,3 +169,14 @@ def test_endpoint_gauges_and_probe_counts(start_edge, sims, tmp_path):
                         state="healthy") == 0
     assert metric_value(text, "llmedge_endpoint_state", deployment="beta", state="healthy") == 1
     assert metric_value(text, "llmedge_endpoint_error_rate", deployment="alpha") > 0
+
+
+def test_refused_requests_are_logged_too(start_edge, sims, tmp_path):
+    edge = start_edge(_config(sims, tmp_path))
+    assert edge.call("POST", "/v1/chat/completions",
+                     {"model": "nope", "messages": MESSAGES}).status == 404
+    assert edge.call("POST", "/v1/chat/completions", b"{not json").status == 400
+    lines = access_lines(tmp_path, 2)
+    assert [(l["status"], l["error"]) for l in lines] == [
+        (404, "model_not_found"), (400, "invalid_request_error")]
+    assert all(l["path"] == "/v1/chat/completions" for l in lines)
