@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 from faultproxy import BLACKHOLE, PASS, RESET, FaultProxy
-from procs import metric_value, wait_for
+from procs import ChatLoad, Simulator, metric_value, wait_for
 
 MESSAGES = [{"role": "user", "content": "faults"}]
 
@@ -78,3 +78,30 @@ def test_black_hole_times_out_and_falls_back(start_edge, sims, fault):
     assert metric_value(text, "llmedge_upstream_errors_total", deployment="alpha",
                         kind="timeout") == 1
     assert sims.alpha.stats()["chat"] == 0   # nothing got through the hole
+
+
+def test_upstream_killed_under_load_loses_no_request(start_edge, sims, tmp_path):
+    victim = Simulator(tmp_path, "victim")
+    try:
+        edge = start_edge(f"""\
+server:
+  http: 127.0.0.1:0
+deployments:
+  - name: victim
+    base_url: {victim.url}
+  - name: beta
+    base_url: {sims.beta.url}
+routes:
+  - name: auto
+    deployments: [victim]
+    fallbacks: [beta]
+""")
+        with ChatLoad(edge.port, threads=4) as load:
+            wait_for(lambda: load.answered >= 100, message="load on the victim")
+            victim.proc.kill()   # SIGKILL: connections die with requests on them
+            seen = load.answered
+            wait_for(lambda: load.answered >= seen + 200, message="load after the kill")
+    finally:
+        victim.stop()
+    assert load.failures == [] and set(load.statuses) == {200}, (load.failures, load.statuses)
+    assert load.upstreams["victim"] >= 100 and load.upstreams["beta"] >= 200

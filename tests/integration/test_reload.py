@@ -5,11 +5,9 @@ request accepted under load is lost."""
 
 from __future__ import annotations
 
-import http.client
 import signal
-import threading
 
-from procs import IO_TIMEOUT, http_call, wait_for
+from procs import ChatLoad, wait_for
 
 MESSAGES = [{"role": "user", "content": "reload"}]
 
@@ -131,68 +129,10 @@ def test_reload_needs_post_and_the_admin_token(start_edge, sims):
     assert resp.json()["needs_restart"] == ["server.drain_timeout_s"]
 
 
-class Load:
-    """Client threads sending chat requests on keep-alive connections until stopped."""
-
-    def __init__(self, port: int, threads: int = 4) -> None:
-        self.port = port
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.statuses: dict[int, int] = {}
-        self.upstreams: dict[str, int] = {}
-        self.failures: list[str] = []
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-
-    def __enter__(self) -> Load:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=IO_TIMEOUT)
-
-    @property
-    def answered(self) -> int:
-        with self.lock:
-            return sum(self.statuses.values())
-
-    def _run(self) -> None:
-        import json
-        body = json.dumps({"model": "auto", "messages": MESSAGES})
-        conn = None
-        while not self.stop.is_set():
-            try:
-                if conn is None:
-                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=IO_TIMEOUT)
-                conn.request("POST", "/v1/chat/completions", body,
-                             {"content-type": "application/json"})
-                resp = conn.getresponse()
-                resp.read()
-                with self.lock:
-                    self.statuses[resp.status] = self.statuses.get(resp.status, 0) + 1
-                    name = resp.getheader("x-llmedge-upstream", "-")
-                    self.upstreams[name] = self.upstreams.get(name, 0) + 1
-                if resp.getheader("connection", "").lower() == "close":
-                    conn.close()
-                    conn = None
-            except (OSError, http.client.HTTPException) as exc:
-                with self.lock:
-                    self.failures.append(type(exc).__name__)
-                if conn is not None:
-                    conn.close()
-                conn = None
-                if isinstance(exc, ConnectionRefusedError):
-                    return  # the listener is gone
-        if conn is not None:
-            conn.close()
-
-
 def test_sighup_under_load_loses_nothing(start_edge, sims):
     edge = start_edge(_config(sims, "[alpha]"))
     configs = [_config(sims, "[beta]"), _config(sims, "[alpha]")]
-    with Load(edge.port) as load:
+    with ChatLoad(edge.port) as load:
         wait_for(lambda: load.answered >= 50, message="load to get going")
         for i in range(6):
             edge.config_path.write_text(configs[i % 2])
@@ -212,7 +152,7 @@ def test_sigterm_under_load_answers_every_accepted_request(start_edge, sims):
     edge = start_edge(_config(sims, "[alpha]"))
     sims.alpha.configure(ttft_ms=50)   # requests are in flight when the signal lands
     before = sims.alpha.stats()["chat"]
-    with Load(edge.port, threads=6) as load:
+    with ChatLoad(edge.port, threads=6) as load:
         wait_for(lambda: load.answered >= 30, message="load to get going")
         edge.send_signal(signal.SIGTERM)
         code = edge.wait()
