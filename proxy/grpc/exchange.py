@@ -39,7 +39,8 @@ class StreamError(Exception):
 class GrpcExchange:
     __slots__ = ("method", "url", "headers", "body", "task", "started", "finished", "chunked",
                  "keep_alive", "on_pause", "on_resume", "status", "payload", "content_type",
-                 "header_block", "streaming", "events", "error", "aborted", "dropped", "_paused",
+                 "header_block", "streaming", "events", "error", "aborted", "dropped", "deadline",
+                 "_paused",
                  "_partial", "_waiter")
 
     def __init__(self, headers: dict[bytes, bytes], body: bytes) -> None:
@@ -63,6 +64,7 @@ class GrpcExchange:
         self.error: StreamError | None = None
         self.aborted = False
         self.dropped = False          # the request's task ended without finishing the answer
+        self.deadline = 0.0           # time.monotonic() of the client's deadline; 0: none
         self._paused = False
         self._partial = b""
         self._waiter: asyncio.Future[None] | None = None

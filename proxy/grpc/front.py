@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any, NoReturn
 
 import grpc
@@ -95,11 +96,20 @@ class GatewayServicer(pb_grpc.GatewayServicer):
         self.active: set[GrpcExchange] = set()
         self.idle = asyncio.Event()
         self.idle.set()
-        router = gateway.router
-        self._models = pb.ListModelsResponse(models=[
-            pb.Model(id=name, owned_by="llmedge-route" if name in router.routes
-                     else "llmedge-deployment")
-            for name in [*router.routes, *router.targets]])
+        self.refusing = False         # draining, past the drain delay: no new Chat calls
+        self._models: pb.ListModelsResponse | None = None
+        self._models_of: Router | None = None
+
+    def models(self) -> pb.ListModelsResponse:
+        router = self.gateway.router  # a reload swaps it: build once per router
+        if self._models_of is not router:
+            self._models = pb.ListModelsResponse(models=[
+                pb.Model(id=name, owned_by="llmedge-route" if name in router.routes
+                         else "llmedge-deployment")
+                for name in [*router.routes, *router.targets]])
+            self._models_of = router
+        assert self._models is not None
+        return self._models
 
     # === RPCs ===
 
@@ -181,14 +191,14 @@ class GatewayServicer(pb_grpc.GatewayServicer):
     async def ListModels(self, request: pb.ListModelsRequest,
                          context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
         self._ok["ListModels"].inc()
-        return self._models
+        return self.models()
 
     # === helpers ===
 
     async def _start(self, request: pb.ChatRequest, context: grpc.aio.ServicerContext,
                      stream: bool) -> GrpcExchange:
         method = "ChatStream" if stream else "Chat"
-        if self.gateway.draining:
+        if self.refusing:
             await self._fail(context, method, status.Failure(
                 grpc.StatusCode.UNAVAILABLE, "llmedge is draining; retry on another instance",
                 [("retry-after", "0")]))
@@ -197,6 +207,11 @@ class GatewayServicer(pb_grpc.GatewayServicer):
         except ProxyError as exc:
             await self._fail(context, method, status.from_error(exc))
         ex = GrpcExchange(request_headers(context), body)
+        remaining = context.time_remaining()
+        if remaining is not None:
+            # The dispatcher bounds every connect and first byte by it and tries no further
+            # candidate once it has passed (the handler's own timeout covers the rest).
+            ex.deadline = time.monotonic() + remaining
         self.active.add(ex)
         self.idle.clear()
         try:
@@ -324,11 +339,15 @@ class GrpcFront:
         for service in ("", SERVICE):
             await self.health.set(service, state)
 
-    async def enter_drain(self, timeout: float) -> None:
-        """NOT_SERVING from now on (and watchers told); new Chat calls are refused with
-        UNAVAILABLE while the calls in flight finish, for up to ``timeout`` seconds."""
-        self._drain_deadline = asyncio.get_running_loop().time() + timeout
+    async def enter_drain(self) -> None:
+        """NOT_SERVING from now on, and watchers told; calls are still served."""
         await self.health.enter_graceful_shutdown()
+
+    def stop_accepting(self, timeout: float) -> None:
+        """Where the HTTP listener closes: new Chat calls are refused with UNAVAILABLE while
+        the calls in flight finish, for up to ``timeout`` seconds."""
+        self.servicer.refusing = True
+        self._drain_deadline = asyncio.get_running_loop().time() + timeout
 
     def force(self) -> None:
         """A second signal: stop waiting for calls in flight."""

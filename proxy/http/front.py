@@ -44,6 +44,8 @@ class Application(Protocol):
 class Exchange:
     """One request and the means to answer it. Bytes are written to the client directly."""
 
+    deadline = 0.0  # time.monotonic() by which the client wants its answer; 0: none
+
     __slots__ = ("front", "method", "url", "headers", "body", "keep_alive", "http10",
                  "task", "started", "finished", "chunked", "on_pause", "on_resume")
 

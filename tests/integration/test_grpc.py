@@ -12,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from conftest import DRAIN_TIMEOUT_S, REPLIES, edge_config
+from procs import wait_for
 from proxy.grpc._gen import gateway_pb2 as pb
 from proxy.grpc._gen import gateway_pb2_grpc as pb_grpc
 
@@ -537,3 +538,42 @@ def test_a_slow_stream_reader_pushes_back_on_the_upstream(sims, start_edge):
         got = sum(1 for c in call if c.choices and c.choices[0].delta.content == piece)
     assert call.code() == grpc.StatusCode.OK
     assert got == chunks
+
+
+def test_drain_delay_keeps_grpc_serving_while_health_says_not_serving(sims, dead_port,
+                                                                       start_edge):
+    edge = start_edge(edge_config(sims, dead_port, server="  grpc: 127.0.0.1:0\n"
+                                  "  drain_delay_s: 60"))
+    with grpc.insecure_channel("127.0.0.1:%d" % edge.grpc_port) as ch:
+        stub, health = pb_grpc.GatewayStub(ch), health_pb2_grpc.HealthStub(ch)
+        watch = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=CALL_TIMEOUT)
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        edge.send_signal(signal.SIGTERM)
+        assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        # Unready, still serving: a load balancer that has not noticed loses nothing.
+        assert stub.Chat(ask("beta"), timeout=CALL_TIMEOUT).choices[0].message.content \
+            == REPLIES["beta"]
+        watch.cancel()
+    edge.send_signal(signal.SIGINT)  # a second signal ends the delay
+    assert edge.wait() == 0
+
+
+def test_reload_reaches_the_grpc_front_end(sims, dead_port, start_edge):
+    config = edge_config(sims, dead_port, server="  grpc: 127.0.0.1:0")
+    edge = start_edge(config)
+    with grpc.insecure_channel("127.0.0.1:%d" % edge.grpc_port) as ch:
+        stub = pb_grpc.GatewayStub(ch)
+
+        def model_ids() -> set[str]:
+            return {m.id for m in stub.ListModels(pb.ListModelsRequest(),
+                                                  timeout=CALL_TIMEOUT).models}
+
+        assert "fresh" not in model_ids()
+        edge.config_path.write_text(config + "  - name: fresh\n    deployments: [gamma]\n")
+        edge.send_signal(signal.SIGHUP)
+        wait_for(lambda: "fresh" in model_ids(), message="the reloaded routes")
+        resp, call = stub.Chat.with_call(ask("fresh"), timeout=CALL_TIMEOUT)
+        assert resp.choices[0].message.content == REPLIES["gamma"]
+        assert initial(call)["x-llmedge-route"] == "fresh"
+        assert [t.deployment for t in stub.Route(ask("fresh"), timeout=CALL_TIMEOUT).targets] \
+            == ["gamma"]
