@@ -121,11 +121,11 @@ class GatewayServicer(pb_grpc.GatewayServicer):
                 while not ex.finished:
                     await ex.wait()
         except TimeoutError:
-            await self._deadline_exceeded(ex, context)
+            await self._deadline_exceeded(ex, context, "Chat")
         finally:
             self._end(ex)
         if ex.aborted or ex.dropped or ex.status >= 300:
-            await self._fail_answer(ex, context)
+            await self._fail_answer(ex, context, "Chat")
         doc = self._whole(ex)
         if doc is None:
             await self._fail(context, "Chat", status.Failure(
@@ -145,7 +145,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
                 if not ex.streaming:
                     # A whole answer: an error, or an upstream that did not stream.
                     if ex.aborted or ex.dropped or ex.status >= 300:
-                        await self._fail_answer(ex, context)
+                        await self._fail_answer(ex, context, "ChatStream")
                     doc = self._whole(ex)
                     if doc is None:
                         await self._fail(context, "ChatStream", status.Failure(
@@ -163,7 +163,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
                         break
                     await ex.wait()
         except TimeoutError:
-            await self._deadline_exceeded(ex, context)
+            await self._deadline_exceeded(ex, context, "ChatStream")
         finally:
             self._end(ex)
         if ex.error is not None:
@@ -176,7 +176,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
             await self._fail(context, "ChatStream",
                              status.Failure(code, ex.error.message, trailers))
         if ex.aborted or ex.dropped:
-            await self._fail_answer(ex, context)
+            await self._fail_answer(ex, context, "ChatStream")
         self._ok["ChatStream"].inc()
 
     async def Route(self, request: pb.ChatRequest,
@@ -241,8 +241,8 @@ class GatewayServicer(pb_grpc.GatewayServicer):
         except orjson.JSONDecodeError:
             return None
 
-    async def _fail_answer(self, ex: GrpcExchange, context: grpc.aio.ServicerContext) -> NoReturn:
-        method = "ChatStream" if ex.streaming else "Chat"
+    async def _fail_answer(self, ex: GrpcExchange, context: grpc.aio.ServicerContext,
+                           method: str) -> NoReturn:
         if ex.dropped:
             await self._fail(context, method, status.Failure(
                 grpc.StatusCode.UNAVAILABLE, "llmedge stopped answering this call (it is "
@@ -253,10 +253,10 @@ class GatewayServicer(pb_grpc.GatewayServicer):
         await self._fail(context, method, status.from_http(ex.status, ex.payload,
                                                            ex.header_block))
 
-    async def _deadline_exceeded(self, ex: GrpcExchange,
-                                 context: grpc.aio.ServicerContext) -> NoReturn:
+    async def _deadline_exceeded(self, ex: GrpcExchange, context: grpc.aio.ServicerContext,
+                                 method: str) -> NoReturn:
         _cancel(ex)
-        await self._fail(context, "ChatStream" if ex.streaming else "Chat", status.Failure(
+        await self._fail(context, method, status.Failure(
             grpc.StatusCode.DEADLINE_EXCEEDED,
             "the deadline passed before the upstream answered%s" % (
                 " in full" if ex.started else ""),

@@ -270,11 +270,13 @@ def test_upstream_statuses_map_to_codes(sims, stub, upstream_status, code):
     assert trailing(err)["x-llmedge-upstream"] == "gamma"
 
 
-def test_rate_limit_is_resource_exhausted_with_retry_after(sims, stub):
+def test_rate_limit_is_resource_exhausted_with_retry_after(sims, gedge, stub):
     sims.gamma.configure(status=429, retry_after=7)
     err = expect_error(lambda: stub.ChatStream(ask("gamma"), timeout=CALL_TIMEOUT).next(),
                        grpc.StatusCode.RESOURCE_EXHAUSTED)
     assert trailing(err)["retry-after"] == "7"
+    assert ('llmedge_grpc_requests_total{code="RESOURCE_EXHAUSTED",method="ChatStream"} 1.0'
+            in gedge.metrics())
 
 
 # === deadlines and cancellation ===
