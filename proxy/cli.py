@@ -1,4 +1,4 @@
-"""The ``llmedge`` command: serve, check, demo."""
+"""The ``llmedge`` command: serve, check, demo, route, train, eval."""
 
 from __future__ import annotations
 
@@ -158,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=8080)
     demo.add_argument("--loop", choices=LOOPS, default="auto")
     demo.set_defaults(func=cmd_demo)
+
+    from .routing.classify_cli import add_commands
+    add_commands(sub)
     return parser
 
 

@@ -14,8 +14,9 @@ from urllib.parse import urlsplit
 import msgspec
 
 from .errors import ConfigError
+from .routing.classify_config import check_classify
 
-POLICIES = ("ordered", "weighted", "cost", "latency", "score")
+POLICIES = ("ordered", "weighted", "cost", "latency", "score", "classify")
 AFFINITIES = ("session",)
 PROVIDERS = ("openai",)
 
@@ -145,9 +146,27 @@ class Objective(msgspec.Struct, forbid_unknown_fields=True):
     load: float = 0.0
 
 
+class ClassSpec(msgspec.Struct, forbid_unknown_fields=True):
+    """One class of a ``classify`` route: where its requests go, and what it looks like."""
+
+    deployments: list[str] = []         # ordered by ``policy`` ...
+    route: str | None = None            # ... or handed to another route (hierarchical)
+    policy: str = "ordered"             # among deployments: ordered | cost | latency | score
+    objective: Objective | None = None  # score policy
+    threshold: float = 0.0              # below this probability the route's default applies
+    examples: list[str] = []
+    description: str = ""
+
+
+class AuditConfig(msgspec.Struct, forbid_unknown_fields=True):
+    file: str                           # JSONL, appended
+    below: float = 0.5                  # decisions less confident than this are written
+    include_text: bool = False          # the prompt's last turn, only when allowed
+
+
 class Route(msgspec.Struct, forbid_unknown_fields=True):
     name: str
-    deployments: list[str]
+    deployments: list[str] = []
     policy: str = "ordered"
     weights: dict[str, float] = {}      # weighted policy; a deployment left out weighs 1
     fallbacks: list[str] = []
@@ -158,6 +177,13 @@ class Route(msgspec.Struct, forbid_unknown_fields=True):
     max_price: float | None = None      # USD per 1M tokens, input + output
     affinity: str | None = None         # "session": one session sticks to one replica
     affinity_epsilon: float = 0.25      # bounded load: no replica above (1 + e) x the mean
+    classes: dict[str, ClassSpec] = {}  # classify policy (see proxy/routing/classify_route.py)
+    default: str | None = None          # classify: deployment or route when unsure
+    examples_file: str | None = None    # classify: JSONL {"text", "label"} to train from
+    outcomes_file: str | None = None    # classify: JSONL {"prompt", "weak_correct", ...}
+    model_file: str | None = None       # classify: a model from ``llmedge train``
+    strong_share: float | None = None   # classify on outcomes: share of traffic to "strong"
+    audit: AuditConfig | None = None    # classify: log unsure decisions
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True):
@@ -343,7 +369,7 @@ def check(config: Config) -> list[str]:
         if route.policy not in POLICIES:
             problems.append("%s.policy: unknown policy %r (known: %s)"
                             % (where, route.policy, ", ".join(POLICIES)))
-        if not route.deployments:
+        if not route.deployments and route.policy != "classify":
             problems.append("%s.deployments: at least one deployment is needed" % where)
         for field in ("deployments", "fallbacks"):
             seen = set()
@@ -382,6 +408,7 @@ def check(config: Config) -> list[str]:
                             % (where, route.affinity, ", ".join(AFFINITIES)))
         if not (route.affinity_epsilon > 0 and math.isfinite(route.affinity_epsilon)):
             problems.append("%s.affinity_epsilon: must be > 0" % where)
+        check_classify(where, route, deployments, config.routes, problems)
         if route.cache is not None:
             if not (route.cache.ttl_s > 0 and math.isfinite(route.cache.ttl_s)):
                 problems.append("%s.cache.ttl_s: must be > 0" % where)

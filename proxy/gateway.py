@@ -19,6 +19,7 @@ from .errors import BadRequest, MethodNotAllowed, NotFound, Overloaded, ProxyErr
 from .http import wire
 from .http.front import Exchange
 from .metrics import Metrics
+from .routing.explain import explain_body
 from .routing.router import Router, parse_tags
 
 log = logging.getLogger("llmedge.gateway")
@@ -104,6 +105,8 @@ class Gateway:
             self._proxy(ex, CHAT_PATH, _chat_decoder)
         elif path == b"/v1/embeddings":
             self._proxy(ex, EMBEDDINGS_PATH, _embeddings_decoder)
+        elif path == b"/v1/route":
+            self._route(ex)
         elif path == b"/v1/models":
             self._get(ex) and ex.respond(200, self.router.models_body)
         elif path == b"/healthz":
@@ -161,6 +164,26 @@ class Gateway:
         else:
             ex.respond(200, b'{"status":"ready"}')
 
+    def _route(self, ex: Exchange) -> None:
+        """``POST /v1/route``: the decision a chat request would get, explained; no upstream."""
+        if ex.method != b"POST":
+            self._error(ex, MethodNotAllowed("use POST for this endpoint",
+                                             code="method_not_allowed"))
+            return
+        try:
+            view = _decode(_chat_decoder, ex.body)
+            plan = self.router.plan(view.model)
+            tags = ex.headers.get(b"x-llmedge-tags")
+            session = ex.headers.get(b"x-llmedge-session")
+            decision = plan.decide(self.router.table, self.router.rnd,
+                                   parse_tags(tags) if tags else NO_TAGS,
+                                   session.decode("utf-8", "replace") if session else view.user,
+                                   ex.body)
+        except ProxyError as exc:
+            self._error(ex, exc)
+            return
+        ex.respond(200, explain_body(self.router, plan, decision))
+
     def _proxy(self, ex: Exchange, path: bytes, decoder: msgspec.json.Decoder) -> None:
         if ex.method != b"POST":
             self._error(ex, MethodNotAllowed("use POST for this endpoint",
@@ -177,7 +200,7 @@ class Gateway:
             session = ex.headers.get(b"x-llmedge-session")
             session = session.decode("utf-8", "replace") if session else view.user
             decision = plan.decide(self.router.table, self.router.rnd,
-                                   parse_tags(tags) if tags else NO_TAGS, session)
+                                   parse_tags(tags) if tags else NO_TAGS, session, ex.body)
         except ProxyError as exc:
             self._error(ex, exc)
             self.metrics.request("-", "-", exc.status, time.perf_counter() - started)

@@ -66,12 +66,13 @@ class Target:
 class Decision:
     """The deployments to try, best first, and why."""
 
-    __slots__ = ("targets", "reason", "session")
+    __slots__ = ("targets", "reason", "session", "explain")
 
     def __init__(self, targets: list[Target], reason: str, session: str | None) -> None:
         self.targets = targets
         self.reason = reason
         self.session = session
+        self.explain: dict | None = None   # a classify route's probabilities and path
 
 
 class SessionRandom:
@@ -111,7 +112,8 @@ class RoutePlan:
         self.cache = route.cache if route else None
 
     def decide(self, table: EndpointTable, rnd: Callable[[], float],
-               request_tags: frozenset[str], session: str | None) -> Decision:
+               request_tags: frozenset[str], session: str | None,
+               body: bytes = b"") -> Decision:
         required = self.require_tags | request_tags if request_tags else self.require_tags
         notes: list[str] = []
         eligible = self._eligible(self.targets, required, notes)
@@ -154,6 +156,9 @@ class RoutePlan:
                 eligible.append(t)
         return eligible
 
+    def close(self) -> None:
+        pass
+
     def _refuse(self, required: frozenset[str]) -> None:
         lacking = []
         for t in self.targets + self.fallbacks:
@@ -188,6 +193,8 @@ class Router:
         self.routes: dict[str, RoutePlan] = {}
         problems = []
         for i, route in enumerate(config.routes):
+            if route.policy == "classify":
+                continue  # built below, once every route a class may point to exists
             try:
                 policy = POLICIES[route.policy](route)
             except ValueError as exc:
@@ -200,10 +207,17 @@ class Router:
                 for target in targets + fallbacks:
                     if target.affinity is None:
                         target.affinity = SessionAffinity(target.endpoints, target.rows)
-        if problems:
-            raise ConfigError(problems)
         self._direct = {name: RoutePlan(name, [t], [], Direct())
                         for name, t in self.targets.items()}
+        if any(route.policy == "classify" for route in config.routes):
+            from .classify_route import build_classify_plans
+            problems += build_classify_plans(self, config)
+            # Keep the configured order: /v1/models lists routes as the file does.
+            self.routes = {r.name: self.routes[r.name] for r in config.routes
+                           if r.name in self.routes}
+        if problems:
+            self.close()
+            raise ConfigError(problems)
         self.models_body = orjson.dumps({"object": "list", "data": [
             {"id": name, "object": "model", "created": 0,
              "owned_by": "llmedge-route" if name in self.routes else "llmedge-deployment"}
@@ -243,6 +257,8 @@ class Router:
         return reasons
 
     def close(self) -> None:
+        for plan in self.routes.values():
+            plan.close()
         self.breakers.aclose()
         for target in self.targets.values():
             target.close()
