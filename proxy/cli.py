@@ -50,7 +50,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             "" if len(dep.urls) == 1 else "s", note))
     print("routes (%d):" % len(config.routes))
     for route in config.routes:
-        line = "  %-16s %s over %s" % (route.name, route.policy, ", ".join(route.deployments))
+        line = "  %-16s %s over %s" % (route.name, route.policy, ", ".join(route.deployments)
+                                       or "classes " + ", ".join(route.classes))
         if route.fallbacks:
             line += "; fallbacks %s" % ", ".join(route.fallbacks)
         print(line)
