@@ -25,7 +25,7 @@ cdef enum:
 
 cdef uint32_t PRIME = 0x01000193
 cdef uint32_t WORD_BASIS = 0x811C9DC5
-cdef uint32_t CHAR_BASIS = 0x050C5D1F
+cdef uint64_t CHAR_SEED = 0x5851F42D4C957F2DULL
 cdef uint32_t GOLDEN = 0x9E3779B1
 
 cdef unsigned char WORD_BYTE[256]
@@ -50,62 +50,110 @@ cdef inline uint32_t fmix32(uint32_t h) noexcept nogil:
     return h ^ (h >> 16)
 
 
+cdef inline uint64_t fmix64(uint64_t k) noexcept nogil:
+    k ^= k >> 33
+    k *= 0xFF51AFD7ED558CCDULL
+    k ^= k >> 33
+    k *= 0xC4CEB9FE1A85EC53ULL
+    return k ^ (k >> 33)
+
+
 # === text -> buckets =========================================================
 
 @cython.final
 cdef class _Counter:
-    # Weighted counts per bucket plus first-occurrence order; reset after every use.
+    # Weighted counts per bucket in first-occurrence order. Three passes, so that no step
+    # waits on the one before: hash every feature of a turn into ``keys``; add the turn's
+    # weight to ``acc`` per key; then walk ``keys`` once, emitting each bucket's total at its
+    # first occurrence and zeroing it (a later occurrence finds 0 and is skipped). A single
+    # pass that tests "new bucket?" per feature chains every step on a cache miss.
     cdef double* acc          # dim entries, all 0.0 between uses
-    cdef uint32_t* touched    # buckets with a count, in first-occurrence order
+    cdef uint32_t* keys       # every feature's bucket, in emission order
+    cdef Py_ssize_t n_keys
+    cdef uint32_t* touched    # distinct buckets in first-occurrence order (after finish)
+    cdef double* vals         # their weighted counts
     cdef Py_ssize_t n_touched
-    cdef Py_ssize_t cap
+    cdef Py_ssize_t cap       # of keys, touched and vals
     cdef uint32_t mask
-    cdef unsigned char* norm  # normalised stream scratch
+    cdef unsigned char* norm  # normalised stream scratch, 10 bytes beyond the text
     cdef Py_ssize_t norm_cap
 
     def __cinit__(self, uint32_t dim):
         self.mask = dim - 1
         self.acc = <double*>PyMem_Malloc(dim * sizeof(double))
         self.cap = 1024
+        self.keys = <uint32_t*>PyMem_Malloc(self.cap * sizeof(uint32_t))
         self.touched = <uint32_t*>PyMem_Malloc(self.cap * sizeof(uint32_t))
-        self.norm_cap = STACK_BYTES + 2
+        self.vals = <double*>PyMem_Malloc(self.cap * sizeof(double))
+        self.norm_cap = STACK_BYTES + 10
         self.norm = <unsigned char*>PyMem_Malloc(self.norm_cap)
-        if self.acc is NULL or self.touched is NULL or self.norm is NULL:
+        if (self.acc is NULL or self.keys is NULL or self.touched is NULL
+                or self.vals is NULL or self.norm is NULL):
             raise MemoryError()
         memset(self.acc, 0, dim * sizeof(double))
+        self.n_keys = 0
         self.n_touched = 0
 
     def __dealloc__(self):
         PyMem_Free(self.acc)
+        PyMem_Free(self.keys)
         PyMem_Free(self.touched)
+        PyMem_Free(self.vals)
         PyMem_Free(self.norm)
 
-    cdef inline void add(self, uint32_t h, double weight) noexcept:
-        # Branch-free: the slot is always written and only kept when the bucket is new;
+    cdef inline void add(self, uint32_t k) noexcept:
         # add_turn reserved room for every feature of the turn beforehand.
-        cdef uint32_t k = fmix32(h) & self.mask
-        self.touched[self.n_touched] = k
-        self.n_touched += self.acc[k] == 0.0
-        self.acc[k] += weight
+        self.keys[self.n_keys] = k
+        self.n_keys += 1
 
     cdef int reserve(self, Py_ssize_t more) except -1:
         cdef Py_ssize_t cap = self.cap
         cdef uint32_t* grown
-        if self.n_touched + more <= cap:
+        cdef double* grown_vals
+        if self.n_keys + more <= cap:
             return 0
-        while cap < self.n_touched + more:
+        while cap < self.n_keys + more:
             cap *= 2
+        grown = <uint32_t*>PyMem_Realloc(self.keys, cap * sizeof(uint32_t))
+        if grown is NULL:
+            raise MemoryError()
+        self.keys = grown
         grown = <uint32_t*>PyMem_Realloc(self.touched, cap * sizeof(uint32_t))
         if grown is NULL:
             raise MemoryError()
         self.touched = grown
+        grown_vals = <double*>PyMem_Realloc(self.vals, cap * sizeof(double))
+        if grown_vals is NULL:
+            raise MemoryError()
+        self.vals = grown_vals
         self.cap = cap
         return 0
 
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef void finish(self) noexcept:
+        cdef Py_ssize_t i, nt = 0
+        cdef uint32_t k
+        cdef double a
+        cdef double* acc = self.acc
+        cdef uint32_t* touched = self.touched
+        cdef double* vals = self.vals
+        for i in range(self.n_keys):
+            # Branch-free: whether a key repeats an earlier one is a coin toss to the CPU.
+            k = self.keys[i]
+            a = acc[k]
+            touched[nt] = k
+            vals[nt] = a
+            nt += a != 0.0
+            acc[k] = 0.0
+        self.n_touched = nt
+        self.n_keys = 0
+
     cdef void clear(self) noexcept:
         cdef Py_ssize_t i
-        for i in range(self.n_touched):
-            self.acc[self.touched[i]] = 0.0
+        for i in range(self.n_keys):
+            self.acc[self.keys[i]] = 0.0
+        self.n_keys = 0
         self.n_touched = 0
 
     @cython.boundscheck(False)
@@ -113,27 +161,32 @@ cdef class _Counter:
     cdef int add_turn(self, const unsigned char* data, Py_ssize_t size, double weight,
                       int char_lo, int char_hi) except -1:
         # classify_py._normalise, then the word and character loops of classify_py.features.
-        cdef Py_ssize_t n = 1, i, j, start
+        cdef Py_ssize_t n = 1, i, j, start, first = self.n_keys
+        cdef bint prev_space, is_word
+        cdef double* acc = self.acc
         cdef unsigned char b
         cdef uint32_t h, prev = 0
         cdef bint have_prev = False
         cdef unsigned char* s
-        if size + 2 > self.norm_cap:
-            s = <unsigned char*>PyMem_Realloc(self.norm, size + 2)
+        cdef uint64_t word, key
+        cdef Py_ssize_t m, top
+        if size + 10 > self.norm_cap:
+            s = <unsigned char*>PyMem_Realloc(self.norm, size + 10)
             if s is NULL:
                 raise MemoryError()
             self.norm = s
-            self.norm_cap = size + 2
+            self.norm_cap = size + 10
         s = self.norm
         s[0] = 0x20
+        # Branch-free (word boundaries are too frequent to predict): a byte is written
+        # always and kept when it is a word byte or the first separator of a run.
+        prev_space = True
         for i in range(size):
             b = LOWER[data[i]]
-            if WORD_BYTE[b]:
-                s[n] = b
-                n += 1
-            elif s[n - 1] != 0x20:
-                s[n] = 0x20
-                n += 1
+            is_word = WORD_BYTE[b]
+            s[n] = b if is_word else 0x20
+            n += is_word | (not prev_space)
+            prev_space = not is_word
         if s[n - 1] != 0x20:
             s[n] = 0x20
             n += 1
@@ -148,20 +201,26 @@ cdef class _Counter:
                 h = (h ^ s[i]) * PRIME
                 i += 1
             if i > start:
-                self.add(h, weight)
+                self.add(fmix32(h) & self.mask)
                 if have_prev:
-                    self.add(prev * GOLDEN + h + 1, weight)
+                    self.add(fmix32(prev * GOLDEN + h + 1) & self.mask)
                 prev = h
                 have_prev = True
             i += 1
+        # n-grams: the position's next 8 bytes as one little-endian word (the stream buffer
+        # has 8 spare zero bytes past its end), masked to each length.
+        for j in range(8):
+            s[n + j] = 0
         for i in range(n - char_lo + 1):
-            h = CHAR_BASIS
-            for j in range(char_hi):
-                if i + j >= n:
-                    break
-                h = (h ^ s[i + j]) * PRIME
-                if j + 1 >= char_lo:
-                    self.add(h, weight)
+            word = (<uint64_t>s[i] | (<uint64_t>s[i + 1] << 8) | (<uint64_t>s[i + 2] << 16)
+                    | (<uint64_t>s[i + 3] << 24) | (<uint64_t>s[i + 4] << 32)
+                    | (<uint64_t>s[i + 5] << 40) | (<uint64_t>s[i + 6] << 48))
+            top = char_hi if char_hi <= n - i else n - i
+            for m in range(char_lo, top + 1):
+                key = (word & ((<uint64_t>1 << (8 * m)) - 1)) | (<uint64_t>m << 56)
+                self.add(<uint32_t>(fmix64(key ^ CHAR_SEED) & self.mask))
+        for i in range(first, self.n_keys):
+            acc[self.keys[i]] += weight
         return 0
 
     cdef int count(self, list turns, Py_ssize_t max_bytes, double context_weight,
@@ -185,6 +244,7 @@ cdef class _Counter:
             if size > max_bytes:
                 size = max_bytes
             self.add_turn(<const unsigned char*><char*>data, size, weight, char_lo, char_hi)
+        self.finish()
         return 0
 
 
@@ -192,8 +252,8 @@ cdef int _check_options(Py_ssize_t dim, Py_ssize_t char_lo, Py_ssize_t char_hi,
                         double context_weight, Py_ssize_t max_bytes) except -1:
     if dim < 2 or dim > MAX_DIM or dim & (dim - 1):
         raise ValueError("dim must be a power of two between 2 and %d" % MAX_DIM)
-    if char_lo < 1 or char_hi < char_lo or char_hi > 8:
-        raise ValueError("need 1 <= char_lo <= char_hi <= 8")
+    if char_lo < 1 or char_hi < char_lo or char_hi > 7:
+        raise ValueError("need 1 <= char_lo <= char_hi <= 7")
     if not 0.0 <= context_weight <= 1.0:
         raise ValueError("context_weight must be between 0 and 1")
     if max_bytes < 1:
@@ -219,8 +279,8 @@ def features(turns, dim=1 << 18, char_lo=3, char_hi=5, context_weight=0.5, max_b
     cdef dict out = {}
     cdef Py_ssize_t i
     for i in range(counter.n_touched):
-        out[counter.touched[i]] = counter.acc[counter.touched[i]]
-    counter.clear()
+        out[counter.touched[i]] = counter.vals[i]
+    counter.n_touched = 0
     return out
 
 
@@ -374,7 +434,7 @@ cdef class LinearModel:
         for i in range(counter.n_touched):
             k = counter.touched[i]
             row = self.row_of[k]
-            v = counter.acc[k] * (<double>self.idf[row] if row >= 0 else self.default_idf)
+            v = counter.vals[i] * (<double>self.idf[row] if row >= 0 else self.default_idf)
             norm2 += v * v
             values.append(v)
         if norm2 == 0.0:
@@ -406,15 +466,14 @@ cdef class LinearModel:
             k = counter.touched[i]
             row = self.row_of[k]
             if row >= 0:
-                v = counter.acc[k] * <double>self.idf[row]
+                v = counter.vals[i] * <double>self.idf[row]
                 vf = <float>v
                 w = self.weights + <Py_ssize_t>row * nc
                 for c in range(nc):
                     zf[c] += vf * w[c]
             else:
-                v = counter.acc[k] * self.default_idf
+                v = counter.vals[i] * self.default_idf
             norm2 += v * v
-            counter.acc[k] = 0.0
         counter.n_touched = 0
         if norm2 == 0.0:
             for c in range(nc):

@@ -14,9 +14,12 @@ Text -> features, exactly:
 3. Features, in this order per turn: for each word, its unigram and then (from the second word
    on) the bigram with the word before it; then the character n-grams of the normalised stream
    for n = ``char_lo``..``char_hi``, by position and then by n.
-4. Hashes are 32-bit FNV-1a (word basis ``0x811C9DC5``, character basis ``0x050C5D1F``) with
-   the murmur3 finaliser; a bigram hashes ``h_prev * 0x9E3779B1 + h_cur + 1``. The bucket is
-   the finalised hash masked to ``dim`` (a power of two).
+4. A word hashes by 32-bit FNV-1a (basis ``0x811C9DC5``) and the murmur3 32-bit finaliser; a
+   bigram finalises ``h_prev * 0x9E3779B1 + h_cur + 1`` (unfinalised word hashes). An n-gram
+   of ``n`` bytes (n <= 7) is its bytes as a little-endian integer plus ``n << 56``, xor
+   ``0x5851F42D4C957F2D``, through the murmur3 64-bit finaliser: no per-byte chain, so the
+   compiled twin hashes a position's n-grams from one load, in parallel. The bucket is the
+   finalised hash masked to ``dim`` (a power of two).
 5. A feature's count is the sum of its turn weights: 1 for the last turn, ``context_weight``
    for every earlier one (0 leaves earlier turns out).
 
@@ -38,7 +41,8 @@ __all__ = ("LinearModel", "features", "softmax", "train_softmax")
 _M32 = 0xFFFFFFFF
 _PRIME = 0x01000193
 _WORD_BASIS = 0x811C9DC5
-_CHAR_BASIS = 0x050C5D1F
+_CHAR_SEED = 0x5851F42D4C957F2D
+_M64 = 0xFFFFFFFFFFFFFFFF
 _GOLDEN = 0x9E3779B1
 _MAX_DIM = 1 << 24
 
@@ -54,6 +58,14 @@ def _fmix32(h: int) -> int:
     h ^= h >> 13
     h = (h * 0xC2B2AE35) & _M32
     return h ^ (h >> 16)
+
+
+def _fmix64(k: int) -> int:
+    k ^= k >> 33
+    k = (k * 0xFF51AFD7ED558CCD) & _M64
+    k ^= k >> 33
+    k = (k * 0xC4CEB9FE1A85EC53) & _M64
+    return k ^ (k >> 33)
 
 
 def _turn_bytes(turn: object, max_bytes: int) -> bytes:
@@ -82,8 +94,8 @@ def _check_options(dim: int, char_lo: int, char_hi: int, context_weight: float,
                    max_bytes: int) -> None:
     if dim < 2 or dim > _MAX_DIM or dim & (dim - 1):
         raise ValueError("dim must be a power of two between 2 and %d" % _MAX_DIM)
-    if char_lo < 1 or char_hi < char_lo or char_hi > 8:
-        raise ValueError("need 1 <= char_lo <= char_hi <= 8")
+    if char_lo < 1 or char_hi < char_lo or char_hi > 7:
+        raise ValueError("need 1 <= char_lo <= char_hi <= 7")
     if not 0.0 <= context_weight <= 1.0:
         raise ValueError("context_weight must be between 0 and 1")
     if max_bytes < 1:
@@ -131,14 +143,10 @@ def features(turns: Sequence[str | bytes], dim: int = 1 << 18, char_lo: int = 3,
             prev = h
         n = len(stream)
         for i in range(n - char_lo + 1):
-            h = _CHAR_BASIS
-            for j in range(char_hi):
-                if i + j >= n:
-                    break
-                h = ((h ^ stream[i + j]) * _PRIME) & _M32
-                if j + 1 >= char_lo:
-                    k = _fmix32(h) & mask
-                    acc[k] = acc.get(k, 0.0) + weight
+            for m in range(char_lo, min(char_hi, n - i) + 1):
+                key = int.from_bytes(stream[i:i + m], "little") | (m << 56)
+                k = _fmix64(key ^ _CHAR_SEED) & mask
+                acc[k] = acc.get(k, 0.0) + weight
     return acc
 
 

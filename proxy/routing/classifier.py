@@ -33,8 +33,8 @@ class Options(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     HWU64's training set (see bench/README.md), never on its test set."""
 
     dim: int = 1 << 16
-    char_lo: int = 2
-    char_hi: int = 4
+    char_lo: int = 3
+    char_hi: int = 3
     context_weight: float = 0.5     # earlier turns count this much of the last one
     max_bytes: int = 4096           # of each turn
     epochs: int = 30

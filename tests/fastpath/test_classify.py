@@ -93,7 +93,7 @@ def test_training_c_matches_py(data, epochs, l2, seed):
     (lambda m: m.features("one text", 64), "turns must be a sequence of texts"),
     (lambda m: m.features([1], 64), "turns must be str or bytes, not 'int'"),
     (lambda m: m.features(["x"], 63), "dim must be a power of two"),
-    (lambda m: m.features(["x"], 64, 4, 3), "need 1 <= char_lo <= char_hi <= 8"),
+    (lambda m: m.features(["x"], 64, 4, 3), "need 1 <= char_lo <= char_hi <= 7"),
     (lambda m: m.features(["x"], 64, 3, 5, 1.5), "context_weight must be between 0 and 1"),
     (lambda m: m.features(["x"], 64, 3, 5, 0.5, 0), "max_bytes must be >= 1"),
     (lambda m: m.softmax([1.0], 0.0), "temperature must be > 0"),
