@@ -7,6 +7,7 @@ def features(
     char_hi: int = ...,
     context_weight: float = ...,
     max_bytes: int = ...,
+    length_weight: float = ...,
 ) -> dict[int, float]: ...
 def softmax(logits: Sequence[float], temperature: float = 1.0) -> list[float]: ...
 def train_softmax(
@@ -27,6 +28,7 @@ class LinearModel:
     char_hi: int
     context_weight: float
     max_bytes: int
+    length_weight: float
     default_idf: float
     def __init__(
         self,
@@ -41,6 +43,7 @@ class LinearModel:
         char_hi: int = 5,
         context_weight: float = 0.5,
         max_bytes: int = 4096,
+        length_weight: float = 0.0,
     ) -> None: ...
     def features(self, turns: Sequence[str | bytes]) -> dict[int, float]: ...
     def vector(self, turns: Sequence[str | bytes]) -> list[tuple[int, float]]: ...

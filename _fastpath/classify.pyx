@@ -224,10 +224,12 @@ cdef class _Counter:
         return 0
 
     cdef int count(self, list turns, Py_ssize_t max_bytes, double context_weight,
-                   int char_lo, int char_hi) except -1:
-        cdef Py_ssize_t t, last = len(turns) - 1, size
+                   int char_lo, int char_hi, double length_weight) except -1:
+        cdef Py_ssize_t t, last = len(turns) - 1, size, last_size = -1
+        cdef int bits
         cdef double weight
         cdef bytes data
+        cdef uint32_t k
         for t in range(last + 1):
             turn = turns[t]
             if isinstance(turn, str):
@@ -243,13 +245,25 @@ cdef class _Counter:
             size = len(data)
             if size > max_bytes:
                 size = max_bytes
+            last_size = size
             self.add_turn(<const unsigned char*><char*>data, size, weight, char_lo, char_hi)
+        if length_weight > 0.0 and last_size >= 0:
+            # classify_py._length_bucket
+            bits = 0
+            while (last_size >> bits) != 0:
+                bits += 1
+            k = fmix32(0x6C656E00U + <uint32_t>(2 * bits + (((last_size >> (bits - 2)) & 1)
+                                                           if bits >= 2 else 0))) & self.mask
+            self.reserve(1)
+            self.add(k)
+            self.acc[k] += length_weight
         self.finish()
         return 0
 
 
 cdef int _check_options(Py_ssize_t dim, Py_ssize_t char_lo, Py_ssize_t char_hi,
-                        double context_weight, Py_ssize_t max_bytes) except -1:
+                        double context_weight, Py_ssize_t max_bytes,
+                        double length_weight) except -1:
     if dim < 2 or dim > MAX_DIM or dim & (dim - 1):
         raise ValueError("dim must be a power of two between 2 and %d" % MAX_DIM)
     if char_lo < 1 or char_hi < char_lo or char_hi > 7:
@@ -258,6 +272,8 @@ cdef int _check_options(Py_ssize_t dim, Py_ssize_t char_lo, Py_ssize_t char_hi,
         raise ValueError("context_weight must be between 0 and 1")
     if max_bytes < 1:
         raise ValueError("max_bytes must be >= 1")
+    if not (length_weight >= 0.0 and isfinite(length_weight)):
+        raise ValueError("length_weight must be a number >= 0")
     return 0
 
 
@@ -267,15 +283,16 @@ cdef list _turn_list(object turns):
     return list(turns)
 
 
-def features(turns, dim=1 << 18, char_lo=3, char_hi=5, context_weight=0.5, max_bytes=4096):
+def features(turns, dim=1 << 18, char_lo=3, char_hi=5, context_weight=0.5, max_bytes=4096,
+             length_weight=0.0):
     """Bucket -> weighted count, in first-occurrence order."""
     cdef Py_ssize_t d = operator.index(dim), lo = operator.index(char_lo)
     cdef Py_ssize_t hi = operator.index(char_hi), mb = operator.index(max_bytes)
-    cdef double cw = float(context_weight)
-    _check_options(d, lo, hi, cw, mb)
+    cdef double cw = float(context_weight), lw = float(length_weight)
+    _check_options(d, lo, hi, cw, mb, lw)
     cdef list items = _turn_list(turns)
     cdef _Counter counter = _Counter(<uint32_t>d)
-    counter.count(items, mb, cw, <int>lo, <int>hi)
+    counter.count(items, mb, cw, <int>lo, <int>hi, lw)
     cdef dict out = {}
     cdef Py_ssize_t i
     for i in range(counter.n_touched):
@@ -333,6 +350,7 @@ cdef class LinearModel:
     cdef readonly int char_hi
     cdef readonly double context_weight
     cdef readonly Py_ssize_t max_bytes
+    cdef readonly double length_weight
     cdef readonly double default_idf
     cdef Py_ssize_t n_rows
     cdef int32_t* row_of      # dim entries: the bucket's row, or -1
@@ -352,12 +370,12 @@ cdef class LinearModel:
         self.zf = NULL
 
     def __init__(self, dim, n_classes, buckets, idf, weights, bias, default_idf=1.0,
-                 char_lo=3, char_hi=5, context_weight=0.5, max_bytes=4096):
+                 char_lo=3, char_hi=5, context_weight=0.5, max_bytes=4096, length_weight=0.0):
         cdef Py_ssize_t d = operator.index(dim), nc = operator.index(n_classes)
         cdef Py_ssize_t lo = operator.index(char_lo), hi = operator.index(char_hi)
         cdef Py_ssize_t mb = operator.index(max_bytes)
-        cdef double cw = float(context_weight)
-        _check_options(d, lo, hi, cw, mb)
+        cdef double cw = float(context_weight), lw = float(length_weight)
+        _check_options(d, lo, hi, cw, mb, lw)
         if nc < 1:
             raise ValueError("n_classes must be >= 1")
         cdef list bucket_list = [operator.index(b) for b in buckets]
@@ -402,6 +420,7 @@ cdef class LinearModel:
         self.char_hi = <int>hi
         self.context_weight = cw
         self.max_bytes = mb
+        self.length_weight = lw
         self.default_idf = default_f[0]
         self.counter = _Counter(<uint32_t>d)
 
@@ -415,11 +434,11 @@ cdef class LinearModel:
 
     def features(self, turns):
         return features(turns, self.dim, self.char_lo, self.char_hi, self.context_weight,
-                        self.max_bytes)
+                        self.max_bytes, self.length_weight)
 
     cdef int _count(self, object turns) except -1:
         self.counter.count(_turn_list(turns), self.max_bytes, self.context_weight,
-                           self.char_lo, self.char_hi)
+                           self.char_lo, self.char_hi, self.length_weight)
         return 0
 
     def vector(self, turns):

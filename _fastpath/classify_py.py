@@ -22,6 +22,10 @@ Text -> features, exactly:
    finalised hash masked to ``dim`` (a power of two).
 5. A feature's count is the sum of its turn weights: 1 for the last turn, ``context_weight``
    for every earlier one (0 leaves earlier turns out).
+6. With ``length_weight`` > 0, one more feature, last: the length of the last turn (bytes,
+   after the cut) as a half-octave bucket ``2 * bit_length(n) + second-highest bit``, hashed
+   as ``fmix32(0x6C656E00 + bucket)``, counted ``length_weight``. How hard a prompt is
+   tracks its length, which normalised n-gram counts cannot see.
 
 The model keeps rows only for buckets seen in training, each with an idf; other buckets weigh
 ``default_idf`` and add to the vector's norm but not to any logit. Logits are
@@ -90,8 +94,13 @@ def _normalise(data: bytes) -> bytes:
     return bytes(out)
 
 
+def _length_bucket(n: int) -> int:
+    b = n.bit_length()
+    return 2 * b + ((n >> (b - 2)) & 1 if b >= 2 else 0)
+
+
 def _check_options(dim: int, char_lo: int, char_hi: int, context_weight: float,
-                   max_bytes: int) -> None:
+                   max_bytes: int, length_weight: float = 0.0) -> None:
     if dim < 2 or dim > _MAX_DIM or dim & (dim - 1):
         raise ValueError("dim must be a power of two between 2 and %d" % _MAX_DIM)
     if char_lo < 1 or char_hi < char_lo or char_hi > 7:
@@ -100,6 +109,8 @@ def _check_options(dim: int, char_lo: int, char_hi: int, context_weight: float,
         raise ValueError("context_weight must be between 0 and 1")
     if max_bytes < 1:
         raise ValueError("max_bytes must be >= 1")
+    if not (length_weight >= 0.0 and math.isfinite(length_weight)):
+        raise ValueError("length_weight must be a number >= 0")
 
 
 def _turn_list(turns: object) -> list:
@@ -110,20 +121,23 @@ def _turn_list(turns: object) -> list:
 
 def features(turns: Sequence[str | bytes], dim: int = 1 << 18, char_lo: int = 3,
              char_hi: int = 5, context_weight: float = 0.5,
-             max_bytes: int = 4096) -> dict[int, float]:
+             max_bytes: int = 4096, length_weight: float = 0.0) -> dict[int, float]:
     """Bucket -> weighted count, in first-occurrence order."""
     dim = operator.index(dim)
     char_lo = operator.index(char_lo)
     char_hi = operator.index(char_hi)
     max_bytes = operator.index(max_bytes)
     context_weight = float(context_weight)
-    _check_options(dim, char_lo, char_hi, context_weight, max_bytes)
+    length_weight = float(length_weight)
+    _check_options(dim, char_lo, char_hi, context_weight, max_bytes, length_weight)
     turns = _turn_list(turns)
+    last_size = -1
     mask = dim - 1
     acc: dict[int, float] = {}
     last = len(turns) - 1
     for t, turn in enumerate(turns):
         data = _turn_bytes(turn, max_bytes)
+        last_size = len(data)
         weight = 1.0 if t == last else context_weight
         if weight == 0.0:
             continue
@@ -147,6 +161,9 @@ def features(turns: Sequence[str | bytes], dim: int = 1 << 18, char_lo: int = 3,
                 key = int.from_bytes(stream[i:i + m], "little") | (m << 56)
                 k = _fmix64(key ^ _CHAR_SEED) & mask
                 acc[k] = acc.get(k, 0.0) + weight
+    if length_weight > 0.0 and last_size >= 0:
+        k = _fmix32((0x6C656E00 + _length_bucket(last_size)) & _M32) & mask
+        acc[k] = acc.get(k, 0.0) + length_weight
     return acc
 
 
@@ -173,19 +190,21 @@ class LinearModel:
     """
 
     __slots__ = ("dim", "n_classes", "char_lo", "char_hi", "context_weight", "max_bytes",
+                 "length_weight",
                  "default_idf", "_rows", "_idf", "_weights", "_bias")
 
     def __init__(self, dim: int, n_classes: int, buckets: Sequence[int], idf: Sequence[float],
                  weights: Sequence[float], bias: Sequence[float], default_idf: float = 1.0,
                  char_lo: int = 3, char_hi: int = 5, context_weight: float = 0.5,
-                 max_bytes: int = 4096) -> None:
+                 max_bytes: int = 4096, length_weight: float = 0.0) -> None:
         dim = operator.index(dim)
         n_classes = operator.index(n_classes)
         char_lo = operator.index(char_lo)
         char_hi = operator.index(char_hi)
         max_bytes = operator.index(max_bytes)
         context_weight = float(context_weight)
-        _check_options(dim, char_lo, char_hi, context_weight, max_bytes)
+        length_weight = float(length_weight)
+        _check_options(dim, char_lo, char_hi, context_weight, max_bytes, length_weight)
         if n_classes < 1:
             raise ValueError("n_classes must be >= 1")
         buckets = [operator.index(b) for b in buckets]
@@ -208,6 +227,7 @@ class LinearModel:
         self.char_hi = char_hi
         self.context_weight = context_weight
         self.max_bytes = max_bytes
+        self.length_weight = length_weight
         self.default_idf = float(array("f", [default_idf])[0])
         self._rows = rows
         self._idf = array("f", idf)
@@ -216,7 +236,7 @@ class LinearModel:
 
     def features(self, turns: Sequence[str | bytes]) -> dict[int, float]:
         return features(turns, self.dim, self.char_lo, self.char_hi, self.context_weight,
-                        self.max_bytes)
+                        self.max_bytes, self.length_weight)
 
     def _weighted(self, turns: Sequence[str | bytes]) -> list[tuple[int, int, float]]:
         out = []

@@ -28,8 +28,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from _fastpath import IMPLEMENTATION  # noqa: E402
-from proxy.evaluate import (cost_quality_curve, cross_validated_scores,  # noqa: E402
-                            outcome_rows, strong_needed)
+import msgspec  # noqa: E402
+
+from proxy.evaluate import (OUTCOME_OPTIONS, cost_quality_curve,  # noqa: E402
+                            cross_validated_scores, outcome_rows, strong_needed)
 from proxy.routing.classifier import (Options, TextClassifier, few_shot,  # noqa: E402
                                       labelled, read_jsonl)
 
@@ -106,13 +108,34 @@ def hwu64(args, options: Options) -> list[dict]:
     return results
 
 
-def gsm8k(args, options: Options) -> dict:
+def gsm8k(args) -> dict:
+    """APGR of the complexity router, cross-validated, plus how its length weight was chosen:
+    by 5-fold CV on one half of the prompts, then measured by 5-fold CV on the other half."""
     rows = read_jsonl(os.path.join(args.data, "routing-outcomes", "gsm8k.jsonl"))
     prompts, weak, strong = outcome_rows(rows)
-    scores = cross_validated_scores(prompts, strong_needed(weak, strong), folds=5,
-                                    options=options)
+    labels = strong_needed(weak, strong)
+    order = list(range(len(prompts)))
+    random.Random(5).shuffle(order)
+    halves = (order[:len(order) // 2], order[len(order) // 2:])
+
+    def apgr(idx, weight):
+        opts = msgspec.structs.replace(OUTCOME_OPTIONS, length_weight=weight)
+        scores = cross_validated_scores([prompts[i] for i in idx], [labels[i] for i in idx],
+                                        folds=5, options=opts)
+        return cost_quality_curve(scores, [weak[i] for i in idx],
+                                  [strong[i] for i in idx])["apgr"]
+
+    tuning = {w: apgr(halves[0], w) for w in (0.0, 8.0, 32.0)}
+    chosen = max(tuning, key=tuning.get)
+    scores = cross_validated_scores(prompts, labels, folds=5)
     curve = cost_quality_curve(scores, weak, strong)
-    return {"apgr": curve["apgr"], "cpt50": curve["cpt50"], "n": curve["n"]}
+    return {"apgr": curve["apgr"], "cpt50": curve["cpt50"], "n": curve["n"],
+            "length_weight": OUTCOME_OPTIONS.length_weight,
+            "tuning_half_apgr": tuning, "chosen_length_weight": chosen,
+            "held_out_half_apgr": apgr(halves[1], chosen),
+            "held_out_half_apgr_text_only": apgr(halves[1], 0.0),
+            "length_only_apgr": cost_quality_curve([len(p) for p in prompts], weak,
+                                                   strong)["apgr"]}
 
 
 def main() -> int:
@@ -130,7 +153,6 @@ def main() -> int:
                         help="JSON of classifier Options to try, e.g. '{\"l2\": 1e-3}'")
     parser.add_argument("--json")
     args = parser.parse_args()
-    import msgspec
     options = msgspec.convert(json.loads(args.options), Options)
     out = {"implementation": IMPLEMENTATION, "options": msgspec.to_builtins(options),
            "split": "validation" if args.validate else "test",
@@ -149,9 +171,14 @@ def main() -> int:
             "-" if base is None else "%.0fx" % (r["baseline_us"] / r["llmedge_us"]),
             r["train_s"]))
     if not args.no_gsm8k:
-        out["gsm8k"] = gsm8k(args, options)
-        print("GSM8K outcomes, 5-fold cross-validated: APGR %.4f, CPT(50%%) %.1f%%" % (
-            out["gsm8k"]["apgr"], 100 * out["gsm8k"]["cpt50"]))
+        g = out["gsm8k"] = gsm8k(args)
+        print("GSM8K outcomes, 5-fold cross-validated, length_weight %g: APGR %.4f, "
+              "CPT(50%%) %.1f%%" % (g["length_weight"], g["apgr"], 100 * g["cpt50"]))
+        print("  length weight by CV on one half: %s -> %g; on the other half: APGR %.4f "
+              "(text only: %.4f); prompt length alone, no training: %.4f" % (
+                  ", ".join("%g: %.4f" % kv for kv in g["tuning_half_apgr"].items()),
+                  g["chosen_length_weight"], g["held_out_half_apgr"],
+                  g["held_out_half_apgr_text_only"], g["length_only_apgr"]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)

@@ -75,13 +75,18 @@ def outcome_rows(rows: Sequence[dict], where: str = "data") -> tuple[list[str], 
 
 
 def strong_needed(weak: Sequence[bool], strong: Sequence[bool]) -> list[str]:
-    """The binary label a complexity router learns: ``strong`` when the weak model failed.
+    """The binary label a complexity router learns: ``strong`` when only the strong model
+    answered correctly — the prompts where paying for it changes the outcome. (Labelling
+    every prompt the weak model fails did worse: prompts both fail look hard but gain
+    nothing from the strong model.)"""
+    return ["strong" if s and not w else "weak" for w, s in zip(weak, strong)]
 
-    Prompts both models fail are labelled ``strong`` too: they look hard, and what a router
-    learns from them (difficulty) transfers better than the few cases where only the strong
-    model succeeds.
-    """
-    return ["weak" if w else "strong" for w in weak]
+
+# Complexity routing: the last turn's length is a feature too (how hard a prompt is tracks
+# its length, which normalised n-gram counts cannot see). The weight was chosen among
+# 0, 8 and 32 by cross-validated APGR on one half of the GSM8K outcomes and measured on
+# the other half (bench/classify_eval.py).
+OUTCOME_OPTIONS = Options(length_weight=8.0)
 
 
 def cost_quality_curve(scores: Sequence[float], weak: Sequence[bool],
@@ -114,6 +119,7 @@ def cross_validated_scores(prompts: Sequence[str], labels: Sequence[str], folds:
                            seed: int = 0, options: Options | None = None,
                            positive: str = "strong") -> list[float]:
     """P(``positive``) for every prompt from a model trained on the other folds only."""
+    options = options or OUTCOME_OPTIONS
     order = list(range(len(prompts)))
     random.Random(seed).shuffle(order)
     scores = [0.0] * len(prompts)

@@ -37,6 +37,7 @@ class Options(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     char_hi: int = 3
     context_weight: float = 0.5     # earlier turns count this much of the last one
     max_bytes: int = 4096           # of each turn
+    length_weight: float = 0.0      # > 0: the last turn's length is a feature too
     epochs: int = 30
     l2: float = 1e-4
     lr: float = 0.5
@@ -102,7 +103,7 @@ class TextClassifier:
         index = {name: i for i, name in enumerate(names)}
         o = options
         probe = LinearModel(o.dim, 1, [], [], [], [0.0], 1.0, o.char_lo, o.char_hi,
-                            o.context_weight, o.max_bytes)
+                            o.context_weight, o.max_bytes, o.length_weight)
         turns = [_as_turns(t) for t in texts]
         counts = [probe.features(t) for t in turns]
         df: dict[int, int] = {}
@@ -116,7 +117,8 @@ class TextClassifier:
         default_idf = math.log(1 + n) + 1.0
         nc = len(names)
         zero = LinearModel(o.dim, nc, buckets, idf, [0.0] * (len(buckets) * nc), [0.0] * nc,
-                           default_idf, o.char_lo, o.char_hi, o.context_weight, o.max_bytes)
+                           default_idf, o.char_lo, o.char_hi, o.context_weight, o.max_bytes,
+                           o.length_weight)
         row = {b: i for i, b in enumerate(buckets)}
         rows = [[(row[b], v) for b, v in zero.vector(t)] for t in turns]
         ys = [index[label] for label in labels]
@@ -124,7 +126,7 @@ class TextClassifier:
         parts = {"buckets": buckets, "idf": idf, "weights": weights, "bias": bias,
                  "default_idf": default_idf}
         model = LinearModel(o.dim, nc, buckets, idf, weights, bias, default_idf, o.char_lo,
-                            o.char_hi, o.context_weight, o.max_bytes)
+                            o.char_hi, o.context_weight, o.max_bytes, o.length_weight)
         return cls(names, model, options, parts, n)
 
     # === prediction ===
@@ -167,7 +169,8 @@ class TextClassifier:
             raise ValueError("corrupt model file: %s" % exc) from None
         o = doc.options
         model = LinearModel(o.dim, len(doc.labels), buckets, idf, weights, doc.bias,
-                            doc.default_idf, o.char_lo, o.char_hi, o.context_weight, o.max_bytes)
+                            doc.default_idf, o.char_lo, o.char_hi, o.context_weight, o.max_bytes,
+                            o.length_weight)
         parts = {"buckets": buckets, "idf": idf, "weights": weights, "bias": doc.bias,
                  "default_idf": doc.default_idf}
         return cls(doc.labels, model, o, parts, doc.examples)

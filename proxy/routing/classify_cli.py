@@ -51,17 +51,22 @@ def cmd_route(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..evaluate import outcome_rows, strong_needed
+    import msgspec
+
+    from ..evaluate import OUTCOME_OPTIONS, outcome_rows, strong_needed
     from .classifier import Options, TextClassifier, labelled, read_jsonl
 
     try:
         rows = read_jsonl(args.data)
+        options = Options()
         if args.outcomes:
             prompts, weak, strong = outcome_rows(rows, args.data)
             texts, labels = prompts, strong_needed(weak, strong)
+            options = OUTCOME_OPTIONS
         else:
             texts, labels = labelled(rows, args.data)
-        clf = TextClassifier.fit(texts, labels, Options(temperature=args.temperature))
+        options = msgspec.structs.replace(options, temperature=args.temperature)
+        clf = TextClassifier.fit(texts, labels, options)
         clf.save(args.output)
     except (OSError, ValueError) as exc:
         print("llmedge train: %s" % exc, file=sys.stderr)

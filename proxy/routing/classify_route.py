@@ -12,7 +12,7 @@ from __future__ import annotations
 import msgspec
 
 from ..config import Config, Route
-from ..evaluate import outcome_rows, strong_needed
+from ..evaluate import OUTCOME_OPTIONS, outcome_rows, strong_needed
 from .audit import AuditLog
 from .classifier import TextClassifier, labelled, read_jsonl
 from .policies import POLICIES, Ordered, Policy
@@ -145,7 +145,8 @@ def _train(route: Route) -> TextClassifier:
     for label, spec in route.classes.items():
         texts += spec.examples
         labels += [label] * len(spec.examples)
-    return TextClassifier.fit(texts, labels)
+    return TextClassifier.fit(texts, labels,
+                              OUTCOME_OPTIONS if route.outcomes_file is not None else None)
 
 
 def _strong_cut(route: Route, clf: TextClassifier) -> float | None:

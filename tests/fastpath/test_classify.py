@@ -26,6 +26,7 @@ options_st = st.fixed_dictionaries({
     "char_hi": st.integers(3, 6),
     "context_weight": st.sampled_from([0.0, 0.25, 0.5, 1.0]),
     "max_bytes": st.integers(1, 80),
+    "length_weight": st.sampled_from([0.0, 0.5, 8.0]),
 })
 
 
@@ -96,6 +97,7 @@ def test_training_c_matches_py(data, epochs, l2, seed):
     (lambda m: m.features(["x"], 64, 4, 3), "need 1 <= char_lo <= char_hi <= 7"),
     (lambda m: m.features(["x"], 64, 3, 5, 1.5), "context_weight must be between 0 and 1"),
     (lambda m: m.features(["x"], 64, 3, 5, 0.5, 0), "max_bytes must be >= 1"),
+    (lambda m: m.features(["x"], 64, 3, 5, 0.5, 9, -1.0), "length_weight must be a number"),
     (lambda m: m.softmax([1.0], 0.0), "temperature must be > 0"),
     (lambda m: m.LinearModel(64, 2, [1], [1.0], [1.0], [0.0, 0.0]), "weights needs"),
     (lambda m: m.LinearModel(64, 1, [64], [1.0], [1.0], [0.0]), "bucket 64 is outside"),
@@ -133,6 +135,18 @@ def test_earlier_turns_weigh_less(impl):
     only_alpha = set(f) - set(g)
     assert only_alpha and all(f[b] == 0.25 for b in only_alpha)
     assert impl.features(["alpha", "beta"], 1 << 16, context_weight=0.0) == g
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_length_feature_separates_lengths(impl):
+    short = impl.features(["abc"], 1 << 16, length_weight=2.0)
+    plain = impl.features(["abc"], 1 << 16)
+    (extra,) = set(short) - set(plain)
+    assert short[extra] == 2.0 and list(short)[-1] == extra
+    # 3 bytes and 200 bytes fall in different half-octaves; 200 and 210 in the same one.
+    bucket = lambda text: list(impl.features([text], 1 << 16, 3, 3, 0.5, 4096, 1.0))[-1]
+    assert bucket("abc") != bucket("a" * 200)
+    assert bucket("a" * 200) == bucket("b" * 210)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
