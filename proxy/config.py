@@ -184,6 +184,8 @@ class Route(msgspec.Struct, forbid_unknown_fields=True):
     model_file: str | None = None       # classify: a model from ``llmedge train``
     strong_share: float | None = None   # classify on outcomes: share of traffic to "strong"
     audit: AuditConfig | None = None    # classify: log unsure decisions
+    hysteresis: float = 0.0             # classify: a session keeps its class unless another
+                                        # beats it by more than this probability
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True):

@@ -9,6 +9,9 @@ an explanation: the class probabilities, the path through routes, and the reason
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
+
 import msgspec
 
 from ..config import Config, Route
@@ -20,6 +23,34 @@ from .router import Decision, RoutePlan
 
 MAX_EARLIER_TURNS = 3   # earlier user turns that inform the class, besides the last one
 TOP_K = 5               # probabilities shown in an explanation
+SESSION_TTL_S = 1800.0  # a session's class is forgotten after this long without a request
+MAX_SESSIONS = 10_000   # remembered at once; the least recently seen go first
+
+
+class SessionClasses:
+    """The class each recent session was routed to, bounded in count and age."""
+
+    def __init__(self, ttl_s: float = SESSION_TTL_S, max_sessions: int = MAX_SESSIONS,
+                 clock=time.monotonic) -> None:
+        self.ttl_s = ttl_s
+        self.max_sessions = max_sessions
+        self.clock = clock
+        self._items: OrderedDict[str, tuple[str, float]] = OrderedDict()
+
+    def get(self, session: str) -> str | None:
+        item = self._items.get(session)
+        if item is None:
+            return None
+        if self.clock() - item[1] > self.ttl_s:
+            del self._items[session]
+            return None
+        return item[0]
+
+    def put(self, session: str, label: str) -> None:
+        self._items[session] = (label, self.clock())
+        self._items.move_to_end(session)
+        while len(self._items) > self.max_sessions:
+            self._items.popitem(last=False)
 
 
 class _Part(msgspec.Struct):
@@ -64,7 +95,8 @@ class _Classify(Policy):
 class ClassifyPlan(RoutePlan):
     """A route whose first decision is the prompt's class."""
 
-    __slots__ = ("classifier", "classes", "thresholds", "default", "audit", "strong_cut")
+    __slots__ = ("classifier", "classes", "thresholds", "default", "audit", "strong_cut",
+                 "hysteresis", "sessions")
 
     def __init__(self, route: Route, targets, fallbacks, classifier: TextClassifier,
                  classes: dict[str, RoutePlan], default: RoutePlan | None,
@@ -76,6 +108,8 @@ class ClassifyPlan(RoutePlan):
         self.default = default
         self.audit = audit
         self.strong_cut = strong_cut
+        self.hysteresis = route.hysteresis
+        self.sessions = SessionClasses() if route.hysteresis > 0 else None
 
     def classify(self, turns: list[str]) -> tuple[str, float, list[float]]:
         clf = self.classifier
@@ -90,6 +124,9 @@ class ClassifyPlan(RoutePlan):
     def decide(self, table, rnd, request_tags, session, body: bytes = b"") -> Decision:
         turns = user_turns(body)
         label, confidence, probs = self.classify(turns)
+        kept = None
+        if self.sessions is not None and session is not None and turns:
+            label, confidence, kept = self._hysteresis(session, label, confidence, probs)
         plan = self.classes.get(label)
         threshold = self.thresholds.get(label, 0.0)
         unsure = not turns or plan is None or confidence < threshold
@@ -99,6 +136,8 @@ class ClassifyPlan(RoutePlan):
                    "%s %.2f below threshold %.2f" % (label, confidence, threshold))
         else:
             why = "%s %.2f" % (label, confidence)
+            if kept is not None:
+                why += " (session kept its class over %s)" % kept
         if plan is None:  # a trained label the config does not route, and no default
             plan = next(iter(self.classes.values()))
             why += "; unrouted class, first class used"
@@ -114,6 +153,8 @@ class ClassifyPlan(RoutePlan):
                    "threshold": threshold, "used_default": plan is self.default,
                    "probabilities": {labels[i]: probs[i] for i in top},
                    "path": [self.name, *inner_explain["path"]]}
+        if self.sessions is not None and session is not None:
+            explain["session_kept_over"] = kept
         if inner.explain:
             explain["next"] = inner.explain
         decision = Decision(ordered, "classify(%s): %s -> %s" % (self.name, why, inner.reason),
@@ -123,6 +164,22 @@ class ClassifyPlan(RoutePlan):
             self.audit.write(self.name, label, confidence, explain["probabilities"],
                              [t.name for t in ordered], turns[-1] if turns else "")
         return decision
+
+    def _hysteresis(self, session: str, label: str, confidence: float,
+                    probs: list[float]) -> tuple[str, float, str | None]:
+        """Keep the session's previous class unless the new best beats it by the margin;
+        returns (label, its probability, the class it was kept over or None)."""
+        sessions = self.sessions
+        assert sessions is not None
+        previous = sessions.get(session)
+        kept = None
+        labels = self.classifier.labels
+        if previous is not None and previous != label and previous in labels:
+            p_prev = probs[labels.index(previous)]
+            if confidence - p_prev <= self.hysteresis:
+                kept, label, confidence = label, previous, p_prev
+        sessions.put(session, label)
+        return label, confidence, kept
 
     def close(self) -> None:
         if self.audit is not None:

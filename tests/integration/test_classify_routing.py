@@ -267,3 +267,35 @@ def test_bad_classify_configs_name_the_path(sims, tmp_path):
     assert "routes[0].classes.both.threshold: must be between 0 and 1" in err
     assert "routes[0].default: 'nowhere' names no deployment or route" in err
     assert "routes[2].default: only used by policy 'classify'" in err
+
+
+def test_session_keeps_its_class_unless_a_turn_clearly_belongs_elsewhere(start_edge, sims):
+    edge = start_edge(_config(sims, """\
+  - name: auto
+    policy: classify
+    hysteresis: 0.5
+""" + _classes(chat_target="deployments: [beta]")))
+    # Preconditions, without a session: an unclear turn and a clear one.
+    unclear = _explain(edge, "ok thanks")["classification"]["probabilities"]
+    assert unclear["chat"] > unclear["code"] and unclear["chat"] - unclear["code"] < 0.5
+    clear = _explain(edge, "tell me a joke")["classification"]["probabilities"]
+    assert clear["chat"] - clear["code"] > 0.5
+
+    def ask(text: str, session: str | None = None, user: str | None = None) -> str:
+        body = {"model": "auto", "messages": [{"role": "user", "content": text}]}
+        if user:
+            body["user"] = user
+        resp = edge.call("POST", "/v1/chat/completions", body,
+                         {"x-llmedge-session": session} if session else None)
+        assert resp.status == 200, resp
+        return resp.headers["x-llmedge-upstream"]
+
+    assert ask("fix my python code please", session="s1") == "alpha"
+    assert ask("ok thanks", session="s1") == "alpha"      # kept: chat is not clearly ahead
+    assert ask("ok thanks", session="s2") == "beta"       # another session has no history
+    assert ask("ok thanks") == "beta"                     # no session, no memory
+    assert ask("tell me a joke", session="s1") == "beta"  # clearly elsewhere: it moves
+    assert ask("ok thanks", session="s1") == "beta"
+    # The body's "user" names a session too.
+    assert ask("fix my python code please", user="u1") == "alpha"
+    assert ask("ok thanks", user="u1") == "alpha"
