@@ -158,6 +158,27 @@ class ClassSpec(msgspec.Struct, forbid_unknown_fields=True):
     description: str = ""
 
 
+class RuleSignal(msgspec.Struct, forbid_unknown_fields=True):
+    pattern: str                        # regex searched in the last user turn, any case
+    class_: str = msgspec.field(name="class")
+    weight: float = 1.0
+
+
+class FeatureSignal(msgspec.Struct, forbid_unknown_fields=True):
+    when: str                           # code_block | tools | images | long
+    class_: str = msgspec.field(name="class")
+    weight: float = 1.0
+    min_chars: int = 4000               # long: the last user turn has at least this many
+
+
+class SignalsConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """A classify route's weighted vote (see proxy/routing/signals.py)."""
+
+    classifier: float = 1.0             # weight of the compiled classifier's probabilities
+    rules: list[RuleSignal] = []
+    features: list[FeatureSignal] = []
+
+
 class AuditConfig(msgspec.Struct, forbid_unknown_fields=True):
     file: str                           # JSONL, appended
     below: float = 0.5                  # decisions less confident than this are written
@@ -184,6 +205,7 @@ class Route(msgspec.Struct, forbid_unknown_fields=True):
     model_file: str | None = None       # classify: a model from ``llmedge train``
     strong_share: float | None = None   # classify on outcomes: share of traffic to "strong"
     audit: AuditConfig | None = None    # classify: log unsure decisions
+    signals: SignalsConfig | None = None  # classify: rules and request features vote too
     hysteresis: float = 0.0             # classify: a session keeps its class unless another
                                         # beats it by more than this probability
 

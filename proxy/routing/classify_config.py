@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 
 CLASS_POLICIES = ("ordered", "cost", "latency", "score")
 _CLASSIFY_ONLY = ("classes", "default", "examples_file", "outcomes_file", "model_file",
-                  "strong_share", "audit", "hysteresis")
+                  "strong_share", "audit", "hysteresis", "signals")
 
 
 def check_classify(where: str, route: Route, deployments: set[str], routes: list[Route],
@@ -80,6 +80,12 @@ def check_classify(where: str, route: Route, deployments: set[str], routes: list
     elif route.default is not None and route.default in route_names \
             and _cycle(route.name, route.default, routes):
         problems.append("%s.default: %r leads back to %r" % (where, route.default, route.name))
+    if route.signals is not None:
+        from .signals import check_signals
+        check_signals("%s.signals" % where, route.signals, set(route.classes), problems)
+        if route.strong_share is not None:
+            problems.append("%s.signals: strong_share sets its cut on the classifier alone; "
+                            "use a threshold on 'strong' with signals" % where)
     if not 0.0 <= route.hysteresis <= 1.0:
         problems.append("%s.hysteresis: must be between 0 and 1" % where)
     if route.audit is not None:

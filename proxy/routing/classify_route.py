@@ -12,16 +12,14 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 
-import msgspec
-
 from ..config import Config, Route
 from ..evaluate import OUTCOME_OPTIONS, outcome_rows, strong_needed
 from .audit import AuditLog
 from .classifier import TextClassifier, labelled, read_jsonl
 from .policies import POLICIES, Ordered, Policy
 from .router import Decision, RoutePlan
+from .signals import Ensemble, RequestView, read_request
 
-MAX_EARLIER_TURNS = 3   # earlier user turns that inform the class, besides the last one
 TOP_K = 5               # probabilities shown in an explanation
 SESSION_TTL_S = 1800.0  # a session's class is forgotten after this long without a request
 MAX_SESSIONS = 10_000   # remembered at once; the least recently seen go first
@@ -53,39 +51,9 @@ class SessionClasses:
             self._items.popitem(last=False)
 
 
-class _Part(msgspec.Struct):
-    type: str = ""
-    text: str | None = None
-
-
-class _Message(msgspec.Struct):
-    role: str = ""
-    content: str | list[_Part] | None = None
-
-
-class _Chat(msgspec.Struct):
-    messages: list[_Message] = []
-
-
-_chat = msgspec.json.Decoder(_Chat)
-
-
 def user_turns(body: bytes) -> list[str]:
     """The conversation's user turns that inform the class: earlier ones, then the last."""
-    try:
-        messages = _chat.decode(body).messages
-    except msgspec.MsgspecError:
-        return []
-    turns = []
-    for message in messages:
-        if message.role != "user":
-            continue
-        content = message.content
-        if isinstance(content, list):
-            content = " ".join(p.text for p in content if p.type == "text" and p.text)
-        if content:
-            turns.append(content)
-    return turns[-(MAX_EARLIER_TURNS + 1):]
+    return read_request(body).turns
 
 
 class _Classify(Policy):
@@ -96,7 +64,7 @@ class ClassifyPlan(RoutePlan):
     """A route whose first decision is the prompt's class."""
 
     __slots__ = ("classifier", "classes", "thresholds", "default", "audit", "strong_cut",
-                 "hysteresis", "sessions")
+                 "hysteresis", "sessions", "ensemble")
 
     def __init__(self, route: Route, targets, fallbacks, classifier: TextClassifier,
                  classes: dict[str, RoutePlan], default: RoutePlan | None,
@@ -110,20 +78,27 @@ class ClassifyPlan(RoutePlan):
         self.strong_cut = strong_cut
         self.hysteresis = route.hysteresis
         self.sessions = SessionClasses() if route.hysteresis > 0 else None
+        self.ensemble = (Ensemble(classifier.labels, route.signals)
+                         if route.signals is not None else None)
 
-    def classify(self, turns: list[str]) -> tuple[str, float, list[float]]:
+    def classify(self, request: RequestView) -> tuple[str, float, list[float], list[dict]]:
         clf = self.classifier
-        probs = clf.proba(turns)
+        probs = clf.proba(request.turns)
+        votes: list[dict] = []
+        if self.ensemble is not None:
+            probs, votes = self.ensemble.combine(probs, request)
         if self.strong_cut is not None:
             # Complexity routing: the knob moves the cut on P(strong), not the argmax.
             p = probs[clf.labels.index("strong")]
-            return ("strong", p, probs) if p >= self.strong_cut else ("weak", 1.0 - p, probs)
+            return (("strong", p, probs, votes) if p >= self.strong_cut
+                    else ("weak", 1.0 - p, probs, votes))
         best = max(range(len(probs)), key=probs.__getitem__)
-        return clf.labels[best], probs[best], probs
+        return clf.labels[best], probs[best], probs, votes
 
     def decide(self, table, rnd, request_tags, session, body: bytes = b"") -> Decision:
-        turns = user_turns(body)
-        label, confidence, probs = self.classify(turns)
+        request = read_request(body)
+        turns = request.turns
+        label, confidence, probs, votes = self.classify(request)
         kept = None
         if self.sessions is not None and session is not None and turns:
             label, confidence, kept = self._hysteresis(session, label, confidence, probs)
@@ -155,6 +130,8 @@ class ClassifyPlan(RoutePlan):
                    "path": [self.name, *inner_explain["path"]]}
         if self.sessions is not None and session is not None:
             explain["session_kept_over"] = kept
+        if self.ensemble is not None:
+            explain["votes"] = votes
         if inner.explain:
             explain["next"] = inner.explain
         decision = Decision(ordered, "classify(%s): %s -> %s" % (self.name, why, inner.reason),

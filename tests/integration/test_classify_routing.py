@@ -299,3 +299,56 @@ def test_session_keeps_its_class_unless_a_turn_clearly_belongs_elsewhere(start_e
     # The body's "user" names a session too.
     assert ask("fix my python code please", user="u1") == "alpha"
     assert ask("ok thanks", user="u1") == "alpha"
+
+
+def test_rules_and_request_features_vote_with_the_classifier(start_edge, sims):
+    edge = start_edge(_config(sims, """\
+  - name: auto
+    policy: classify
+    signals:
+      classifier: 1.0
+      rules:
+        - {pattern: '\\bselect\\b.*\\bfrom\\b', class: code, weight: 3}
+      features:
+        - {when: tools, class: code, weight: 2}
+        - {when: images, class: chat, weight: 2}
+""" + _classes(chat_target="deployments: [beta]")))
+    text = "how are you today, my friend"
+    plain = _explain(edge, text)
+    assert plain["deployments"] == ["beta"] and plain["classification"]["votes"] == []
+    ruled = _explain(edge, "SELECT name FROM friends: how are you today, my friend")
+    assert ruled["deployments"] == ["alpha"]
+    assert ruled["classification"]["votes"] == [
+        {"signal": "rule '\\\\bselect\\\\b.*\\\\bfrom\\\\b'", "class": "code", "weight": 3.0}]
+    probs = ruled["classification"]["probabilities"]
+    assert probs["code"] > 0.75 and abs(sum(probs.values()) - 1.0) < 1e-9
+    resp = edge.call("POST", "/v1/chat/completions", {
+        "model": "auto", "messages": [{"role": "user", "content": text}],
+        "tools": [{"type": "function", "function": {"name": "run_sql", "parameters": {}}}]})
+    assert resp.headers["x-llmedge-upstream"] == "alpha"
+    resp = edge.call("POST", "/v1/route", {"model": "auto", "messages": [{"role": "user",
+        "content": [{"type": "text", "text": "fix this python function"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}}]}]})
+    votes = resp.json()["classification"]["votes"]
+    assert votes == [{"signal": "images", "class": "chat", "weight": 2.0}]
+
+
+def test_bad_signals_name_the_path(sims, tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text(_config(sims, """\
+  - name: auto
+    policy: classify
+    signals:
+      rules:
+        - {pattern: '(unclosed', class: code}
+        - {pattern: 'x', class: nope, weight: 0}
+      features:
+        - {when: moon_phase, class: chat}
+""" + _classes(chat_target="deployments: [beta]")))
+    done = _llmedge("check", "-c", str(config), cwd=tmp_path)
+    assert done.returncode == 2
+    err = done.stderr
+    assert "routes[0].signals.rules[0].pattern: not a regular expression" in err
+    assert "routes[0].signals.rules[1].class: 'nope' is not one of the route's classes" in err
+    assert "routes[0].signals.rules[1].weight: must be > 0" in err
+    assert "routes[0].signals.features[0].when: unknown feature 'moon_phase'" in err

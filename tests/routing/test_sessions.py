@@ -30,3 +30,14 @@ def test_user_turns_reads_text_parts_and_skips_other_roles():
     many = b'{"messages": [%s]}' % b",".join(
         b'{"role": "user", "content": "t%d"}' % i for i in range(8))
     assert user_turns(many) == ["t4", "t5", "t6", "t7"]
+
+
+def test_read_request_sees_tools_and_media():
+    from proxy.routing.signals import read_request
+
+    view = read_request(b'{"messages": [{"role": "user", "content": [{"type": "input_audio",'
+                        b' "input_audio": {}}, {"type": "text", "text": "hi"}]}],'
+                        b' "tools": [{"type": "function"}]}')
+    assert view.turns == ["hi"] and view.tools and view.media
+    view = read_request(b'{"messages": [{"role": "user", "content": "hi"}], "tools": []}')
+    assert not view.tools and not view.media
