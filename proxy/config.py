@@ -179,6 +179,17 @@ class SignalsConfig(msgspec.Struct, forbid_unknown_fields=True):
     features: list[FeatureSignal] = []
 
 
+class LlmTier(msgspec.Struct, forbid_unknown_fields=True):
+    """A classify route's LLM-as-router tier (see proxy/routing/llm_router.py)."""
+
+    deployment: str                     # the (cheap) model asked for the class
+    mode: str = "cascade"               # cascade: only below ``below`` | always | vote
+    below: float = 0.6                  # cascade: asked when the classifier is less sure
+    weight: float = 1.0                 # vote: the answer's weight beside the classifier
+    timeout_s: float = 1.0              # then the compiled classifier decides
+    cache_size: int = 10_000            # answers kept, by prompt hash
+
+
 class AuditConfig(msgspec.Struct, forbid_unknown_fields=True):
     file: str                           # JSONL, appended
     below: float = 0.5                  # decisions less confident than this are written
@@ -206,6 +217,7 @@ class Route(msgspec.Struct, forbid_unknown_fields=True):
     strong_share: float | None = None   # classify on outcomes: share of traffic to "strong"
     audit: AuditConfig | None = None    # classify: log unsure decisions
     signals: SignalsConfig | None = None  # classify: rules and request features vote too
+    llm: LlmTier | None = None          # classify: ask a model for the class
     hysteresis: float = 0.0             # classify: a session keeps its class unless another
                                         # beats it by more than this probability
 

@@ -175,14 +175,35 @@ class Gateway:
             plan = self.router.plan(view.model)
             tags = ex.headers.get(b"x-llmedge-tags")
             session = ex.headers.get(b"x-llmedge-session")
-            decision = plan.decide(self.router.table, self.router.rnd,
-                                   parse_tags(tags) if tags else NO_TAGS,
-                                   session.decode("utf-8", "replace") if session else view.user,
-                                   ex.body)
+            args = (self.router.table, self.router.rnd, parse_tags(tags) if tags else NO_TAGS,
+                    session.decode("utf-8", "replace") if session else view.user, ex.body)
+            if plan.asynchronous:
+                self._spawn(ex, self._route_async(ex, plan, args))
+                return
+            decision = plan.decide(*args)
         except ProxyError as exc:
             self._error(ex, exc)
             return
         ex.respond(200, explain_body(self.router, plan, decision))
+
+    async def _route_async(self, ex: Exchange, plan, args) -> None:
+        try:
+            decision = await plan.decide_async(*args)
+        except ProxyError as exc:
+            self._error(ex, exc)
+            return
+        except Exception:
+            log.exception("unexpected error deciding a route")
+            ex.respond_error(500, wire.error_body("internal error", "server_error"))
+            return
+        ex.respond(200, explain_body(self.router, plan, decision))
+
+    def _spawn(self, ex: Exchange, coro) -> None:
+        """Run a request's decision as a task the exchange and the gateway own."""
+        task = asyncio.get_running_loop().create_task(coro)
+        ex.task = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _proxy(self, ex: Exchange, path: bytes, decoder: msgspec.json.Decoder) -> None:
         if ex.method != b"POST":
@@ -199,12 +220,35 @@ class Gateway:
             tags = ex.headers.get(b"x-llmedge-tags")
             session = ex.headers.get(b"x-llmedge-session")
             session = session.decode("utf-8", "replace") if session else view.user
-            decision = plan.decide(self.router.table, self.router.rnd,
-                                   parse_tags(tags) if tags else NO_TAGS, session, ex.body)
+            args = (self.router.table, self.router.rnd, parse_tags(tags) if tags else NO_TAGS,
+                    session, ex.body)
+            if plan.asynchronous:  # a classify route that may ask an LLM for the class
+                self._spawn(ex, self._decide_async(ex, path, view, plan, args, started))
+                return
+            decision = plan.decide(*args)
         except ProxyError as exc:
             self._error(ex, exc)
             self.metrics.request("-", "-", exc.status, time.perf_counter() - started)
             return
+        self._proxy_decided(ex, path, view, plan, decision, started)
+
+    async def _decide_async(self, ex: Exchange, path: bytes, view, plan, args,
+                            started: float) -> None:
+        try:
+            decision = await plan.decide_async(*args)
+        except ProxyError as exc:
+            self._error(ex, exc)
+            self.metrics.request("-", "-", exc.status, time.perf_counter() - started)
+            return
+        except Exception:
+            log.exception("unexpected error deciding a route")
+            ex.respond_error(500, wire.error_body("internal error", "server_error"))
+            self.metrics.request("-", "-", 500, time.perf_counter() - started)
+            return
+        self._proxy_decided(ex, path, view, plan, decision, started)
+
+    def _proxy_decided(self, ex: Exchange, path: bytes, view, plan, decision,
+                       started: float) -> None:
         stream = bool(getattr(view, "stream", False))
         answer = Answer(ex, plan, path, ex.body, view.model, stream, self._request_id(ex),
                         decision.session, decision.reason)

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 
 CLASS_POLICIES = ("ordered", "cost", "latency", "score")
 _CLASSIFY_ONLY = ("classes", "default", "examples_file", "outcomes_file", "model_file",
-                  "strong_share", "audit", "hysteresis", "signals")
+                  "strong_share", "audit", "hysteresis", "signals", "llm")
 
 
 def check_classify(where: str, route: Route, deployments: set[str], routes: list[Route],
@@ -86,6 +86,21 @@ def check_classify(where: str, route: Route, deployments: set[str], routes: list
         if route.strong_share is not None:
             problems.append("%s.signals: strong_share sets its cut on the classifier alone; "
                             "use a threshold on 'strong' with signals" % where)
+    llm = route.llm
+    if llm is not None:
+        if llm.deployment not in deployments:
+            problems.append("%s.llm.deployment: unknown deployment %r" % (where, llm.deployment))
+        if llm.mode not in ("cascade", "always", "vote"):
+            problems.append("%s.llm.mode: unknown mode %r (known: cascade, always, vote)"
+                            % (where, llm.mode))
+        if not 0.0 <= llm.below <= 1.0:
+            problems.append("%s.llm.below: must be between 0 and 1" % where)
+        if not (llm.weight > 0 and math.isfinite(llm.weight)):
+            problems.append("%s.llm.weight: must be > 0" % where)
+        if not (llm.timeout_s > 0 and math.isfinite(llm.timeout_s)):
+            problems.append("%s.llm.timeout_s: must be a positive number of seconds" % where)
+        if llm.cache_size < 0:
+            problems.append("%s.llm.cache_size: must be >= 0" % where)
     if not 0.0 <= route.hysteresis <= 1.0:
         problems.append("%s.hysteresis: must be between 0 and 1" % where)
     if route.audit is not None:

@@ -18,6 +18,7 @@ from .audit import AuditLog
 from .classifier import TextClassifier, labelled, read_jsonl
 from .policies import POLICIES, Ordered, Policy
 from .router import Decision, RoutePlan
+from .llm_router import LlmRouter
 from .signals import Ensemble, RequestView, read_request
 
 TOP_K = 5               # probabilities shown in an explanation
@@ -64,11 +65,13 @@ class ClassifyPlan(RoutePlan):
     """A route whose first decision is the prompt's class."""
 
     __slots__ = ("classifier", "classes", "thresholds", "default", "audit", "strong_cut",
-                 "hysteresis", "sessions", "ensemble")
+                 "hysteresis", "sessions", "ensemble", "llm", "llm_mode", "llm_below",
+                 "llm_weight", "asynchronous")
 
     def __init__(self, route: Route, targets, fallbacks, classifier: TextClassifier,
                  classes: dict[str, RoutePlan], default: RoutePlan | None,
-                 audit: AuditLog | None, strong_cut: float | None) -> None:
+                 audit: AuditLog | None, strong_cut: float | None,
+                 llm: LlmRouter | None = None) -> None:
         super().__init__(route.name, targets, fallbacks, _Classify(), route)
         self.classifier = classifier
         self.classes = classes
@@ -80,43 +83,105 @@ class ClassifyPlan(RoutePlan):
         self.sessions = SessionClasses() if route.hysteresis > 0 else None
         self.ensemble = (Ensemble(classifier.labels, route.signals)
                          if route.signals is not None else None)
+        self.llm = llm
+        spec = route.llm
+        self.llm_mode = spec.mode if spec else "cascade"
+        self.llm_below = spec.below if spec else 0.0
+        self.llm_weight = spec.weight if spec else 0.0
+        # Decided off the request path's synchronous part when an LLM may be asked, here or
+        # in a route a class hands over to.
+        self.asynchronous = llm is not None or any(
+            p.asynchronous for p in [*classes.values(), default] if p is not None)
+
+    def _pick(self, probs: list[float]) -> tuple[str, float]:
+        labels = self.classifier.labels
+        if self.strong_cut is not None:
+            # Complexity routing: the knob moves the cut on P(strong), not the argmax.
+            p = probs[labels.index("strong")]
+            return ("strong", p) if p >= self.strong_cut else ("weak", 1.0 - p)
+        best = max(range(len(probs)), key=probs.__getitem__)
+        return labels[best], probs[best]
 
     def classify(self, request: RequestView) -> tuple[str, float, list[float], list[dict]]:
-        clf = self.classifier
-        probs = clf.proba(request.turns)
+        probs = self.classifier.proba(request.turns)
         votes: list[dict] = []
         if self.ensemble is not None:
             probs, votes = self.ensemble.combine(probs, request)
-        if self.strong_cut is not None:
-            # Complexity routing: the knob moves the cut on P(strong), not the argmax.
-            p = probs[clf.labels.index("strong")]
-            return (("strong", p, probs, votes) if p >= self.strong_cut
-                    else ("weak", 1.0 - p, probs, votes))
-        best = max(range(len(probs)), key=probs.__getitem__)
-        return clf.labels[best], probs[best], probs, votes
+        label, confidence = self._pick(probs)
+        return label, confidence, probs, votes
 
     def decide(self, table, rnd, request_tags, session, body: bytes = b"") -> Decision:
         request = read_request(body)
-        turns = request.turns
         label, confidence, probs, votes = self.classify(request)
+        choice = self._choose(request, session, label, confidence, probs)
+        inner = choice[0].decide(table, rnd, request_tags, session, body)
+        return self._compose(request, session, request_tags, choice, label, confidence, probs,
+                             votes, inner, None)
+
+    async def decide_async(self, table, rnd, request_tags, session,
+                           body: bytes = b"") -> Decision:
+        """``decide``, consulting the LLM tier (and any asynchronous inner route)."""
+        request = read_request(body)
+        label, confidence, probs, votes = self.classify(request)
+        llm_note = None
+        llm = self.llm
+        if llm is not None and request.turns and (
+                self.llm_mode != "cascade" or confidence < self.llm_below):
+            answer, what = await llm.ask(request.turns)
+            llm_note = {"mode": self.llm_mode, "class": answer, "status": what}
+            if answer is not None:
+                if self.llm_mode == "vote":
+                    k = self.classifier.labels.index(answer)
+                    scores = list(probs)
+                    scores[k] += self.llm_weight
+                    total = sum(scores)
+                    probs = [x / total for x in scores]
+                    votes = [*votes, {"signal": "llm", "class": answer,
+                                      "weight": self.llm_weight}]
+                    label, confidence = self._pick(probs)
+                else:
+                    label, confidence = answer, probs[self.classifier.labels.index(answer)]
+        choice = self._choose(request, session, label, confidence, probs,
+                              trusted=llm_note is not None and llm_note["class"] == label
+                              and self.llm_mode != "vote")
+        plan = choice[0]
+        if plan.asynchronous:
+            inner = await plan.decide_async(table, rnd, request_tags, session, body)
+        else:
+            inner = plan.decide(table, rnd, request_tags, session, body)
+        return self._compose(request, session, request_tags, choice, label, confidence, probs,
+                             votes, inner, llm_note)
+
+    def _choose(self, request: RequestView, session, label: str, confidence: float,
+                probs: list[float], trusted: bool = False):
+        """(plan, why, kept, threshold) for the class decided."""
+        turns = request.turns
         kept = None
         if self.sessions is not None and session is not None and turns:
             label, confidence, kept = self._hysteresis(session, label, confidence, probs)
         plan = self.classes.get(label)
         threshold = self.thresholds.get(label, 0.0)
-        unsure = not turns or plan is None or confidence < threshold
+        # The LLM tier's answer is a decision, not a probability: thresholds do not apply.
+        unsure = not turns or plan is None or (confidence < threshold and not trusted)
         if unsure and self.default is not None:
             plan = self.default
             why = ("no user text" if not turns else
                    "%s %.2f below threshold %.2f" % (label, confidence, threshold))
         else:
             why = "%s %.2f" % (label, confidence)
+            if trusted:
+                why += " (LLM router)"
             if kept is not None:
                 why += " (session kept its class over %s)" % kept
         if plan is None:  # a trained label the config does not route, and no default
             plan = next(iter(self.classes.values()))
             why += "; unrouted class, first class used"
-        inner = plan.decide(table, rnd, request_tags, session, body)
+        return plan, why, kept, threshold, label, confidence
+
+    def _compose(self, request: RequestView, session, request_tags, choice, label, confidence,
+                 probs, votes, inner: Decision, llm_note) -> Decision:
+        plan, why, kept, threshold, label, confidence = choice
+        turns = request.turns
         ordered = list(inner.targets)
         for fallback in self._eligible(self.fallbacks, self.require_tags | request_tags, []):
             if fallback not in ordered:
@@ -130,8 +195,11 @@ class ClassifyPlan(RoutePlan):
                    "path": [self.name, *inner_explain["path"]]}
         if self.sessions is not None and session is not None:
             explain["session_kept_over"] = kept
-        if self.ensemble is not None:
+        if self.ensemble is not None or (llm_note and llm_note["mode"] == "vote"):
             explain["votes"] = votes
+        if self.llm is not None:
+            explain["llm"] = llm_note or {"mode": self.llm_mode, "class": None,
+                                          "status": "not consulted"}
         if inner.explain:
             explain["next"] = inner.explain
         decision = Decision(ordered, "classify(%s): %s -> %s" % (self.name, why, inner.reason),
@@ -258,8 +326,14 @@ def build_classify_plans(router, config: Config) -> list[str]:
         audit = None
         if route.audit is not None:
             audit = AuditLog(route.audit.file, route.audit.below, route.audit.include_text)
+        llm = None
+        if route.llm is not None:
+            llm = LlmRouter(router, router.targets[route.llm.deployment], clf.labels,
+                            {label: spec.description for label, spec in route.classes.items()},
+                            {label: spec.examples for label, spec in route.classes.items()},
+                            route.llm.timeout_s, route.llm.cache_size)
         plan = ClassifyPlan(route, targets, fallbacks, clf, classes, default, audit,
-                            _strong_cut(route, clf))
+                            _strong_cut(route, clf), llm)
         router.routes[name] = plan
         return plan
 

@@ -94,6 +94,8 @@ class SessionRandom:
 
 
 class RoutePlan:
+    asynchronous = False   # True: decide_async() must be awaited instead of decide()
+
     __slots__ = ("name", "name_bytes", "targets", "fallbacks", "policy", "require_tags",
                  "min_quality", "max_price", "affinity", "epsilon", "cache")
 

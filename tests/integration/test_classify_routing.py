@@ -352,3 +352,56 @@ def test_bad_signals_name_the_path(sims, tmp_path):
     assert "routes[0].signals.rules[1].class: 'nope' is not one of the route's classes" in err
     assert "routes[0].signals.rules[1].weight: must be > 0" in err
     assert "routes[0].signals.features[0].when: unknown feature 'moon_phase'" in err
+
+
+def _llm_route(sims, mode: str, extra: str = "") -> str:
+    return _config(sims, f"""\
+  - name: auto
+    policy: classify
+    llm: {{deployment: gamma, mode: {mode}, timeout_s: 2.0{extra}}}
+""" + _classes(chat_target="deployments: [beta]"))
+
+
+def test_llm_tier_decides_and_is_cached(start_edge, sims):
+    sims.gamma.configure(reply=" Code. ", chunks=1)
+    edge = start_edge(_llm_route(sims, "always"))
+    resp = _chat(edge, "tell me a joke")      # the classifier says chat; the LLM says code
+    assert resp.status == 200, resp
+    assert resp.headers["x-llmedge-upstream"] == "alpha"
+    assert "(LLM router)" in resp.headers["x-llmedge-decision"]
+    assert sims.gamma.stats()["chat"] == 1
+    out = _explain(edge, "tell me a joke")
+    assert out["classification"]["llm"] == {"mode": "always", "class": "code",
+                                            "status": "cached"}
+    assert sims.gamma.stats()["chat"] == 1   # answered from the cache
+
+
+def test_llm_tier_falls_back_on_a_bad_answer_or_a_timeout(start_edge, sims):
+    sims.gamma.configure(reply="I think it is code!", chunks=1)
+    edge = start_edge(_llm_route(sims, "always", ", timeout_s: 0.3"))
+    out = _explain(edge, "tell me a joke")
+    assert out["deployments"] == ["beta"]
+    assert "not a class" in out["classification"]["llm"]["status"]
+    sims.gamma.configure(reply="code", ttft_ms=5000)
+    resp = _chat(edge, "good morning friend, how are you")
+    assert resp.status == 200 and resp.headers["x-llmedge-upstream"] == "beta"
+    out = _explain(edge, "good morning friend, how are you")
+    assert out["classification"]["llm"]["status"] == "no answer within 0.3s"
+
+
+def test_llm_tier_as_cascade_and_as_voter(start_edge, sims):
+    sims.gamma.configure(reply="code", chunks=1)
+    edge = start_edge(_llm_route(sims, "cascade", ", below: 0.6"))
+    sure = _explain(edge, "tell me a joke")
+    assert sure["deployments"] == ["beta"]
+    assert sure["classification"]["llm"]["status"] == "not consulted"
+    assert sims.gamma.stats()["chat"] == 0
+    unsure = _explain(edge, "ok thanks")     # about 0.52 chat: below 0.6, so the LLM decides
+    assert unsure["deployments"] == ["alpha"] and sims.gamma.stats()["chat"] == 1
+    edge.stop()
+    edge = start_edge(_llm_route(sims, "vote", ", weight: 0.5"))
+    voted = _explain(edge, "ok thanks")
+    assert voted["deployments"] == ["alpha"]
+    assert {"signal": "llm", "class": "code", "weight": 0.5} in voted["classification"]["votes"]
+    clear = _explain(edge, "tell me a joke")  # one vote of 0.5 does not outweigh 0.96
+    assert clear["deployments"] == ["beta"]
