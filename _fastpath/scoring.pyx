@@ -497,6 +497,14 @@ cdef class EndpointTable:
             raise _not_an_index(i)
         return self._load_of(k)
 
+    def inflight(self, i):
+        """Requests in flight at endpoint ``i`` (what ``stats(i)["inflight"]`` says,
+        without building the dict)."""
+        cdef Py_ssize_t k = self._row(i)
+        if k < 0:
+            raise _not_an_index(i)
+        return self._inflight[k]
+
     def stats(self, i):
         """Endpoint ``i``'s row, as a dict."""
         cdef Py_ssize_t k = self._row(i)

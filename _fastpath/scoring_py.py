@@ -150,6 +150,10 @@ class EndpointTable:
         _check_index(self, i)
         return self._load(i)
 
+    def inflight(self, i: int) -> int:
+        _check_index(self, i)
+        return self._inflight[i]
+
     def _load(self, i: int) -> float:
         return self._rtt[i] * (self._inflight[i] + 1) / self._weight[i]
 

@@ -19,6 +19,6 @@ class SessionAffinity:
     def lookup(self, session: str, table: EndpointTable, epsilon: float) -> int:
         """The index of the replica for ``session``; -1 when none is available."""
         rows = self.rows
-        loads = [table.stats(r)["inflight"] for r in rows]
+        loads = [table.inflight(r) for r in rows]
         available = [table.available(r) for r in rows]
         return self.ring.lookup_bounded(session, loads, epsilon, available)
