@@ -54,7 +54,7 @@ def _twin(clf: TextClassifier, impl):
     o = clf.options
     return impl.LinearModel(o.dim, len(clf.labels), p["buckets"], p["idf"], p["weights"],
                             p["bias"], p["default_idf"], o.char_lo, o.char_hi,
-                            o.context_weight, o.max_bytes)
+                            o.context_weight, o.max_bytes, o.length_weight)
 
 
 def main() -> int:
