@@ -25,6 +25,7 @@ from .outlier import OutlierDetector
 from .health import HealthChecker
 from .http.front import HttpFront, Limits
 from .metrics import Metrics
+from .routing.classify_route import prepare as prepare_classifiers
 from .routing.router import Router
 
 log = logging.getLogger("llmedge")
@@ -72,6 +73,7 @@ class Server:
     async def start(self) -> None:
         config = self.config
         loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, prepare_classifiers, config)  # training: off the loop
         self.router = Router(config, await _ssl_context(config))
         self.metrics.upstream_connections.set_function(
             lambda: sum(e.open_connections for t in self.router.targets.values()
@@ -168,6 +170,7 @@ class Server:
             try:
                 # Reading and checking the file: not on the loop.
                 config = await loop.run_in_executor(None, load, self.config_path)
+                await loop.run_in_executor(None, prepare_classifiers, config)
                 router = Router(config, await _ssl_context(config), previous=self.router)
             except ConfigError as exc:
                 self.metrics.reload(False)

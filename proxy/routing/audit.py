@@ -1,8 +1,10 @@
 """The audit log of unsure routing decisions: JSONL, written off the event loop.
 
 The loop only puts a line on a queue (never blocks); one writer thread per file appends and
-flushes. ``close()`` queues a stop and returns at once: the thread writes what is left and
-exits on its own, so shutdown never waits on the disk.
+flushes after every batch. ``close()`` queues a stop and returns at once: the thread writes
+what is left and exits on its own, so shutdown never waits on the disk. The thread is a
+daemon, so a log that is never closed cannot keep the process alive; ``join()`` waits for
+the last lines where that matters (the CLI).
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ class AuditLog:
         self.include_text = include_text
         self.dropped = 0
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="llmedge-audit")
+        self._thread = threading.Thread(target=self._run, name="llmedge-audit",
+                                        daemon=True)
         self._thread.start()
 
     def write(self, route: str, label: str, confidence: float, probabilities: dict,
@@ -41,6 +44,9 @@ class AuditLog:
 
     def close(self) -> None:
         self._queue.put(_STOP)
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
 
     def _run(self) -> None:
         try:

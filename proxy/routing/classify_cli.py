@@ -48,6 +48,10 @@ def cmd_route(args: argparse.Namespace) -> int:
         return OK
     finally:
         router.close()
+        for plan in router.routes.values():
+            audit = getattr(plan, "audit", None)
+            if audit is not None:
+                audit.join(5.0)  # the process ends next: let the last lines reach the file
 
 
 def cmd_train(args: argparse.Namespace) -> int:

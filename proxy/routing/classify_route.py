@@ -9,8 +9,11 @@ an explanation: the class probabilities, the path through routes, and the reason
 
 from __future__ import annotations
 
+import os
 import time
 from collections import OrderedDict
+
+import msgspec
 
 from ..config import Config, Route
 from ..evaluate import OUTCOME_OPTIONS, outcome_rows, strong_needed
@@ -233,7 +236,40 @@ class ClassifyPlan(RoutePlan):
 
 # === building ===
 
+# Classifiers trained ahead of a Router, in an executor, by prepare(); keyed by everything
+# their training reads, so a Router built on the loop only trains what it finds missing.
+_prepared: dict[bytes, TextClassifier] = {}
+
+
+def _train_key(route: Route) -> bytes:
+    files = []
+    for path in (route.model_file, route.examples_file, route.outcomes_file):
+        try:
+            st = os.stat(path) if path else None
+        except OSError:
+            st = None
+        files.append([path, st.st_mtime_ns if st else None, st.st_size if st else None])
+    return msgspec.json.encode([files, {k: v.examples for k, v in route.classes.items()}])
+
+
+def prepare(config: Config) -> None:
+    """Train or load every classify route's classifier; blocking, so call it in an executor
+    before building a Router from ``config`` (start-up and reload)."""
+    global _prepared
+    ready = {}
+    for route in config.routes:
+        if route.policy == "classify":
+            try:
+                ready[_train_key(route)] = _train(route)
+            except (OSError, ValueError):
+                continue  # the Router reports it, with the route's path
+    _prepared = ready
+
+
 def _train(route: Route) -> TextClassifier:
+    ready = _prepared.get(_train_key(route))
+    if ready is not None:
+        return ready
     if route.model_file is not None:
         return TextClassifier.load(route.model_file)
     texts: list[str] = []

@@ -258,8 +258,10 @@ class Router:
             self.routes = {r.name: self.routes[r.name] for r in config.routes
                            if r.name in self.routes}
         if problems:
-            self.close()
+            for plan in self.routes.values():
+                plan.close()  # their own side parts only: the table may be the previous one's
             raise ConfigError(problems)
+        self._previous = previous
         self.models_body = orjson.dumps({"object": "list", "data": [
             {"id": name, "object": "model", "created": 0,
              "owned_by": "llmedge-route" if name in self.routes else "llmedge-deployment"}
@@ -302,6 +304,10 @@ class Router:
         """Take over from the router passed as ``previous``: the breakers follow the new
         configuration, and endpoints that left it stop being used."""
         self.breakers.config = self._breaker_config
+        previous, self._previous = self._previous, None
+        if previous is not None:
+            for plan in previous.routes.values():
+                plan.close()  # e.g. a classify route's audit log
         for row, endpoint in self.dropped:
             self.breakers.forget(row)
             self.table.set_state(row, EP_EJECTED)

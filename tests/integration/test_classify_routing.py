@@ -405,3 +405,32 @@ def test_llm_tier_as_cascade_and_as_voter(start_edge, sims):
     assert {"signal": "llm", "class": "code", "weight": 0.5} in voted["classification"]["votes"]
     clear = _explain(edge, "tell me a joke")  # one vote of 0.5 does not outweigh 0.96
     assert clear["deployments"] == ["beta"]
+
+
+def test_reload_retrains_and_a_rejected_reload_keeps_serving(start_edge, sims, tmp_path):
+    audit = tmp_path / "audit.jsonl"
+    edge = start_edge(_config(sims, f"""\
+  - name: auto
+    policy: classify
+    audit: {{file: {audit}, below: 1.0}}
+""" + _classes()))
+    assert _chat(edge, "fix my python code").headers["x-llmedge-upstream"] == "alpha"
+    text = edge.config_path.read_text()
+    # The code class now goes to gamma, and a new example is learned.
+    edge.config_path.write_text(text.replace("deployments: [alpha]", "deployments: [gamma]")
+                                .replace('"fix this python function"',
+                                         '"fix this python function", "debug my go program"'))
+    resp = edge.call("POST", "/admin/reload")
+    assert resp.status == 200, resp
+    assert _chat(edge, "fix my python code").headers["x-llmedge-upstream"] == "gamma"
+    out = _explain(edge, "debug my go program")
+    assert out["classification"]["class"] == "code"
+    # A classify problem rejects the reload; the running routes keep serving.
+    edge.config_path.write_text(text.replace("route: smalltalk", "route: nowhere"))
+    resp = edge.call("POST", "/admin/reload")
+    assert resp.status == 400 and "routes[0].classes.chat.route" in resp.body.decode()
+    assert _chat(edge, "tell me a joke").headers["x-llmedge-upstream"] == "beta"
+    assert _chat(edge, "fix my python code").headers["x-llmedge-upstream"] == "gamma"
+    assert edge.stop() == 0
+    lines = audit.read_text().splitlines()
+    assert len(lines) >= 4 and all(json.loads(line)["route"] == "auto" for line in lines)
