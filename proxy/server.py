@@ -14,7 +14,7 @@ import sys
 import _fastpath
 
 from .budget import RetryBudget
-from .cache import MemoryCache
+from .caching import ResponseCache
 from .config import Config, parse_address
 from .gateway import Gateway
 from .health import HealthChecker
@@ -69,7 +69,7 @@ class Server:
         self.metrics.upstream_connections.set_function(
             lambda: sum(e.open_connections for e in endpoints))
         self.gateway = Gateway(self.router, self.metrics,
-                               MemoryCache(config.cache.max_entries, config.cache.max_bytes),
+                               ResponseCache(config.cache, self.metrics),
                                RetryBudget(config.upstream.retry_budget))
         self.gateway.max_inflight = config.server.max_inflight
         if config.server.admin_token_env:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from procs import http_call, wait_for
+from procs import http_call, parse_sse, wait_for
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -125,3 +125,93 @@ def test_streaming_hit_is_a_well_formed_stream_for_the_sdk(edge, sims):
     assert finishes[-1] == "stop"
     assert chunks[-1].usage.total_tokens == stored["usage"]["total_tokens"]
     assert sims.gamma.stats()["chat"] == 1
+
+
+def sdk_stream(edge, model="faq", usage=False, api_key="tenant-a", **extra):
+    """A streamed chat request read by the openai SDK: (headers, chunks)."""
+    options = {"stream_options": {"include_usage": True}} if usage else {}
+    with edge.client(api_key=api_key) as client:
+        with client.chat.completions.with_streaming_response.create(
+                model=model, messages=QUESTION, temperature=0, stream=True,
+                **options, **extra) as response:
+            return response.headers, list(response.parse())
+
+
+def streamed_text(chunks) -> str:
+    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+def test_streamed_miss_is_stored_and_answers_both_kinds_of_request(edge, sims):
+    headers, first = sdk_stream(edge, usage=True)
+    assert headers["x-llmedge-cache"] == "miss"
+    text = streamed_text(first)
+    assert text.startswith("Gamma answers")
+    # A non-streaming request is answered from the stream, as one chat.completion.
+    with edge.client(api_key="tenant-a") as client:
+        raw = client.chat.completions.with_raw_response.create(
+            model="faq", messages=QUESTION, temperature=0)
+    assert raw.headers["x-llmedge-cache"] == "hit" and "age" in raw.headers
+    completion = raw.parse()
+    assert completion.object == "chat.completion"
+    assert completion.choices[0].message.content == text
+    assert completion.choices[0].message.role == "assistant"
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage.total_tokens == first[-1].usage.total_tokens
+    # A streaming request is replayed: role first, the same text, finish reason, usage, [DONE]
+    # (the SDK would raise on a malformed stream or one that does not end).
+    headers, again = sdk_stream(edge, usage=True)
+    assert headers["x-llmedge-cache"] == "hit"
+    assert again[0].choices[0].delta.role == "assistant"
+    assert streamed_text(again) == text
+    assert [c.choices[0].finish_reason for c in again if c.choices][-1] == "stop"
+    assert again[-1].usage.total_tokens == first[-1].usage.total_tokens
+    # Without include_usage the replay carries no usage chunk.
+    headers, plain = sdk_stream(edge)
+    assert headers["x-llmedge-cache"] == "hit"
+    assert all(c.usage is None for c in plain) and streamed_text(plain) == text
+    assert sims.gamma.stats()["chat"] == 1
+
+
+def test_raw_replay_is_well_formed_sse(edge, sims):
+    ask(edge, chat())
+    resp = ask(edge, chat(stream=True))
+    assert resp.status == 200 and resp.headers["x-llmedge-cache"] == "hit"
+    assert resp.headers["content-type"].startswith("text/event-stream")
+    events = parse_sse(resp.body)
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+def test_broken_and_failed_streams_are_never_stored(edge, sims):
+    sims.gamma.configure(drop_after=2)
+    resp = ask(edge, chat(stream=True))
+    assert resp.headers["x-llmedge-cache"] == "miss"
+    assert b"[DONE]" not in resp.body   # the break was reported, not dressed up as an end
+    sims.gamma.configure(drop_after=None, status=500)
+    assert ask(edge, chat(stream=True)).status == 500
+    sims.gamma.configure(status=None)
+    assert ask(edge, chat()).headers["x-llmedge-cache"] == "miss"
+    assert ask(edge, chat()).headers["x-llmedge-cache"] == "hit"
+
+
+def test_stream_larger_than_max_entry_bytes_is_not_stored(start_edge, sims):
+    small = start_edge(f"""\
+server:
+  http: 127.0.0.1:0
+cache: {{max_entry_bytes: 300}}
+deployments:
+  - name: gamma
+    base_url: {sims.gamma.url}
+routes:
+  - name: faq
+    deployments: [gamma]
+    cache: {{ttl_s: 600}}
+""")
+    for _ in range(2):
+        resp = ask(small, chat(stream=True))
+        assert resp.status == 200 and parse_sse(resp.body)[-1] == "[DONE]"
+        assert resp.headers["x-llmedge-cache"] == "miss"
+    assert sims.gamma.stats()["chat"] == 2
