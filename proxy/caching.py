@@ -130,7 +130,9 @@ class ResponseCache:
         if not (lookup or store):
             return None
         tenant = headers.get(self.tenant_header) if self.tenant_header else None
-        key = request_key(route, request, tenant or headers.get(b"authorization"), policy)
+        # Marked by its source: a tenant named like someone's API key is still someone else.
+        tenant = b"tenant:" + tenant if tenant else headers.get(b"authorization")
+        key = request_key(route, request, tenant, policy)
         options = request.get("stream_options")
         usage = isinstance(options, dict) and bool(options.get("include_usage"))
         return Ticket(route, key, policy.ttl_s, lookup, store, stream, usage)

@@ -215,3 +215,30 @@ routes:
         assert resp.status == 200 and parse_sse(resp.body)[-1] == "[DONE]"
         assert resp.headers["x-llmedge-cache"] == "miss"
     assert sims.gamma.stats()["chat"] == 2
+
+
+def test_tenant_header_namespaces_instead_of_the_api_key(start_edge, sims):
+    tenant_edge = start_edge(f"""\
+server:
+  http: 127.0.0.1:0
+cache: {{tenant_header: X-Tenant}}
+deployments:
+  - name: gamma
+    base_url: {sims.gamma.url}
+routes:
+  - name: faq
+    deployments: [gamma]
+    cache: {{ttl_s: 600}}
+""")
+
+    def state(tenant=None, key="Bearer k1"):
+        headers = {"authorization": key, **({"x-tenant": tenant} if tenant else {})}
+        return ask(tenant_edge, chat(), headers).headers["x-llmedge-cache"]
+
+    assert state("acme") == "miss"
+    assert state("acme", key="Bearer k2") == "hit"     # one tenant, several keys
+    assert state("globex") == "miss"                   # same key, another tenant
+    assert state("globex", key="Bearer k3") == "hit"
+    assert state() == "miss"                           # no header: the key is the tenant
+    assert state(key="Bearer k2") == "miss"
+    assert sims.gamma.stats()["chat"] == 4
