@@ -4,10 +4,12 @@ streaming replay, TTL, and what is never cached."""
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 
-from procs import http_call, parse_sse, wait_for
+from flights import overlapping_requests
+from procs import http_call, metric_value, parse_sse, wait_for
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -242,3 +244,82 @@ routes:
     assert state() == "miss"                           # no header: the key is the tenant
     assert state(key="Bearer k2") == "miss"
     assert sims.gamma.stats()["chat"] == 4
+
+
+def test_single_flight_identical_misses_make_one_upstream_request(edge, sims):
+    overlapping_requests(edge, edge, sims, lambda e: ask(e, chat()))
+    text = edge.metrics()
+    assert metric_value(text, "llmedge_cache_coalesced_total", route="faq", scope="local") == 5
+    assert metric_value(text, "llmedge_cache_lookups_total", route="faq", result="hit") == 5
+
+
+def test_single_flight_followers_go_upstream_when_the_leader_fails(start_edge, sims):
+    impatient = start_edge(f"""\
+server:
+  http: 127.0.0.1:0
+deployments:
+  - name: gamma
+    base_url: {sims.gamma.url}
+    timeouts: {{first_byte_s: 2}}
+routes:
+  - name: faq
+    deployments: [gamma]
+    cache: {{ttl_s: 600}}
+""")
+    sims.gamma.configure(stall_after=0)      # the leader's request is never answered
+    results: list = []
+    threads = [threading.Thread(target=lambda: results.append(ask(impatient, chat())))]
+    threads[0].start()
+    sims.gamma.wait_stat("chat", 1)
+    sims.gamma.configure(stall_after=None)
+    for _ in range(3):
+        threads.append(threading.Thread(target=lambda: results.append(ask(impatient, chat()))))
+        threads[-1].start()
+    wait_for(lambda: metric_value(impatient.metrics(), "llmedge_inflight_requests") >= 4,
+             message="followers waiting")
+    for t in threads:
+        t.join(timeout=60)
+    # The leader's timeout was not shared: the followers asked upstream themselves.
+    assert sorted(r.status for r in results) == [200, 200, 200, 504]
+    assert sims.gamma.stats()["chat"] == 4
+
+
+def test_admin_cache_delete_by_route_and_all(start_edge, sims):
+    admin = start_edge(f"""\
+server:
+  http: 127.0.0.1:0
+  admin_token_env: LLMEDGE_TEST_ADMIN_TOKEN
+cache: {{max_entries: 2}}
+deployments:
+  - name: gamma
+    base_url: {sims.gamma.url}
+routes:
+  - name: faq
+    deployments: [gamma]
+    cache: {{ttl_s: 600}}
+  - name: other
+    deployments: [gamma]
+    cache: {{ttl_s: 600}}
+""", env={"LLMEDGE_TEST_ADMIN_TOKEN": "s3cret"})
+    token = {"authorization": "Bearer s3cret"}
+    ask(admin, chat())
+    ask(admin, chat("other"))
+    assert admin.call("DELETE", "/admin/cache").status == 401
+    assert admin.call("GET", "/admin/cache", headers=token).status == 405
+    missing = admin.call("DELETE", "/admin/cache?route=nope", headers=token)
+    assert missing.status == 404 and missing.json()["error"]["code"] == "route_not_found"
+    gone = admin.call("DELETE", "/admin/cache?route=faq", headers=token)
+    assert gone.status == 200 and gone.json() == {"deleted": 1, "route": "faq"}
+    assert ask(admin, chat("other")).headers["x-llmedge-cache"] == "hit"
+    assert ask(admin, chat()).headers["x-llmedge-cache"] == "miss"
+    assert admin.call("DELETE", "/admin/cache", headers=token).json()["deleted"] == 2
+    assert ask(admin, chat("other")).headers["x-llmedge-cache"] == "miss"
+    # Bounded by max_entries: a third answer evicts the least recently used.
+    ask(admin, chat(max_tokens=3))
+    ask(admin, chat(max_tokens=4))
+    text = admin.metrics()
+    assert metric_value(text, "llmedge_cache_entries") == 2
+    assert metric_value(text, "llmedge_cache_evictions_total") == 1
+    assert metric_value(text, "llmedge_cache_bytes") > 0
+    assert metric_value(text, "llmedge_cache_stores_total") == 6
+    assert metric_value(text, "llmedge_cache_stored_bytes_total", route="faq") > 0

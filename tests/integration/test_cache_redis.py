@@ -4,12 +4,11 @@ what is never cached."""
 
 from __future__ import annotations
 
-import json
 import signal
-import threading
 
 import pytest
 
+from flights import overlapping_requests
 from procs import http_call, metric_value, parse_sse, wait_for
 from redisproc import REDIS_SERVER, SKIP_REASON, RedisServer
 
@@ -177,41 +176,14 @@ def test_redis_down_requests_go_upstream_and_caching_resumes(pair, sims, redis_s
 
 def test_single_flight_in_one_process(start_edge, sims, redis_server):
     edge = start_edge(edge_config(sims, redis_server))
-    overlapping_requests(edge, edge, sims)
+    overlapping_requests(edge, edge, sims, lambda e: ask(e, chat()))
 
 
 def test_single_flight_across_instances_with_the_lock(start_edge, sims, redis_server):
     config = edge_config(sims, redis_server, "  lock: true\n  lock_ttl_s: 30")
     a, b = start_edge(config), start_edge(config)
-    overlapping_requests(a, b, sims)
+    overlapping_requests(a, b, sims, lambda e: ask(e, chat()))
     assert metric_value(b.metrics(), "llmedge_cache_coalesced_total", scope="remote") >= 1
-
-
-def overlapping_requests(first, rest, sims, n: int = 6) -> None:
-    """n identical requests while the first is still upstream: one upstream request."""
-    # The simulator holds the answer back for 3 s: the followers are sent (and shown to
-    # be waiting inside llmedge) well within that.
-    sims.gamma.configure(ttft_ms=3000)
-    results: list = [None] * n
-
-    def send(i: int, edge) -> None:
-        results[i] = ask(edge, chat())
-
-    threads = [threading.Thread(target=send, args=(0, first))]
-    threads[0].start()
-    sims.gamma.wait_stat("chat", 1)
-    for i in range(1, n):
-        threads.append(threading.Thread(target=send, args=(i, rest)))
-        threads[-1].start()
-    wait_for(lambda: metric_value(rest.metrics(), "llmedge_inflight_requests")
-             >= (n if rest is first else n - 1), message="followers waiting in llmedge")
-    assert sims.gamma.stats()["chat"] == 1, "the followers must not have gone upstream"
-    for t in threads:
-        t.join(timeout=60)
-    assert all(r is not None and r.status == 200 for r in results), results
-    assert [r.headers["x-llmedge-cache"] for r in results] == ["miss"] + ["hit"] * (n - 1)
-    assert len({json.loads(r.body)["id"] for r in results}) == 1
-    assert sims.gamma.stats()["chat"] == 1
 
 
 def test_redis_hanging_costs_a_short_timeout_never_an_error(pair, sims, redis_server):
@@ -232,3 +204,22 @@ def test_redis_hanging_costs_a_short_timeout_never_an_error(pair, sims, redis_se
         redis_server.proc.send_signal(signal.SIGCONT)
     wait_for(lambda: state(ask(b, chat())) == "hit", timeout=30, interval=0.1,
              message="Redis to be used again")
+
+
+def test_admin_cache_delete_is_seen_by_every_instance(pair, sims, redis_server):
+    a, b = pair
+    ask(a, chat())
+    ask(a, chat("other"))
+    ask(a, chat("other", max_tokens=5))
+    gone = b.call("DELETE", "/admin/cache?route=other")
+    assert gone.status == 200 and gone.json() == {"deleted": 2, "route": "other"}
+    assert state(ask(b, chat())) == "hit"
+    assert state(ask(a, chat("other"))) == "miss"
+    assert a.call("DELETE", "/admin/cache").json()["deleted"] == 2
+    assert redis_server.keys() == []
+    text = b.metrics()
+    assert metric_value(text, "llmedge_cache_operation_seconds_count", op="get") == 1
+    # Redis down: the admin is told, plainly.
+    redis_server.stop()
+    down = a.call("DELETE", "/admin/cache")
+    assert down.status == 503 and down.json()["error"]["code"] == "cache_unavailable"
