@@ -201,10 +201,11 @@ class ResponseCache:
         token = ticket.lock_token
         if token is not None and self.redis is not None:
             ticket.lock_token = None
-            if ticket.entry is None:
-                # The answer did not come: free the other instances' followers now instead
-                # of at the lock's expiry. (With an answer they find it; the lock expires.)
-                self._spawn(self._op("unlock", lambda: self.redis.unlock(ticket.key, token)))
+            # Freed at once, answer or not: the answer was stored before this, so the other
+            # instances' followers find it, or (none) see the lock gone and ask themselves.
+            # Left to expire, it would hold back the next miss once the answer's TTL ends.
+            redis = self.redis
+            self._spawn(self._op("unlock", lambda: redis.unlock(ticket.key, token)))
 
     # === internals ===
 

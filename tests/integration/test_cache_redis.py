@@ -184,6 +184,9 @@ def test_single_flight_across_instances_with_the_lock(start_edge, sims, redis_se
     a, b = start_edge(config), start_edge(config)
     overlapping_requests(a, b, sims, lambda e: ask(e, chat()))
     assert metric_value(b.metrics(), "llmedge_cache_coalesced_total", scope="remote") >= 1
+    # The leader freed its lock: a later miss (after the answer expires) is not held back.
+    wait_for(lambda: redis_server.keys("llmedge:l:*") == [], message="the lock to be freed")
+    assert len(redis_server.keys("llmedge:c:*")) == 1
 
 
 def test_redis_hanging_costs_a_short_timeout_never_an_error(pair, sims, redis_server):
