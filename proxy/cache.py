@@ -37,7 +37,9 @@ class Entry(msgspec.Struct, array_like=True):
 
     @property
     def age_s(self) -> int:
-        return max(0, int(time.time() - self.stored_at))
+        age = time.time() - self.stored_at
+        # A clock step back, or a damaged value in a shared store: an age of 0, not an error.
+        return int(age) if 0.0 <= age < 1e9 else 0
 
     @property
     def size(self) -> int:

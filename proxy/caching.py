@@ -31,6 +31,7 @@ ADMIN_TIMEOUT_S = 30.0
 # A follower of another instance's lock looks for the answer this often (growing to 8x).
 LOCK_POLL_S = 0.01
 ERROR_LOG_EVERY_S = 10.0
+CLOSE_TIMEOUT_S = 2.0
 
 
 class Ticket:
@@ -312,4 +313,9 @@ class ResponseCache:
                 flight.set_result(None)
         self._flights.clear()
         if self.redis is not None:
-            await self.redis.aclose()
+            try:
+                # A frozen Redis must not hold up the drain.
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    await self.redis.aclose()
+            except (TimeoutError, OSError) as exc:
+                log.warning("closing the cache's Redis connections: %s", type(exc).__name__)

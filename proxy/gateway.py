@@ -213,8 +213,7 @@ class Gateway:
         try:
             if ticket is not None:
                 entry = await self.cache.resolve(ticket)
-                if entry is not None:
-                    self._serve_hit(answer, ticket, entry)
+                if entry is not None and self._serve_hit(answer, ticket, entry):
                     return
             await self.dispatcher.run(answer, answer.candidates)
         except asyncio.CancelledError:
@@ -254,23 +253,33 @@ class Gateway:
             if self.cache.sync:
                 entry = self.cache.get_now(ticket)
                 if entry is not None:
-                    self._serve_hit(answer, ticket, entry)
-                    return True
+                    return self._serve_hit(answer, ticket, entry)
         return False
 
-    def _serve_hit(self, answer: Answer, ticket: Ticket, entry: Entry) -> None:
+    def _serve_hit(self, answer: Answer, ticket: Ticket, entry: Entry) -> bool:
+        """Answer from ``entry``; False (nothing sent) when it cannot be used, which only a
+        foreign or damaged value in a shared Redis can cause: the request then goes on as
+        a miss."""
         ex = answer.exchange
+        content_type = entry.content_type
+        try:
+            replay = sse_replay(entry.body, ticket.include_usage) if ticket.stream else b""
+        except (ValueError, TypeError, AttributeError):
+            return False
+        if b"\r" in content_type or b"\n" in content_type:
+            content_type = wire.JSON
         answer.cache_state = b"hit"
-        answer.upstream = self.router.targets.get(entry.upstream.decode())
+        answer.upstream = self.router.targets.get(entry.upstream.decode("utf-8", "replace"))
         answer.reason = b"cache hit"
         answer.status = 200
         extra = answer.response_headers() + b"age: %d\r\n" % entry.age_s
         if ticket.stream:
             ex.start_stream(200, wire.EVENT_STREAM, extra)
-            ex.write(sse_replay(entry.body, ticket.include_usage))
+            ex.write(replay)
             ex.end_stream()
         else:
-            ex.respond(200, entry.body, entry.content_type, extra)
+            ex.respond(200, entry.body, content_type, extra)
+        return True
 
     def _admin_cache(self, ex: Exchange) -> None:
         """``DELETE /admin/cache`` drops every stored answer, ``?route=NAME`` one route's."""

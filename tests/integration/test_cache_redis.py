@@ -226,3 +226,22 @@ def test_admin_cache_delete_is_seen_by_every_instance(pair, sims, redis_server):
     redis_server.stop()
     down = a.call("DELETE", "/admin/cache")
     assert down.status == 503 and down.json()["error"]["code"] == "cache_unavailable"
+
+
+def test_damaged_values_in_redis_are_misses_not_errors(pair, sims, redis_server):
+    import msgspec
+
+    a, b = pair
+    assert state(ask(a, chat())) == "miss"
+    (key,) = redis_server.keys()
+    with redis_server.client() as r:
+        r.set(key, b"\xc1 not msgpack")
+        assert state(ask(b, chat())) == "miss"          # overwritten by a good answer
+        assert state(ask(a, chat())) == "hit"
+        # Well-formed, but not a completion: a streaming hit cannot replay it.
+        damaged = [b"{not json", b"text/plain\r\nx-evil: 1", b"\xff\xfe", "faq", float("nan")]
+        r.set(key, msgspec.msgpack.encode(damaged))
+        resp = ask(b, chat(stream=True))
+    assert resp.status == 200 and resp.headers["x-llmedge-cache"] == "miss"
+    assert parse_sse(resp.body)[-1] == "[DONE]" and "x-evil" not in resp.headers
+    assert metric_value(b.metrics(), "llmedge_cache_backend_errors_total", kind="decode") == 1
