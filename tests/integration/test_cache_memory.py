@@ -323,3 +323,32 @@ routes:
     assert metric_value(text, "llmedge_cache_bytes") > 0
     assert metric_value(text, "llmedge_cache_stores_total") == 6
     assert metric_value(text, "llmedge_cache_stored_bytes_total", route="faq") > 0
+
+
+def test_check_rejects_bad_cache_config(tmp_path):
+    import subprocess
+
+    from procs import PYTHON, REPO
+
+    path = tmp_path / "bad.yaml"
+    path.write_text("""\
+cache: {backend: memcached, timeout_ms: 0, pool_size: 0, tenant_header: "x tenant",
+        breaker: {failures: 0, open_s: -1}}
+deployments:
+  - name: small
+    base_url: http://127.0.0.1:9001/v1
+""")
+    proc = subprocess.run([PYTHON, "-m", "proxy", "check", "-c", str(path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    for problem in ("cache.backend: unknown backend 'memcached'", "cache.timeout_ms",
+                    "cache.pool_size", "cache.tenant_header", "cache.breaker.failures",
+                    "cache.breaker.open_s"):
+        assert problem in proc.stderr, (problem, proc.stderr)
+    path.write_text(path.read_text().replace(
+        "cache: {backend: memcached, timeout_ms: 0, pool_size: 0, tenant_header: \"x tenant\",\n"
+        "        breaker: {failures: 0, open_s: -1}}",
+        "cache: {backend: redis, url: 'http://127.0.0.1:6379'}"))
+    proc = subprocess.run([PYTHON, "-m", "proxy", "check", "-c", str(path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "cache.url: expected a redis://" in proc.stderr
