@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import json
 import os
 import platform
@@ -121,6 +122,22 @@ async def measure(port: int, case: str, count: int, warmup: int, offset: int) ->
                                                    ("p99", 99.0))}}
 
 
+def scrape_errors(port: int) -> dict[str, float]:
+    """llmedge's cache backend errors by kind, from its /metrics."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    errors: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("llmedge_cache_backend_errors_total{"):
+            kind = line.partition('kind="')[2].partition('"')[0]
+            errors[kind] = errors.get(kind, 0) + float(line.rsplit(" ", 1)[1])
+    return errors
+
+
 def edge_config(sim_port: int, cache: str) -> str:
     return f"""\
 server:
@@ -167,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     started: list = []
     redis_popen = None
     rows: list[dict] = []
+    backend_errors: dict[str, dict[str, float]] = {}
     try:
         sim = start_listening("sim", [PYTHON, "-m", "proxy.simulator", "--port", "0"],
                               cpus["load"], tmp, env)
@@ -198,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                 print("%-7s %-12s p50 %6d µs  p99 %6d µs  %s" % (
                     row["backend"], case, row["p50"], row["p99"], row["cache_states"]),
                     file=sys.stderr)
+            backend_errors[backend] = scrape_errors(edge.port)
             edge.stop()
     finally:
         for proc in reversed(started):
@@ -213,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                    *(argv or sys.argv[1:])])}
     import _fastpath
     meta["fastpath"] = _fastpath.IMPLEMENTATION
+    meta["backend_errors"] = backend_errors
     print(markdown(rows, meta))
     if args.json:
         Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
@@ -231,6 +251,11 @@ def markdown(rows: list[dict], meta: dict) -> str:
         states = ", ".join("%s %d" % kv for kv in sorted(r["cache_states"].items()))
         lines.append("| %s | %s | %d | %d | %d | %s | %d |" % (
             r["backend"], r["case"], r["p50"], r["p90"], r["p99"], states, r["errors"]))
+    for backend, errors in meta["backend_errors"].items():
+        if errors:
+            lines.append("\n%s backend errors (llmedge_cache_backend_errors_total by kind; each "
+                         "made a request a miss): %s" % (backend, ", ".join(
+                             "%s %d" % kv for kv in sorted(errors.items()))))
     if not meta["redis"]:
         lines.append("\nredis-server is not installed: no Redis rows.")
     return "\n".join(lines)
