@@ -28,7 +28,8 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
 
 class _Circuit:
     __slots__ = ("state", "consecutive", "openings", "open_until", "timer", "probe_ok",
-                 "window_start", "ok", "failed", "reason", "rate_limited")
+                 "window_start", "ok", "failed", "reason", "rate_limited", "outlier_timer",
+                 "ejections")
 
     def __init__(self) -> None:
         self.state = CLOSED
@@ -42,6 +43,8 @@ class _Circuit:
         self.failed = 0
         self.reason = "no failures"
         self.rate_limited = False       # open because the upstream said 429
+        self.outlier_timer: asyncio.TimerHandle | None = None  # set while ejected as outlier
+        self.ejections = 0              # outlier ejections so far: each lasts longer
 
 
 class Breakers:
@@ -55,6 +58,8 @@ class Breakers:
         self._clock = clock
         self._circuits: dict[int, _Circuit] = {}
         self.opened_total = 0
+        # [successes, failures] per row since outlier detection last looked.
+        self.tally: dict[int, list[int]] = {}
 
     def _circuit(self, row: int) -> _Circuit:
         circuit = self._circuits.get(row)
@@ -65,6 +70,10 @@ class Breakers:
     # === outcomes of real requests ===
 
     def on_success(self, row: int) -> None:
+        tally = self.tally.get(row)
+        if tally is None:
+            tally = self.tally[row] = [0, 0]
+        tally[0] += 1
         circuit = self._circuits.get(row)
         if circuit is None:
             return  # never failed: nothing to track
@@ -84,6 +93,10 @@ class Breakers:
             wait = retry_after if retry_after is not None else self.config.cooldown_429_s
             self._open(row, circuit, wait, "rate limited (429) for %.3gs" % wait, grow=False)
             return
+        tally = self.tally.get(row)
+        if tally is None:
+            tally = self.tally[row] = [0, 0]
+        tally[1] += 1
         circuit.consecutive += 1
         self._count(circuit, failed=True)
         config = self.config
@@ -146,8 +159,34 @@ class Breakers:
                 circuit.reason = reason
             self._publish(row, circuit)
 
+    def eject_outlier(self, row: int, base_s: float, max_s: float, reason: str) -> float:
+        """Passive outlier detection's verdict: out of rotation for a while that grows with
+        each ejection; returns how long."""
+        circuit = self._circuit(row)
+        circuit.ejections += 1
+        wait = min(base_s * circuit.ejections, max_s)
+        if circuit.outlier_timer is not None:
+            circuit.outlier_timer.cancel()
+        circuit.outlier_timer = asyncio.get_running_loop().call_later(
+            wait, self._return_outlier, row)
+        circuit.reason = reason
+        self._publish(row, circuit)
+        return wait
+
+    def _return_outlier(self, row: int) -> None:
+        circuit = self._circuits.get(row)
+        if circuit is None:
+            return
+        circuit.outlier_timer = None
+        circuit.reason = "outlier ejection over"
+        self._publish(row, circuit)
+
+    def outlier_ejected(self, row: int) -> bool:
+        circuit = self._circuits.get(row)
+        return circuit is not None and circuit.outlier_timer is not None
+
     def _publish(self, row: int, circuit: _Circuit) -> None:
-        if not circuit.probe_ok:
+        if not circuit.probe_ok or circuit.outlier_timer is not None:
             state = EP_EJECTED
         elif circuit.state == OPEN:
             state = EP_OPEN
@@ -166,9 +205,11 @@ class Breakers:
     def describe(self, row: int) -> dict:
         circuit = self._circuits.get(row)
         if circuit is None:
-            return {"circuit": CLOSED, "probe_ok": True, "reason": "no failures"}
+            return {"circuit": CLOSED, "probe_ok": True, "reason": "no failures",
+                    "outlier_ejected": False}
         info = {"circuit": circuit.state, "probe_ok": circuit.probe_ok,
-                "reason": circuit.reason, "consecutive_failures": circuit.consecutive}
+                "reason": circuit.reason, "consecutive_failures": circuit.consecutive,
+                "outlier_ejected": circuit.outlier_timer is not None}
         if circuit.state == OPEN:
             info["open_for_s"] = round(max(0.0, circuit.open_until - self._clock()), 3)
         return info
@@ -186,8 +227,17 @@ class Breakers:
                  if r in self._circuits and self._circuits[r].state == OPEN]
         return bool(open_) and all(c.rate_limited for c in open_)
 
+    def forget(self, row: int) -> None:
+        """An endpoint left the configuration: its circuit and timer go with it."""
+        circuit = self._circuits.pop(row, None)
+        if circuit is not None:
+            for timer in (circuit.timer, circuit.outlier_timer):
+                if timer is not None:
+                    timer.cancel()
+
     def aclose(self) -> None:
         for circuit in self._circuits.values():
-            if circuit.timer is not None:
-                circuit.timer.cancel()
-                circuit.timer = None
+            for timer in (circuit.timer, circuit.outlier_timer):
+                if timer is not None:
+                    timer.cancel()
+            circuit.timer = circuit.outlier_timer = None

@@ -15,14 +15,20 @@ class RetryBudget:
     """Counts requests and retries in ``BUCKETS`` time slices covering ``window_s``."""
 
     def __init__(self, config: RetryBudgetConfig, clock=time.monotonic) -> None:
+        self._clock = clock
+        self.configure(config)
+        self.exhausted = 0
+
+    def configure(self, config: RetryBudgetConfig) -> None:
+        """(Re)start counting under ``config``; a reload resets the window, which errs on
+        the side of allowing retries for one window."""
         self.ratio = config.ratio
         self.floor = config.min_per_s * config.window_s
         self._slice = config.window_s / BUCKETS
-        self._clock = clock
+        clock = self._clock
         self._requests = [0] * BUCKETS
         self._retries = [0] * BUCKETS
         self._current = int(clock() / self._slice)
-        self.exhausted = 0
 
     def _advance(self) -> int:
         now = int(self._clock() / self._slice)

@@ -64,26 +64,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
         config.server.http = args.http
     factory = loop_factory(args.loop)
     if workers <= 1:
-        return _run_worker(config, factory, reuse_port=False)
+        return _run_worker(config, factory, reuse_port=False, config_path=args.config)
     if config.server.http and config.server.http.endswith(":0"):
         print("llmedge: --workers needs a fixed port, not :0", file=sys.stderr)
         return CONFIG_ERROR
-    return _run_workers(config, factory, workers)
+    return _run_workers(config, factory, workers, args.config)
 
 
-def _run_worker(config: Config, factory, reuse_port: bool) -> int:
+def _run_worker(config: Config, factory, reuse_port: bool, config_path: str) -> int:
     from .server import serve
 
+    # Until the loop's handler is installed a reload signal is moot (start-up reads the file
+    # anyway), and by default it would kill the process.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         with asyncio.Runner(loop_factory=factory) as runner:
-            runner.run(serve(config, reuse_port=reuse_port))
+            runner.run(serve(config, reuse_port=reuse_port, config_path=config_path))
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return STARTUP_FAILURE
     return OK
 
 
-def _run_workers(config: Config, factory, workers: int) -> int:
+def _run_workers(config: Config, factory, workers: int, config_path: str) -> int:
     """N processes, each with its own SO_REUSEPORT listener; the kernel spreads accepts."""
     children: dict[int, int] = {}
 
@@ -92,14 +95,16 @@ def _run_workers(config: Config, factory, workers: int) -> int:
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
-            os._exit(_run_worker(config, factory, reuse_port=True))
+            os._exit(_run_worker(config, factory, reuse_port=True, config_path=config_path))
         children[pid] = index
 
     stopping = False
 
     def forward(signum, frame) -> None:
         nonlocal stopping
-        stopping = True
+        # SIGHUP: each worker reloads the file itself (POST /admin/reload reaches only the
+        # worker that accepted it).
+        stopping = stopping or signum != signal.SIGHUP
         for pid in children:
             try:
                 os.kill(pid, signum)
@@ -108,6 +113,7 @@ def _run_workers(config: Config, factory, workers: int) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, forward)
     for index in range(workers):
         spawn(index)
     status = OK

@@ -41,9 +41,11 @@ class ServerSection(msgspec.Struct, forbid_unknown_fields=True):
     request_timeout_s: float = 30.0      # to receive one request's head and body
     keepalive_timeout_s: float = 75.0    # idle connection between requests
     drain_timeout_s: float = 30.0
+    drain_delay_s: float = 0.0           # after SIGTERM: unready but serving, then close
     max_pipelined: int = 32              # requests queued on one connection before reading pauses
     admin_token_env: str | None = None   # when set, /admin/* needs "Authorization: Bearer <it>"
     max_inflight: int = 4096             # proxied requests at once; past it, 503 at once
+    access_log: str | None = None        # "-" (stderr), "stdout" or a file: JSON lines
 
 
 class BreakerConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -93,8 +95,31 @@ class RetryBudgetConfig(msgspec.Struct, forbid_unknown_fields=True):
     window_s: float = 10.0             # over this much recent time
 
 
+class RetryConfig(msgspec.Struct, forbid_unknown_fields=True):
+    same_deployment: int = 0           # extra attempts on a deployment before its fallbacks
+    backoff_s: float = 0.05            # first backoff; doubles per retry, full jitter
+    max_backoff_s: float = 1.0
+
+
+class OutlierConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """Passive outlier detection among a deployment's replicas, from real traffic."""
+
+    enabled: bool = True
+    interval_s: float = 10.0
+    min_requests: int = 20             # per replica and interval before it is judged
+    success_rate_gap: float = 0.3      # ejected when this far below its peers' success rate
+    eject_s: float = 30.0              # first ejection; each further one lasts this much longer
+    max_eject_s: float = 300.0
+    max_ejection_percent: float = 50.0  # of a deployment's replicas; one always stays
+
+
 class UpstreamSection(msgspec.Struct, forbid_unknown_fields=True):
     timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
+    # From a request's arrival to an upstream's response head, across every attempt and
+    # fallback (None: only the per-attempt timeouts bound it).
+    deadline_s: float | None = None
+    retry: RetryConfig = msgspec.field(default_factory=RetryConfig)
+    outlier: OutlierConfig = msgspec.field(default_factory=OutlierConfig)
     pool_max_idle: int = 64              # idle keep-alive connections kept per endpoint
     ca_file: str | None = None           # PEM bundle trusted for https upstreams (default: system)
     breaker: BreakerConfig = msgspec.field(default_factory=BreakerConfig)
@@ -297,7 +322,24 @@ def check(config: Config) -> list[str]:
         value = getattr(server, field)
         if not (value > 0 and math.isfinite(value)):
             problems.append("server.%s: must be a positive number of seconds" % field)
+    if not (0 <= server.drain_delay_s < math.inf):
+        problems.append("server.drain_delay_s: must be >= 0 seconds")
     _check_timeouts("upstream.timeouts", config.upstream.timeouts, problems)
+    retry = config.upstream.retry
+    if retry.same_deployment < 0 or retry.backoff_s < 0 or retry.max_backoff_s < retry.backoff_s:
+        problems.append("upstream.retry: same_deployment and backoff_s must be >= 0 and "
+                        "max_backoff_s >= backoff_s")
+    outlier = config.upstream.outlier
+    if (outlier.interval_s <= 0 or outlier.min_requests < 1 or outlier.eject_s <= 0
+            or outlier.max_eject_s < outlier.eject_s
+            or not 0 < outlier.success_rate_gap <= 1
+            or not 0 <= outlier.max_ejection_percent <= 100):
+        problems.append("upstream.outlier: interval_s and eject_s must be > 0, max_eject_s >= "
+                        "eject_s, min_requests >= 1, success_rate_gap in (0, 1], "
+                        "max_ejection_percent in [0, 100]")
+    deadline = config.upstream.deadline_s
+    if deadline is not None and not (0 < deadline < math.inf):
+        problems.append("upstream.deadline_s: must be a positive number of seconds")
     budget = config.upstream.retry_budget
     if not (budget.ratio >= 0 and budget.min_per_s >= 0 and budget.window_s > 0
             and all(math.isfinite(v) for v in (budget.ratio, budget.min_per_s, budget.window_s))):

@@ -7,16 +7,20 @@ ends it with an SSE error event: never a truncation that looks complete.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 import time
 
 import orjson
 
+from .accounting import USAGE_MARK, take_usage, usage_of_body
 from .budget import RetryBudget
 from .cache import new_entry
 from .caching import ResponseCache, Ticket
-from .errors import (ProxyError, UpstreamError, UpstreamReset, UpstreamSaturated,
-                     UpstreamStatus, UpstreamUnavailable)
+from .config import RetryConfig
+from .errors import (DeadlineExceeded, ProxyError, UpstreamError, UpstreamReset,
+                     UpstreamSaturated, UpstreamStatus, UpstreamTimeout, UpstreamUnavailable)
 from .http import wire
 from .http.front import Exchange
 from .metrics import Metrics
@@ -49,7 +53,8 @@ class Answer:
 
     __slots__ = ("exchange", "plan", "path", "body", "model", "stream", "request_id",
                  "attempts", "upstream", "status", "session", "reason", "head_at", "candidates",
-                 "cache_state", "ticket", "failures", "_bodies")
+                 "cache_state", "ticket", "failures", "_bodies", "deadline", "upstream_s",
+                 "first_event_at", "usage", "strip_usage", "retries")
 
     def __init__(self, exchange: Exchange, plan: RoutePlan, path: bytes, body: bytes,
                  model: str, stream: bool, request_id: bytes, session: str | None = None,
@@ -72,6 +77,12 @@ class Answer:
         self.failures: list[UpstreamError] = []
         self.ticket: Ticket | None = None  # what the cache may do for this request
         self._bodies: dict[str, bytes] = {}
+        self.deadline = 0.0             # time.monotonic() by which a head must arrive; 0: none
+        self.upstream_s = 0.0           # time spent in upstream attempts
+        self.first_event_at = 0.0       # time.monotonic() of the first streamed event sent
+        self.usage = None               # accounting.Usage of the answer, when reported
+        self.strip_usage = False        # usage was asked for by llmedge, not the client
+        self.retries = 0
 
     def body_for(self, target: Target) -> bytes:
         model = target.upstream_model
@@ -134,13 +145,20 @@ class SseRelay:
             if cut >= 2:
                 self.pending = data[cut:]
                 data = data[:cut]
+        answer = self.answer
+        if USAGE_MARK in data:
+            data, usage = take_usage(data, answer.strip_usage)
+            if usage is not None:
+                answer.usage = usage
+            if not data:
+                return
         if not self.committed:
             self.commit()
-        self.answer.exchange.write(data)
+        answer.exchange.write(data)
 
     def commit(self) -> None:
         self.committed = True
-        self.committed_at = time.monotonic()
+        self.committed_at = self.answer.first_event_at = time.monotonic()
         answer = self.answer
         ex = answer.exchange
         ex.start_stream(self.head.status, wire.EVENT_STREAM, answer.response_headers())
@@ -164,60 +182,107 @@ class SseRelay:
 
 class Dispatcher:
     def __init__(self, router: Router, metrics: Metrics, cache: ResponseCache,
-                 budget: RetryBudget) -> None:
+                 budget: RetryBudget, retry: RetryConfig | None = None,
+                 rnd=random.random) -> None:
         self.router = router
         self.metrics = metrics
         self.cache = cache
         self.budget = budget
+        self.retry = retry or RetryConfig()
+        self._rnd = rnd
 
     async def run(self, answer: Answer, candidates: list[Target]) -> None:
         self.budget.request()
         errors: list[str] = []
         last: UpstreamError | None = None
+        metrics = self.metrics
         for target in candidates:
             if target.unusable:
                 errors.append("%s: %s" % (target.name, target.unusable))
                 continue
-            if target.max_inflight and target.inflight >= target.max_inflight:
-                # Full: shed to the next candidate at once instead of queueing.
-                last = UpstreamSaturated("%s is at max_inflight %d"
-                                         % (target.name, target.max_inflight))
-                errors.append("%s: %s" % (target.name, last.message))
-                answer.failures.append(last)
-                continue
-            picked = self.router.pick_endpoint(target, answer.session, answer.plan.epsilon)
-            if picked is None:
-                # Ejected or circuit open everywhere: skipped, and not an attempt (nothing
-                # was sent).
-                last = UpstreamUnavailable("every endpoint of %s is out of service"
-                                           % target.name)
-                errors.append("%s: %s" % (target.name, last.message))
-                answer.failures.append(last)
-                continue
-            if answer.attempts and not self.budget.try_retry():
-                # Falling back now would add load during what may be an outage; the budget
-                # says enough of that is already happening.
-                errors.append("%s: not tried: the retry budget is spent" % target.name)
-                self.metrics.upstream_error(target.name, "retry_budget")
-                break
-            answer.attempts += 1
-            answer.upstream = target
-            self.metrics.attempt(target.name)
-            target.inflight += 1
-            try:
-                await self._attempt(answer, target, *picked)
-                return
-            except UpstreamError as exc:
-                self.metrics.upstream_error(target.name, exc.kind)
-                if answer.exchange.started:
-                    self._end_broken_stream(answer, target, exc)
+            tries = 0
+            while True:
+                if target.max_inflight and target.inflight >= target.max_inflight:
+                    # Full: shed to the next candidate at once instead of queueing.
+                    last = UpstreamSaturated("%s is at max_inflight %d"
+                                             % (target.name, target.max_inflight))
+                    errors.append("%s: %s" % (target.name, last.message))
+                    answer.failures.append(last)
+                    metrics.shed("deployment_max_inflight")
+                    break
+                picked = self.router.pick_endpoint(target, answer.session,
+                                                   answer.plan.epsilon)
+                if picked is None:
+                    if tries:
+                        break   # its last failure opened the circuit: that error stands
+                    # Ejected or circuit open everywhere: skipped, and not an attempt
+                    # (nothing was sent).
+                    last = UpstreamUnavailable("every endpoint of %s is out of service"
+                                               % target.name)
+                    errors.append("%s: %s" % (target.name, last.message))
+                    answer.failures.append(last)
+                    break
+                if answer.deadline and time.monotonic() >= answer.deadline:
+                    last = DeadlineExceeded("the request's deadline passed before %s could "
+                                            "be tried" % target.name)
+                    errors.append("%s: %s" % (target.name, last.message))
+                    answer.failures.append(last)
+                    self._fail(answer, last, errors)
                     return
-                errors.append("%s: %s" % (target.name, exc.message))
-                answer.failures.append(exc)
-                last = exc
-            finally:
-                target.inflight -= 1
+                if answer.attempts and not self.budget.try_retry():
+                    # Trying again now would add load during what may be an outage; the
+                    # budget says enough of that is already happening.
+                    errors.append("%s: not tried: the retry budget is spent" % target.name)
+                    metrics.upstream_error(target.name, "retry_budget")
+                    metrics.shed("retry_budget")
+                    self._fail(answer, last, errors)
+                    return
+                if answer.attempts and answer.upstream is not target:
+                    metrics.fallback(answer.plan.name)
+                answer.attempts += 1
+                answer.upstream = target
+                target.inflight += 1
+                try:
+                    await self._attempt(answer, target, *picked)
+                    metrics.attempt(target.name, "ok")
+                    return
+                except UpstreamError as exc:
+                    metrics.attempt(target.name, exc.kind)
+                    metrics.upstream_error(target.name, exc.kind)
+                    if answer.exchange.started:
+                        self._end_broken_stream(answer, target, exc)
+                        return
+                    errors.append("%s: %s" % (target.name, exc.message))
+                    answer.failures.append(exc)
+                    last = exc
+                finally:
+                    target.inflight -= 1
+                if isinstance(last, DeadlineExceeded):
+                    break
+                if not await self._backoff(answer, target, last, tries):
+                    break
+                tries += 1
         self._fail(answer, last, errors)
+
+    async def _backoff(self, answer: Answer, target: Target, exc: UpstreamError,
+                       tries: int) -> bool:
+        """Whether to try the same deployment again, after a jittered backoff. A 429 is
+        left to the breaker (which honours Retry-After), and nothing waits past the
+        request's deadline."""
+        retry = self.retry
+        if tries >= retry.same_deployment:
+            return False
+        if isinstance(exc, UpstreamStatus) and exc.upstream_status == 429:
+            return False
+        # Full jitter: clients that failed together do not come back together.
+        delay = self._rnd() * min(retry.max_backoff_s, retry.backoff_s * (2 ** tries))
+        if answer.deadline and time.monotonic() + delay >= answer.deadline:
+            return False
+        self.metrics.retry(target.name)
+        answer.retries += 1
+        if delay > 0:
+            await asyncio.sleep(delay)
+        return True
 
     async def _attempt(self, answer: Answer, target: Target, row: int,
                        endpoint: Endpoint) -> None:
@@ -228,17 +293,31 @@ class Dispatcher:
         started = time.monotonic()
         try:
             first_event_at = await self._exchange(answer, target, endpoint)
+        except UpstreamTimeout as exc:
+            now = time.monotonic()
+            answer.upstream_s += now - started
+            if answer.deadline and now >= answer.deadline - 0.001:
+                # Cut short by the request's deadline, not by the endpoint's timeout.
+                table.cancel(row)
+                raise DeadlineExceeded("the request's deadline passed while waiting for %s"
+                                       % target.name) from None
+            table.record(row, now, (now - started) * 1e6, -1.0, True)
+            self.router.breakers.on_failure(row, exc.kind, exc.retry_after)
+            raise
         except UpstreamError as exc:
             now = time.monotonic()
+            answer.upstream_s += now - started
             table.record(row, now, (now - started) * 1e6, -1.0, True)
             self.router.breakers.on_failure(
                 row, exc.kind, exc.retry_after,
                 rate_limited=isinstance(exc, UpstreamStatus) and exc.upstream_status == 429)
             raise
         except BaseException:
+            answer.upstream_s += time.monotonic() - started
             table.cancel(row)
             raise
         now = time.monotonic()
+        answer.upstream_s += now - started
         table.record(row, now, (answer.head_at - started) * 1e6,
                      (first_event_at - started) * 1e6 if first_event_at else -1.0, False)
         self.router.breakers.on_success(row)
@@ -247,13 +326,17 @@ class Dispatcher:
         """Send the request to one endpoint and answer the client from it; returns when the
         first streamed event went out (0.0 for whole responses)."""
         timeouts = target.timeouts
+        connect_s, first_byte_s = timeouts.connect_s, timeouts.first_byte_s
+        if answer.deadline:
+            left = max(0.0, answer.deadline - time.monotonic())
+            connect_s, first_byte_s = min(connect_s, left), min(first_byte_s, left)
         body = answer.body_for(target)
         request = [self._request_head(answer, target, endpoint, len(body)), body]
         conn = endpoint.take_idle()
         if conn is None:
-            conn = await endpoint.connect(timeouts.connect_s)
+            conn = await endpoint.connect(connect_s)
         try:
-            conn.send(request, timeouts.first_byte_s, timeouts.idle_s)
+            conn.send(request, first_byte_s, timeouts.idle_s)
             try:
                 head = await conn.head()
             except UpstreamReset:
@@ -262,8 +345,8 @@ class Dispatcher:
                 # The server closed an idle keep-alive connection as we reused it: nothing
                 # was processed, so the same endpoint gets one more go on a fresh one.
                 conn.abort()
-                conn = await endpoint.connect(timeouts.connect_s)
-                conn.send(request, timeouts.first_byte_s, timeouts.idle_s)
+                conn = await endpoint.connect(connect_s)
+                conn.send(request, first_byte_s, timeouts.idle_s)
                 head = await conn.head()
             answer.head_at = time.monotonic()
             status = head.status
@@ -296,6 +379,8 @@ class Dispatcher:
             else:
                 payload = await conn.read_whole()
                 answer.status = status
+                if status == 200:
+                    answer.usage = usage_of_body(payload)
                 if storing and content_type.startswith(wire.JSON):
                     await self.cache.store(ticket, new_entry(
                         payload, content_type, target.name_bytes, ticket.route))

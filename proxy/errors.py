@@ -62,6 +62,14 @@ class UpstreamTimeout(UpstreamError):
     kind = "timeout"
 
 
+class DeadlineExceeded(UpstreamError):
+    """The request's overall deadline passed before an upstream answered: not a fault of
+    the endpoint that was being tried, so it does not count against it."""
+
+    status = 504
+    kind = "deadline"
+
+
 class UpstreamReset(UpstreamError):
     kind = "reset"
 
@@ -113,3 +121,12 @@ class ConfigError(Exception):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+
+
+class ReloadRejected(Exception):
+    """A reload did not happen; the configuration in use keeps serving."""
+
+    def __init__(self, reason: str, problems: list[str] | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.problems = problems or [reason]

@@ -13,11 +13,15 @@ import orjson
 
 from _fastpath import EP_EJECTED, EP_HALF_OPEN, EP_HEALTHY, EP_OPEN
 
+from .accesslog import AccessLog
+from .accounting import ask_for_usage, cost_usd
 from .budget import RetryBudget
 from .cache import Entry, sse_replay
 from .caching import ResponseCache, Ticket
+from .config import RetryConfig
 from .dispatch import Answer, Dispatcher
-from .errors import BadRequest, MethodNotAllowed, NotFound, Overloaded, ProxyError
+from .errors import (BadRequest, MethodNotAllowed, NotFound, Overloaded, ProxyError,
+                     ReloadRejected)
 from .http import wire
 from .http.front import Exchange
 from .metrics import Metrics
@@ -79,11 +83,13 @@ class Gateway:
     """Implements ``http.front.Application``."""
 
     def __init__(self, router: Router, metrics: Metrics, cache: ResponseCache,
-                 budget: RetryBudget) -> None:
+                 budget: RetryBudget, retry: RetryConfig | None = None) -> None:
         self.router = router
         self.metrics = metrics
         self.cache = cache
-        self.dispatcher = Dispatcher(router, metrics, cache, budget)
+        self.dispatcher = Dispatcher(router, metrics, cache, budget, retry)
+        self.access_log: AccessLog | None = None
+        self.deadline_s: float | None = None
         self.draining = False
         self.started = False
         self.inflight = 0
@@ -94,6 +100,7 @@ class Gateway:
         self.max_inflight = 4096
         self._request_count = 0
         self._tasks: set[asyncio.Task] = set()
+        self.reloader = None  # async () -> summary dict; set by the server
 
     # === http.front.Application ===
 
@@ -116,6 +123,8 @@ class Gateway:
             self._get(ex) and self._admin(ex) and ex.respond(200, self._upstreams())
         elif path == b"/admin/cache":
             self._admin_cache(ex)
+        elif path == b"/admin/reload":
+            self._post(ex) and self._admin(ex) and self._reload(ex)
         elif path == b"/metrics":
             self._get(ex) and ex.respond(200, self.metrics.exposition(),
                                          self.metrics.content_type)
@@ -130,6 +139,34 @@ class Gateway:
             return True
         self._error(ex, MethodNotAllowed("use GET for this endpoint", code="method_not_allowed"))
         return False
+
+    def _post(self, ex: Exchange) -> bool:
+        if ex.method == b"POST":
+            return True
+        self._error(ex, MethodNotAllowed("use POST for this endpoint", code="method_not_allowed"))
+        return False
+
+    def _reload(self, ex: Exchange) -> None:
+        if self.reloader is None:
+            ex.respond(501, wire.error_body("this server cannot reload", "server_error"))
+            return
+        task = asyncio.get_running_loop().create_task(self._run_reload(ex, self.reloader))
+        ex.task = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _run_reload(ex: Exchange, reloader) -> None:
+        try:
+            summary = await reloader()
+        except ReloadRejected as exc:
+            ex.respond(400, orjson.dumps({"error": {
+                "message": "reload rejected; the previous configuration keeps serving: "
+                           + exc.reason,
+                "type": "invalid_request_error", "param": None, "code": "invalid_config",
+                "problems": exc.problems}}))
+            return
+        ex.respond(200, orjson.dumps(summary))
 
     def _admin(self, ex: Exchange) -> bool:
         token = self.admin_token
@@ -185,21 +222,36 @@ class Gateway:
         except ProxyError as exc:
             self._error(ex, exc)
             self.metrics.request("-", "-", exc.status, time.perf_counter() - started)
+            if self.access_log is not None:
+                self.access_log.write({"ts": time.time(), "path": "/v1" + path.decode(),
+                                       "status": exc.status, "error": exc.code or exc.type,
+                                       "duration_ms": round((time.perf_counter() - started)
+                                                            * 1e3, 3)})
             return
         stream = bool(getattr(view, "stream", False))
         answer = Answer(ex, plan, path, ex.body, view.model, stream, self._request_id(ex),
                         decision.session, decision.reason)
         answer.candidates = decision.targets
+        if self.deadline_s is not None:
+            answer.deadline = time.monotonic() + self.deadline_s
         if plan.cache is not None and path is CHAT_PATH and self._from_cache(answer, stream):
-            self.metrics.request(plan.name, "cache", 200, time.perf_counter() - started)
+            self._account(answer, started)
             return
         if self.inflight >= self.max_inflight:
             # Shed at once: a bounded answer now beats an unbounded queue.
             answer.status = 503
             self._error(ex, Overloaded("llmedge is at max_inflight (%d requests); retry shortly"
                                        % self.max_inflight, retry_after=1.0))
-            self.metrics.request(plan.name, "-", 503, time.perf_counter() - started)
+            self.metrics.shed("server_max_inflight")
+            self._account(answer, started)
             return
+        if stream and path is CHAT_PATH:
+            # Ask for usage so tokens and cost are counted; strip it again on the way back
+            # if the client did not ask.
+            with_usage = ask_for_usage(answer.body)
+            if with_usage is not None:
+                answer.body = with_usage
+                answer.strip_usage = True
         self.inflight += 1
         self.metrics.inflight.inc()
         self.idle.clear()
@@ -234,9 +286,55 @@ class Gateway:
             self.metrics.inflight.dec()
             if self.inflight == 0:
                 self.idle.set()
-            self.metrics.request(answer.plan.name, "cache" if answer.cache_state == b"hit" else
-                                 answer.upstream.name if answer.upstream else "-",
-                                 answer.status, time.perf_counter() - started)
+            self._account(answer, started)
+
+    def _account(self, answer: Answer, started: float) -> None:
+        """Metrics and the access log line of one answered request."""
+        elapsed = time.perf_counter() - started
+        metrics = self.metrics
+        route = answer.plan.name
+        upstream = answer.upstream
+        deployment = upstream.name if upstream is not None else "-"
+        if answer.cache_state == b"hit":
+            deployment = "cache"
+        metrics.request(route, deployment, answer.status, elapsed)
+        overhead = max(0.0, elapsed - answer.upstream_s)
+        if answer.attempts:
+            metrics.overhead(overhead)
+        ttft = 0.0
+        if answer.first_event_at:
+            # perf_counter and monotonic share a clock on Linux, but not everywhere: go
+            # through the elapsed time.
+            ttft = max(0.0, elapsed - (time.monotonic() - answer.first_event_at))
+            metrics.first_token(route, deployment, ttft)
+        usage = answer.usage
+        cost = 0.0
+        if usage is not None and upstream is not None and answer.cache_state != b"hit":
+            cost = cost_usd(usage, upstream.price_in, upstream.price_out)
+            metrics.usage(route, deployment, usage.prompt_tokens, usage.completion_tokens,
+                          cost)
+        log = self.access_log
+        if log is not None:
+            record = {
+                "ts": time.time(), "request_id": answer.request_id.decode("latin-1"),
+                "path": "/v1" + answer.path.decode(), "route": route, "deployment": deployment,
+                "decision": answer.reason.decode("utf-8", "replace"),
+                "attempts": answer.attempts, "retries": answer.retries,
+                "status": answer.status, "stream": answer.stream,
+                "cache": answer.cache_state.decode(),
+                "duration_ms": round(elapsed * 1e3, 3),
+                "upstream_ms": round(answer.upstream_s * 1e3, 3),
+                "overhead_us": round(overhead * 1e6, 1),
+            }
+            if ttft:
+                record["ttft_ms"] = round(ttft * 1e3, 3)
+            if usage is not None:
+                record["prompt_tokens"] = usage.prompt_tokens
+                record["completion_tokens"] = usage.completion_tokens
+                record["cost_usd"] = cost
+            if answer.failures:
+                record["failures"] = [e.kind for e in answer.failures]
+            log.write(record)
 
     def _from_cache(self, answer: Answer, stream: bool) -> bool:
         """Answer from the in-process cache at once when the route caches and the request

@@ -32,6 +32,7 @@ from collections.abc import Callable
 
 from .config import Config, HealthConfig, health_of
 from .errors import UpstreamError
+from .metrics import Metrics
 from .routing.router import Router, Target
 from .upstream.pool import Endpoint
 
@@ -72,8 +73,13 @@ class HealthChecker:
     """
 
     def __init__(self, router: Router, config: Config,
-                 rnd: Callable[[], float] = random.random) -> None:
+                 rnd: Callable[[], float] = random.random,
+                 previous: HealthChecker | None = None, metrics: Metrics | None = None) -> None:
+        """``previous``: the checker this one replaces on a reload; an endpoint probed by
+        both keeps its streaks, so a reload neither restores an ejected endpoint early nor
+        forgets failures that were about to eject it."""
         self._breakers = router.breakers
+        self._metrics = metrics
         self._rnd = rnd
         self._probes: dict[int, _Probe] = {}   # by table row
         self._tasks: set[asyncio.Task[None]] = set()
@@ -84,7 +90,21 @@ class HealthChecker:
             if not health.enabled or target.unusable:
                 continue
             for endpoint, row in zip(target.endpoints, target.rows):
-                self._probes[row] = _Probe(target, endpoint, row, health)
+                probe = self._probes[row] = _Probe(target, endpoint, row, health)
+                before = previous._probes.get(row) if previous is not None else None
+                if before is not None:
+                    probe.healthy, probe.passed, probe.failed = \
+                        before.healthy, before.passed, before.failed
+                    probe.last, probe.last_at = before.last, before.last_at
+                elif not router.breakers.describe(row)["probe_ok"]:
+                    # Probing was switched off while the endpoint was ejected, and is on
+                    # again: passes must restore it.
+                    probe.healthy = False
+
+    @property
+    def rows(self) -> set[int]:
+        """Table rows of the probed endpoints."""
+        return set(self._probes)
 
     @property
     def probed(self) -> int:
@@ -154,6 +174,8 @@ class HealthChecker:
         return True, "answered %d" % status
 
     def _record(self, probe: _Probe, ok: bool, reason: str) -> None:
+        if self._metrics is not None:
+            self._metrics.probe(probe.target.name, ok)
         probe.last = reason
         probe.last_at = time.monotonic()
         config = probe.config

@@ -1,13 +1,25 @@
 """Prometheus metrics. Label children are resolved once per label set and kept, so the
-request path touches a dict and a counter, never the registry."""
+request path touches a dict and a counter, never the registry.
+
+Every label value comes from the configuration (route and deployment names, error kinds,
+endpoint URLs) or from a small fixed set; nothing a client sends becomes a label, so the
+number of series is bounded by the config.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                    2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+# llmedge's own share of a request: tens of microseconds when all is well.
+OVERHEAD_BUCKETS = (0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01,
+                    0.05, 0.1)
 
 
 class Metrics:
@@ -20,21 +32,59 @@ class Metrics:
             ["route", "deployment", "status"], registry=registry)
         self._latency = Histogram(
             "llmedge_request_duration_seconds",
-            "Time from a request's arrival to the end of its response, by route.",
-            ["route"], buckets=LATENCY_BUCKETS, registry=registry)
+            "Time from a request's arrival to the end of its response, by route and the "
+            "deployment that answered.",
+            ["route", "deployment"], buckets=LATENCY_BUCKETS, registry=registry)
+        self._ttft = Histogram(
+            "llmedge_time_to_first_token_seconds",
+            "Streamed requests: time from arrival to the first event sent to the client.",
+            ["route", "deployment"], buckets=LATENCY_BUCKETS, registry=registry)
+        self._overhead = Histogram(
+            "llmedge_overhead_seconds",
+            "llmedge's own time per proxied request: total time minus time spent waiting "
+            "on upstreams.", buckets=OVERHEAD_BUCKETS, registry=registry)
         self._upstream_errors = Counter(
             "llmedge_upstream_errors", "Failed upstream attempts, by deployment and kind.",
             ["deployment", "kind"], registry=registry)
         self._attempts = Counter(
-            "llmedge_upstream_attempts", "Upstream attempts, by deployment.",
+            "llmedge_upstream_attempts",
+            "Upstream attempts, by deployment and outcome (ok or the error kind).",
+            ["deployment", "outcome"], registry=registry)
+        self._retries = Counter(
+            "llmedge_retries", "Attempts repeated on the same deployment after a failure.",
             ["deployment"], registry=registry)
+        self._fallbacks = Counter(
+            "llmedge_fallbacks", "Requests that moved on to another deployment, by route.",
+            ["route"], registry=registry)
+        self._shed = Counter(
+            "llmedge_shed_requests",
+            "Requests or attempts refused at once instead of queued, by reason.",
+            ["reason"], registry=registry)
         self._stream_failures = Counter(
             "llmedge_stream_failures",
             "Streams ended by an upstream failure after the client got the first byte.",
             ["deployment"], registry=registry)
+        self._tokens = Counter(
+            "llmedge_tokens", "Tokens reported by upstreams' usage, by direction.",
+            ["route", "deployment", "direction"], registry=registry)
+        self._cost = Counter(
+            "llmedge_cost_usd", "Cost of answered requests in USD, from usage and prices.",
+            ["route", "deployment"], registry=registry)
         self._cache = Counter(
             "llmedge_cache_lookups", "Response cache lookups, by route and result.",
             ["route", "result"], registry=registry)
+        self._probes = Counter(
+            "llmedge_health_probes", "Health probes, by deployment and result.",
+            ["deployment", "result"], registry=registry)
+        self._outliers = Counter(
+            "llmedge_outlier_ejections", "Replicas taken out of rotation by outlier "
+            "detection, by deployment.", ["deployment"], registry=registry)
+        self.outlier_sweeps = Counter(
+            "llmedge_outlier_sweeps", "Outlier detection passes over the replicas.",
+            registry=registry)
+        self._reloads = Counter(
+            "llmedge_config_reloads", "Configuration reloads, by result.", ["result"],
+            registry=registry)
         self.inflight = Gauge("llmedge_inflight_requests", "Requests being answered.",
                               registry=registry)
         self.connections = Gauge("llmedge_client_connections", "Open client connections.",
@@ -53,10 +103,25 @@ class Metrics:
 
     def request(self, route: str, deployment: str, status: int, seconds: float) -> None:
         self._child(self._requests, route, deployment, str(status)).inc()
-        self._child(self._latency, route).observe(seconds)
+        self._child(self._latency, route, deployment).observe(seconds)
 
-    def attempt(self, deployment: str) -> None:
-        self._child(self._attempts, deployment).inc()
+    def first_token(self, route: str, deployment: str, seconds: float) -> None:
+        self._child(self._ttft, route, deployment).observe(seconds)
+
+    def overhead(self, seconds: float) -> None:
+        self._overhead.observe(seconds)
+
+    def attempt(self, deployment: str, outcome: str) -> None:
+        self._child(self._attempts, deployment, outcome).inc()
+
+    def retry(self, deployment: str) -> None:
+        self._child(self._retries, deployment).inc()
+
+    def fallback(self, route: str) -> None:
+        self._child(self._fallbacks, route).inc()
+
+    def shed(self, reason: str) -> None:
+        self._child(self._shed, reason).inc()
 
     def upstream_error(self, deployment: str, kind: str) -> None:
         self._child(self._upstream_errors, deployment, kind).inc()
@@ -64,8 +129,60 @@ class Metrics:
     def stream_failure(self, deployment: str) -> None:
         self._child(self._stream_failures, deployment).inc()
 
+    def usage(self, route: str, deployment: str, prompt: int, completion: int,
+              cost: float) -> None:
+        self._child(self._tokens, route, deployment, "in").inc(prompt)
+        self._child(self._tokens, route, deployment, "out").inc(completion)
+        self._child(self._cost, route, deployment).inc(cost)
+
     def cache(self, route: str, result: str) -> None:
         self._child(self._cache, route, result).inc()
 
+    def probe(self, deployment: str, ok: bool) -> None:
+        self._child(self._probes, deployment, "pass" if ok else "fail").inc()
+
+    def outlier_ejection(self, deployment: str) -> None:
+        self._child(self._outliers, deployment).inc()
+
+    def reload(self, ok: bool) -> None:
+        self._child(self._reloads, "ok" if ok else "rejected").inc()
+
+    def watch_endpoints(self, rows: Callable[[], Iterator[tuple[str, str, dict]]]) -> None:
+        """Per-endpoint gauges read from the live table at scrape time: nothing to keep in
+        step on the request path, and a reload changes what they report at once."""
+        self.registry.register(_EndpointCollector(rows))
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _EndpointCollector(Collector):
+    STATES = ("healthy", "ejected", "open", "half-open")
+
+    def __init__(self, rows: Callable[[], Iterator[tuple[str, str, dict]]]) -> None:
+        self._rows = rows
+
+    def describe(self):
+        return []   # collected on demand only: the rows change with reloads
+
+    def collect(self):
+        state = GaugeMetricFamily(
+            "llmedge_endpoint_state", "1 for the state each endpoint is in (circuit and "
+            "health combined).", labels=["deployment", "endpoint", "state"])
+        inflight = GaugeMetricFamily(
+            "llmedge_endpoint_inflight", "Requests in flight per endpoint.",
+            labels=["deployment", "endpoint"])
+        latency = GaugeMetricFamily(
+            "llmedge_endpoint_latency_seconds", "Peak-EWMA response-head latency per "
+            "endpoint.", labels=["deployment", "endpoint"])
+        errors = GaugeMetricFamily(
+            "llmedge_endpoint_error_rate", "EWMA of failed attempts per endpoint (0..1).",
+            labels=["deployment", "endpoint"])
+        for deployment, url, stats in self._rows():
+            for name in self.STATES:
+                state.add_metric([deployment, url, name],
+                                 1.0 if stats["state"] == name else 0.0)
+            inflight.add_metric([deployment, url], stats["inflight"])
+            latency.add_metric([deployment, url], stats["rtt_us"] / 1e6)
+            errors.add_metric([deployment, url], stats["error_rate"])
+        yield from (state, inflight, latency, errors)

@@ -15,14 +15,22 @@ import _fastpath
 
 from .budget import RetryBudget
 from .caching import ResponseCache
-from .config import Config, parse_address
-from .gateway import Gateway
+import msgspec
+
+from .config import Config, ServerSection, load, parse_address
+from .errors import ConfigError, ReloadRejected
+from .accesslog import AccessLog
+from .gateway import STATE_NAMES, Gateway
+from .outlier import OutlierDetector
 from .health import HealthChecker
 from .http.front import HttpFront, Limits
 from .metrics import Metrics
 from .routing.router import Router
 
 log = logging.getLogger("llmedge")
+
+# Server settings a reload applies; the others (listeners, limits, workers) need a restart.
+RELOADABLE_SERVER_FIELDS = frozenset({"max_inflight", "admin_token_env"})
 
 
 def make_listener(address: str, reuse_port: bool) -> socket.socket:
@@ -40,8 +48,14 @@ def make_listener(address: str, reuse_port: bool) -> socket.socket:
 
 class Server:
     def __init__(self, config: Config, *, reuse_port: bool = False,
-                 sock: socket.socket | None = None) -> None:
+                 sock: socket.socket | None = None, config_path: str | None = None) -> None:
         self.config = config
+        self.config_path = config_path      # what a reload reads; None: reload refused
+        self.reloads = 0
+        self.access_log: AccessLog | None = None
+        self.outliers: OutlierDetector | None = None
+        self._reload_lock = asyncio.Lock()
+        self._reload_tasks: set[asyncio.Task] = set()
         self.reuse_port = reuse_port
         self._sock = sock
         self.metrics = Metrics()
@@ -53,31 +67,26 @@ class Server:
         self._http_server: asyncio.AbstractServer | None = None
         self._stop = asyncio.Event()
         self._force = False
+        self._forced = asyncio.Event()
 
     async def start(self) -> None:
         config = self.config
         loop = asyncio.get_running_loop()
-        # Loading CA certificates reads files: not on the loop.
-        needs_tls = any(u.startswith("https:") for d in config.deployments for u in d.urls)
-        ssl_context = None
-        if needs_tls:
-            ssl_context = await loop.run_in_executor(
-                None, functools.partial(ssl.create_default_context,
-                                        cafile=config.upstream.ca_file))
-        self.router = Router(config, ssl_context)
-        endpoints = [e for t in self.router.targets.values() for e in t.endpoints]
+        self.router = Router(config, await _ssl_context(config))
         self.metrics.upstream_connections.set_function(
-            lambda: sum(e.open_connections for e in endpoints))
+            lambda: sum(e.open_connections for t in self.router.targets.values()
+                        for e in t.endpoints))
         self.gateway = Gateway(self.router, self.metrics,
                                ResponseCache(config.cache, self.metrics),
-                               RetryBudget(config.upstream.retry_budget))
+                               RetryBudget(config.upstream.retry_budget), config.upstream.retry)
         self.gateway.max_inflight = config.server.max_inflight
-        if config.server.admin_token_env:
-            token = os.environ.get(config.server.admin_token_env, "")
-            if not token:
-                raise OSError("server.admin_token_env: %s is not set"
-                              % config.server.admin_token_env)
-            self.gateway.admin_token = b"Bearer " + token.encode("latin-1")
+        self.gateway.deadline_s = config.upstream.deadline_s
+        self.metrics.watch_endpoints(self._endpoint_rows)
+        if config.server.access_log:
+            self.access_log = AccessLog(config.server.access_log)
+            self.gateway.access_log = self.access_log
+        self.gateway.reloader = self.reload
+        self.gateway.admin_token = self._admin_token(config)
         server = config.server
         limits = Limits(server.max_body_bytes, server.max_header_bytes, server.max_headers,
                         server.request_timeout_s, server.keepalive_timeout_s,
@@ -95,20 +104,155 @@ class Server:
                           if t.unusable):
             log.warning("deployment %s is unusable: %s", name, var)
         # Last in start(): a start-up that fails earlier leaves no probe task behind.
-        self.health = HealthChecker(self.router, config)
+        self.health = HealthChecker(self.router, config, metrics=self.metrics)
         self.health.start()
+        self.outliers = OutlierDetector(config.upstream.outlier, self.router.breakers,
+                                        self.metrics, self.router.targets.values())
+        self.outliers.start()
         self.gateway.started = True
         log.info("llmedge serving on http://%s:%d (fastpath=%s)", self.address[0],
                  self.address[1], _fastpath.IMPLEMENTATION)
+
+    @staticmethod
+    def _admin_token(config: Config) -> bytes | None:
+        """``Authorization`` value the admin endpoints need (None: no token configured)."""
+        var = config.server.admin_token_env
+        if not var:
+            return None
+        token = os.environ.get(var, "")
+        if not token:
+            raise OSError("server.admin_token_env: %s is not set" % var)
+        return b"Bearer " + token.encode("latin-1")
 
     def install_signals(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+
+    def _on_sighup(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._reload_logged())
+        self._reload_tasks.add(task)
+        task.add_done_callback(self._reload_tasks.discard)
+
+    def _endpoint_rows(self):
+        router = self.router
+        if router is None:
+            return
+        table = router.table
+        for target in router.targets.values():
+            for row, endpoint in zip(target.rows, target.endpoints):
+                stats = table.stats(row)
+                stats["state"] = STATE_NAMES.get(stats["state"], "healthy")
+                yield target.name, endpoint.url, stats
+
+    async def _reload_logged(self) -> None:
+        try:
+            await self.reload()
+        except ReloadRejected:
+            pass  # logged by reload(); the old configuration keeps serving
+
+    # === hot reload ===
+
+    async def reload(self) -> dict:
+        """Read the config file again and swap routes, deployments and upstream settings
+        atomically. Requests already running finish on the configuration they started
+        with; endpoints present in both keep their statistics, circuits and connections.
+        Raises ReloadRejected (the old configuration keeps serving) on any problem."""
+        if self.config_path is None:
+            raise ReloadRejected("this server was not started from a file; nothing to reload")
+        async with self._reload_lock:
+            if self.gateway is None or self.gateway.draining:
+                raise ReloadRejected("the server is stopping")
+            loop = asyncio.get_running_loop()
+            try:
+                # Reading and checking the file: not on the loop.
+                config = await loop.run_in_executor(None, load, self.config_path)
+                router = Router(config, await _ssl_context(config), previous=self.router)
+            except ConfigError as exc:
+                self.metrics.reload(False)
+                log.error("reload rejected, still serving the previous configuration: %s",
+                          "; ".join(exc.problems))
+                raise ReloadRejected("; ".join(exc.problems), exc.problems) from None
+            except (OSError, ssl.SSLError) as exc:
+                self.metrics.reload(False)
+                log.error("reload rejected, still serving the previous configuration: %s", exc)
+                raise ReloadRejected(str(exc)) from None
+            try:
+                summary = await self._swap(config, router)
+            except ReloadRejected:
+                self.metrics.reload(False)
+                raise
+            self.metrics.reload(True)
+            return summary
+
+    async def _swap(self, config: Config, router: Router) -> dict:
+        old_config, old_router, old_health = self.config, self.router, self.health
+        assert self.gateway is not None and old_router is not None
+        ignored = [name for name in ServerSection.__struct_fields__
+                   if name not in RELOADABLE_SERVER_FIELDS
+                   and getattr(config.server, name) != getattr(old_config.server, name)]
+        needs_restart = ["server.%s" % name for name in ignored]
+        if config.cache != old_config.cache:
+            # The cache's store (and its Redis connections) lives as long as the process.
+            needs_restart.append("cache")
+            config.cache = old_config.cache
+        # server.http may have been overridden on the command line: keep what is in use.
+        config.server = msgspec.structs.replace(
+            old_config.server, max_inflight=config.server.max_inflight,
+            admin_token_env=config.server.admin_token_env)
+        try:
+            admin_token = self._admin_token(config)
+        except OSError as exc:
+            log.error("reload rejected, still serving the previous configuration: %s", exc)
+            raise ReloadRejected(str(exc)) from None
+        # From here on nothing awaits until the swap is complete: no request sees half.
+        router.adopt()
+        gateway = self.gateway
+        gateway.router = gateway.dispatcher.router = router
+        gateway.max_inflight = config.server.max_inflight
+        gateway.admin_token = admin_token
+        gateway.deadline_s = config.upstream.deadline_s
+        gateway.dispatcher.retry = config.upstream.retry
+        if self.outliers is not None:
+            self.outliers.targets = router.targets.values()
+            self.outliers.config = config.upstream.outlier
+        if config.upstream.retry_budget != old_config.upstream.retry_budget:
+            gateway.dispatcher.budget.configure(config.upstream.retry_budget)
+        health = HealthChecker(router, config, previous=old_health, metrics=self.metrics)
+        if old_health is not None:
+            for row in old_health.rows - health.rows:
+                # No longer probed (or gone): probes have no say over it any more.
+                router.breakers.set_probe(row, True, "health probes off since the reload")
+        self.health = health
+        self.config = config
+        health.start()
+        self.reloads += 1
+        if old_health is not None:
+            await old_health.aclose()
+        old_keys = {(t.name, e.url) for t in old_router.targets.values() for e in t.endpoints}
+        new_keys = {(t.name, e.url) for t in router.targets.values() for e in t.endpoints}
+        summary = {
+            "status": "reloaded", "reloads": self.reloads,
+            "routes": sorted(router.routes), "deployments": sorted(router.targets),
+            "endpoints_kept": len(old_keys & new_keys),
+            "endpoints_added": len(new_keys - old_keys),
+            "endpoints_removed": len(old_keys - new_keys),
+        }
+        if needs_restart:
+            summary["needs_restart"] = needs_restart
+            log.warning("reload: changes to %s take effect only after a restart",
+                        ", ".join(summary["needs_restart"]))
+        log.info("reloaded %s: %d routes, %d deployments; endpoints kept %d, added %d, "
+                 "removed %d", self.config_path, len(router.routes), len(router.targets),
+                 summary["endpoints_kept"], summary["endpoints_added"],
+                 summary["endpoints_removed"])
+        return summary
 
     def _on_signal(self) -> None:
         if self._stop.is_set():
             self._force = True  # a second signal: stop waiting for in-flight requests
+            self._forced.set()
             log.warning("second signal: exiting without waiting")
             for front in list(self.fronts):
                 front.abort()
@@ -126,6 +270,17 @@ class Server:
         gateway = self.gateway
         assert gateway is not None and self.router is not None
         gateway.draining = True
+        delay = self.config.server.drain_delay_s
+        if delay > 0 and not self._force:
+            # /readyz says "draining" while everything is still served, so that load
+            # balancers stop sending before the listener goes away.
+            log.info("draining: unready, still serving for %gs before closing listeners",
+                     delay)
+            try:
+                async with asyncio.timeout(delay):
+                    await self._forced.wait()
+            except TimeoutError:
+                pass
         if self._http_server is not None:
             self._http_server.close()
         for front in list(self.fronts):
@@ -136,19 +291,35 @@ class Server:
         except TimeoutError:
             log.warning("drain timeout: cancelling %d in-flight requests", gateway.inflight)
         await gateway.aclose()
+        for task in list(self._reload_tasks):
+            task.cancel()
         for front in list(self.fronts):
             front.abort()
+        if self.outliers is not None:
+            await self.outliers.aclose()
         if self.health is not None:
             # Before the pools close: a probe in flight owns a connection of an endpoint.
             await self.health.aclose()
         self.router.close()
         if self._http_server is not None:
             await self._http_server.wait_closed()
+        if self.access_log is not None:
+            # The writer thread may block on its file: not on the loop.
+            await asyncio.get_running_loop().run_in_executor(None, self.access_log.close)
         log.info("llmedge stopped")
 
 
-async def serve(config: Config, *, reuse_port: bool = False, ready_line: bool = True) -> None:
-    server = Server(config, reuse_port=reuse_port)
+async def _ssl_context(config: Config) -> ssl.SSLContext | None:
+    if not any(u.startswith("https:") for d in config.deployments for u in d.urls):
+        return None
+    # Loading CA certificates reads files: not on the loop.
+    return await asyncio.get_running_loop().run_in_executor(
+        None, functools.partial(ssl.create_default_context, cafile=config.upstream.ca_file))
+
+
+async def serve(config: Config, *, reuse_port: bool = False, ready_line: bool = True,
+                config_path: str | None = None) -> None:
+    server = Server(config, reuse_port=reuse_port, config_path=config_path)
     await server.start()
     server.install_signals()
     if ready_line and server.address is not None:

@@ -193,6 +193,65 @@ def parse_sse(body: bytes) -> list[str]:
     return events
 
 
+class ChatLoad:
+    """Client threads sending chat requests on keep-alive connections until stopped."""
+
+    def __init__(self, port: int, threads: int = 4, model: str = "auto") -> None:
+        self.port = port
+        self.model = model
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.statuses: dict[int, int] = {}
+        self.upstreams: dict[str, int] = {}
+        self.failures: list[str] = []
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def __enter__(self) -> ChatLoad:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=IO_TIMEOUT)
+
+    @property
+    def answered(self) -> int:
+        with self.lock:
+            return sum(self.statuses.values())
+
+    def _run(self) -> None:
+        body = json.dumps({"model": self.model,
+                           "messages": [{"role": "user", "content": "load"}]})
+        conn = None
+        while not self.stop.is_set():
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=IO_TIMEOUT)
+                conn.request("POST", "/v1/chat/completions", body,
+                             {"content-type": "application/json"})
+                resp = conn.getresponse()
+                resp.read()
+                with self.lock:
+                    self.statuses[resp.status] = self.statuses.get(resp.status, 0) + 1
+                    name = resp.getheader("x-llmedge-upstream", "-")
+                    self.upstreams[name] = self.upstreams.get(name, 0) + 1
+                if resp.getheader("connection", "").lower() == "close":
+                    conn.close()
+                    conn = None
+            except (OSError, http.client.HTTPException) as exc:
+                with self.lock:
+                    self.failures.append(type(exc).__name__)
+                if conn is not None:
+                    conn.close()
+                conn = None
+                if isinstance(exc, ConnectionRefusedError):
+                    return  # the listener is gone
+        if conn is not None:
+            conn.close()
+
+
 # === subprocesses ===
 
 class Proc:

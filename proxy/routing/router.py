@@ -17,7 +17,7 @@ from collections.abc import Callable
 import orjson
 import xxhash
 
-from _fastpath import EndpointTable
+from _fastpath import EP_EJECTED, EndpointTable
 
 from ..breaker import Breakers
 from ..config import Config, Deployment, Route, Timeouts
@@ -33,17 +33,34 @@ class Target:
 
     __slots__ = ("name", "name_bytes", "upstream_model", "endpoints", "rows", "auth_header",
                  "unusable", "timeouts", "tags", "price", "quality", "affinity", "inflight",
-                 "max_inflight")
+                 "max_inflight", "price_in", "price_out")
 
     def __init__(self, dep: Deployment, defaults: Timeouts, max_idle: int,
-                 ssl_context: ssl.SSLContext | None, table: EndpointTable) -> None:
+                 ssl_context: ssl.SSLContext | None, table: EndpointTable,
+                 kept: dict[tuple, tuple[int, Endpoint]] | None = None) -> None:
         self.name = dep.name
         self.name_bytes = dep.name.encode()
         self.upstream_model = dep.upstream_model
-        self.endpoints = [Endpoint(url, max_idle, ssl_context) for url in dep.urls]
         self.price = dep.price.input + dep.price.output
+        self.price_in, self.price_out = dep.price.input, dep.price.output
         self.quality = dep.quality
-        self.rows = [table.add(price=self.price, quality=dep.quality) for _ in self.endpoints]
+        self.endpoints = []
+        self.rows = []
+        for url in dep.urls:
+            # After a reload an endpoint that did not change keeps its table row (latency,
+            # errors, circuit) and its pooled connections.
+            old = kept.pop(endpoint_key(dep.name, url, self.price, self.quality), None) \
+                if kept else None
+            if old is None:
+                row = table.add(price=self.price, quality=dep.quality)
+                endpoint = Endpoint(url, max_idle, ssl_context)
+            else:
+                row, endpoint = old
+                endpoint.max_idle = max_idle
+                if endpoint.ssl is not None:
+                    endpoint.ssl = ssl_context
+            self.rows.append(row)
+            self.endpoints.append(endpoint)
         self.timeouts = dep.timeouts or defaults
         self.tags = frozenset(dep.tags)
         self.affinity: SessionAffinity | None = None
@@ -61,6 +78,12 @@ class Target:
     def close(self) -> None:
         for endpoint in self.endpoints:
             endpoint.close()
+
+
+def endpoint_key(deployment: str, url: str, price: float, quality: float) -> tuple:
+    """What must be equal for a reloaded endpoint to count as unchanged: price and quality
+    live in its table row, everything else is read from the deployment per request."""
+    return (deployment, url, price, quality)
 
 
 class Decision:
@@ -175,16 +198,33 @@ def parse_tags(value: bytes) -> frozenset[str]:
 
 class Router:
     def __init__(self, config: Config, ssl_context: ssl.SSLContext | None,
-                 rnd: Callable[[], float] = random.random) -> None:
+                 rnd: Callable[[], float] = random.random,
+                 previous: Router | None = None) -> None:
+        """``previous``: the router this one replaces on a reload. The endpoint table and
+        the breakers are shared with it, so requests still running on the old routes
+        record into the same rows; nothing of ``previous`` changes until ``adopt``."""
         self.rnd = rnd
-        # Unmeasured endpoints start optimistic (1 ms) so that they get tried and measured;
-        # a pessimistic start would leave a new replica unused next to a measured one.
-        self.table = EndpointTable(default_rtt_us=1000.0)
-        self.breakers = Breakers(self.table, config.upstream.breaker)
+        kept: dict[tuple, tuple[int, Endpoint]] = {}
+        if previous is None:
+            # Unmeasured endpoints start optimistic (1 ms) so that they get tried and
+            # measured; a pessimistic start would leave a new replica unused next to a
+            # measured one.
+            self.table = EndpointTable(default_rtt_us=1000.0)
+            self.breakers = Breakers(self.table, config.upstream.breaker)
+        else:
+            self.table = previous.table
+            self.breakers = previous.breakers
+            for t in previous.targets.values():
+                for row, endpoint in zip(t.rows, t.endpoints):
+                    kept[endpoint_key(t.name, endpoint.url, t.price, t.quality)] = \
+                        (row, endpoint)
+        self._breaker_config = config.upstream.breaker
         defaults = config.upstream.timeouts
         self.targets = {d.name: Target(d, defaults, config.upstream.pool_max_idle, ssl_context,
-                                       self.table)
+                                       self.table, kept)
                         for d in config.deployments}
+        # What the previous configuration had and this one does not.
+        self.dropped = list(kept.values())
         self.routes: dict[str, RoutePlan] = {}
         problems = []
         for i, route in enumerate(config.routes):
@@ -241,6 +281,19 @@ class Router:
                 reasons.append("route %s: no usable deployment (%s)" % (
                     plan.name, "; ".join("%s: %s" % (t.name, t.unusable) for t in plan.targets)))
         return reasons
+
+    def adopt(self) -> None:
+        """Take over from the router passed as ``previous``: the breakers follow the new
+        configuration, and endpoints that left it stop being used."""
+        self.breakers.config = self._breaker_config
+        for row, endpoint in self.dropped:
+            self.breakers.forget(row)
+            self.table.set_state(row, EP_EJECTED)
+            endpoint.retire()
+        self.dropped = []
+
+    def endpoint_count(self) -> int:
+        return sum(len(t.endpoints) for t in self.targets.values())
 
     def close(self) -> None:
         self.breakers.aclose()

@@ -74,6 +74,14 @@ class Endpoint:
         if conn in self._idle:
             self._idle.remove(conn)
 
+    def retire(self) -> None:
+        """Out of the configuration after a reload: idle connections close now, busy ones
+        when the request on them (still on the old configuration) is done."""
+        self.max_idle = 0
+        for conn in self._idle:
+            conn.close()
+        self._idle.clear()
+
     def close(self) -> None:
         for conn in list(self._all):
             conn.close()

@@ -352,3 +352,30 @@ deployments:
     proc = subprocess.run([PYTHON, "-m", "proxy", "check", "-c", str(path)], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "cache.url: expected a redis://" in proc.stderr
+
+
+def test_reload_applies_route_cache_settings_and_reports_the_store_as_fixed(edge, sims):
+    ask(edge, chat())
+    text = edge.config_path.read_text()
+    # A route's cache policy follows the reload; the store itself (and what it holds) stays.
+    edge.config_path.write_text(text.replace("  - name: uncached\n    deployments: [gamma]\n",
+                                             "  - name: uncached\n    deployments: [gamma]\n"
+                                             "    cache: {ttl_s: 600}\n")
+                                + "cache: {max_entries: 5}\n")
+    resp = edge.call("POST", "/admin/reload")
+    assert resp.status == 200 and resp.json()["needs_restart"] == ["cache"]
+    assert ask(edge, chat()).headers["x-llmedge-cache"] == "hit"
+    assert ask(edge, chat("uncached")).headers["x-llmedge-cache"] == "miss"
+    assert ask(edge, chat("uncached")).headers["x-llmedge-cache"] == "hit"
+
+
+def test_stream_stored_without_include_usage_still_answers_with_usage(edge, sims):
+    # llmedge asks upstream for usage on every stream (for accounting) and keeps it in the
+    # stored completion, though this client did not ask to see it.
+    headers, chunks = sdk_stream(edge)
+    assert headers["x-llmedge-cache"] == "miss" and all(c.usage is None for c in chunks)
+    whole = ask(edge, chat())
+    assert whole.headers["x-llmedge-cache"] == "hit"
+    assert whole.json()["usage"]["total_tokens"] > 0
+    headers, replay = sdk_stream(edge, usage=True)
+    assert headers["x-llmedge-cache"] == "hit" and replay[-1].usage.total_tokens > 0
