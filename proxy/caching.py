@@ -125,11 +125,14 @@ class ResponseCache:
                headers: dict[bytes, bytes], stream: bool) -> Ticket | None:
         """None when the request may not use the cache (``x-llmedge-cache: bypass``)."""
         if policy.when != "always" and not repeatable(request):
+            self.metrics.lookup(route, "bypass")
             return None
         control = headers.get(b"cache-control", b"").lower()
         lookup, store = b"no-cache" not in control, b"no-store" not in control
-        if not (lookup or store):
-            return None
+        if not lookup:
+            self.metrics.lookup(route, "bypass")
+            if not store:
+                return None
         tenant = headers.get(self.tenant_header) if self.tenant_header else None
         # Marked by its source: a tenant named like someone's API key is still someone else.
         tenant = b"tenant:" + tenant if tenant else headers.get(b"authorization")
@@ -164,15 +167,17 @@ class ResponseCache:
                     self.metrics.lookup(ticket.route, "hit")
                     self.metrics.coalesced(ticket.route, "local")
                     return entry
-            self.metrics.lookup(ticket.route, "miss")
         if ticket.store and key not in self._flights:
             ticket.flight = self._flights[key] = asyncio.get_running_loop().create_future()
             if ticket.lookup and self.section.lock and self.redis is not None:
                 entry = await self._cross_instance(ticket)
                 if entry is not None:
                     ticket.entry = entry
+                    self.metrics.lookup(ticket.route, "hit")
                     self.metrics.coalesced(ticket.route, "remote")
                     return entry
+        if ticket.lookup:
+            self.metrics.lookup(ticket.route, "miss")
         return None
 
     async def store(self, ticket: Ticket, entry: Entry) -> None:

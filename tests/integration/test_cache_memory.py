@@ -81,6 +81,10 @@ def test_sampled_requests_are_not_cached_unless_the_route_says_so(edge, sims):
     ask(edge, always)
     assert ask(edge, always).headers["x-llmedge-cache"] == "hit"
     assert ask(edge, chat("uncached")).headers["x-llmedge-cache"] == "bypass"
+    text = edge.metrics()
+    assert metric_value(text, "llmedge_cache_lookups_total", route="faq", result="bypass") == 2
+    assert metric_value(text, "llmedge_cache_lookups_total", route="faq", result="miss") == 1
+    assert metric_value(text, "llmedge_cache_lookups_total", route="faq", result="hit") == 1
 
 
 def test_tenants_are_isolated_unless_the_cache_is_shared(edge, sims):
