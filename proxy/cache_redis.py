@@ -8,8 +8,9 @@ request one short wait, never a retry loop.
 Keys are ``<prefix>c:<route digest>:{<key hex>}``. The hash tag (the part in braces) is what
 Redis Cluster hashes, so a value and its single-flight lock ``<prefix>l:{<key hex>}`` share
 a slot and can be read with one MGET; the route digest lets ``DELETE /admin/cache?route=``
-find a route's keys with SCAN. Values are msgpack arrays (``cache.Entry``) and expire by
-Redis itself (``SET ... PX``).
+find a route's keys with SCAN (on every primary with ``cache.cluster``, where the cluster
+client sends each key to its slot's node). Values are msgpack arrays (``cache.Entry``) and
+expire by Redis itself (``SET ... PX``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import msgspec
 import xxhash
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -54,10 +56,19 @@ class RedisBackend:
     def __init__(self, section: CacheSection) -> None:
         timeout = section.timeout_ms / 1000.0
         no_retry = Retry(NoBackoff(), 0)
-        self.pool = BlockingConnectionPool.from_url(
-            section.url, max_connections=section.pool_size, timeout=timeout,
-            socket_timeout=timeout, socket_connect_timeout=timeout, retry=no_retry)
-        self.client = Redis(connection_pool=self.pool, retry=no_retry)
+        self.pool: BlockingConnectionPool | None = None
+        self.client: Redis | RedisCluster
+        if section.cluster:
+            # The cluster client finds the other nodes from this one and sends each key to
+            # its slot's primary; pool_size is per node.
+            self.client = RedisCluster.from_url(
+                section.url, max_connections=section.pool_size, socket_timeout=timeout,
+                socket_connect_timeout=timeout, retry=no_retry)
+        else:
+            self.pool = BlockingConnectionPool.from_url(
+                section.url, max_connections=section.pool_size, timeout=timeout,
+                socket_timeout=timeout, socket_connect_timeout=timeout, retry=no_retry)
+            self.client = Redis(connection_pool=self.pool, retry=no_retry)
         self.prefix = section.key_prefix.encode("utf-8")
         self._unlock = self.client.register_script(_UNLOCK)
 
@@ -104,4 +115,5 @@ class RedisBackend:
 
     async def aclose(self) -> None:
         await self.client.aclose()
-        await self.pool.disconnect()
+        if self.pool is not None:
+            await self.pool.disconnect()

@@ -170,6 +170,7 @@ class CacheSection(msgspec.Struct, forbid_unknown_fields=True):
     max_bytes: int = 64 * 1024 * 1024
     backend: str = "memory"              # memory (this process) | redis (shared by instances)
     url: str = "redis://127.0.0.1:6379/0"
+    cluster: bool = False                # url names one node of a Redis Cluster
     timeout_ms: float = 50.0             # per cache operation; slower = a miss, not an error
     pool_size: int = 16                  # Redis connections per process
     key_prefix: str = "llmedge:"
@@ -467,6 +468,8 @@ def _check_cache(cache: CacheSection, problems: list[str]) -> None:
             value = getattr(value, part)
         if not (value > 0 and math.isfinite(value)):
             problems.append("cache.%s: must be > 0" % field)
+    if cache.cluster and cache.url.startswith("unix:"):
+        problems.append("cache.cluster: a Redis Cluster is reached over TCP, not %r" % cache.url)
     if cache.breaker.failures < 1:
         problems.append("cache.breaker.failures: must be >= 1")
     if cache.tenant_header is not None and not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+",

@@ -17,9 +17,10 @@ SKIP_REASON = "redis-server is not installed (apt-get install redis-server; .ci/
 
 
 class RedisServer:
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, cluster: bool = False) -> None:
         assert REDIS_SERVER is not None, SKIP_REASON
         self.workdir = workdir
+        self.cluster = cluster
         self.port = port or free_port()
         self.url = "redis://127.0.0.1:%d/0" % self.port
         self.proc: Proc | None = None
@@ -30,7 +31,9 @@ class RedisServer:
         self.starts += 1
         self.proc = Proc([REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
                           "--save", "", "--appendonly", "no", "--daemonize", "no",
-                          "--dir", str(self.workdir), "--loglevel", "notice"],
+                          "--dir", str(self.workdir), "--loglevel", "notice",
+                          *(("--cluster-enabled", "yes", "--cluster-config-file",
+                             "nodes-%d.conf" % self.port) if self.cluster else ())],
                          self.workdir / ("redis-%d-%d.log" % (self.port, self.starts)),
                          label="redis-server :%d" % self.port)
         self.proc.wait_output(r"Ready to accept connections")
@@ -48,3 +51,30 @@ class RedisServer:
     def keys(self, pattern: str = "*") -> list[bytes]:
         with self.client() as r:
             return sorted(r.scan_iter(match=pattern))
+
+
+class RedisClusterNodes:
+    """A Redis Cluster of three primaries (no replicas) on free ports."""
+
+    def __init__(self, workdir: Path, nodes: int = 3) -> None:
+        import subprocess
+
+        self.servers = [RedisServer(workdir, cluster=True) for _ in range(nodes)]
+        cli = shutil.which("redis-cli")
+        assert cli is not None, "redis-cli comes with redis-server"
+        subprocess.run([cli, "--cluster", "create",
+                        *("127.0.0.1:%d" % s.port for s in self.servers),
+                        "--cluster-replicas", "0", "--cluster-yes"],
+                       check=True, capture_output=True, timeout=60)
+        self.url = self.servers[0].url
+
+    def state_ok(self) -> bool:
+        for server in self.servers:
+            with server.client() as r:
+                if r.cluster("INFO").get("cluster_state") != "ok":
+                    return False
+        return True
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()

@@ -10,7 +10,7 @@ import pytest
 
 from flights import overlapping_requests
 from procs import http_call, metric_value, parse_sse, wait_for
-from redisproc import REDIS_SERVER, SKIP_REASON, RedisServer
+from redisproc import REDIS_SERVER, SKIP_REASON, RedisClusterNodes, RedisServer
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason=SKIP_REASON)
 
@@ -245,3 +245,24 @@ def test_damaged_values_in_redis_are_misses_not_errors(pair, sims, redis_server)
     assert resp.status == 200 and resp.headers["x-llmedge-cache"] == "miss"
     assert parse_sse(resp.body)[-1] == "[DONE]" and "x-evil" not in resp.headers
     assert metric_value(b.metrics(), "llmedge_cache_backend_errors_total", kind="decode") == 1
+
+
+def test_redis_cluster_shares_answers_across_slots(start_edge, sims, tmp_path):
+    cluster = RedisClusterNodes(tmp_path)
+    try:
+        wait_for(cluster.state_ok, timeout=30, message="the cluster to be ready")
+        config = edge_config(sims, cluster).replace("  backend: redis\n",
+                                                    "  backend: redis\n  cluster: true\n")
+        a, b = start_edge(config), start_edge(config)
+        for n in range(12):
+            assert state(ask(a, chat(max_tokens=n + 1))) == "miss"
+        for n in range(12):
+            assert state(ask(b, chat(max_tokens=n + 1))) == "hit"
+        # The hash tags spread the answers over the primaries.
+        holding = [len(s.keys("llmedge:c:*")) for s in cluster.servers]
+        assert sum(holding) == 12 and sum(1 for h in holding if h) >= 2, holding
+        assert b.call("DELETE", "/admin/cache").json()["deleted"] == 12
+        assert state(ask(a, chat(max_tokens=1))) == "miss"
+        assert sims.gamma.stats()["chat"] == 13
+    finally:
+        cluster.stop()
