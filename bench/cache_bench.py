@@ -2,7 +2,9 @@
 
 One run starts the simulator (unpaced), a ``redis-server`` (persistence off; skipped with a
 note when not installed) and two llmedge processes, one per cache backend, then sends
-requests one at a time on one keep-alive connection and reports p50/p90/p99 per case:
+requests one at a time on one keep-alive connection per case and reports p50/p90/p99 and
+the maximum per case. The cases take turns in ``--rounds`` slices, so a burst of outside
+load on a shared machine falls on all of them alike:
 
 * ``uncached``  a route without a cache: what llmedge costs with no cache at all
 * ``miss``      a cached route, every request different (temperature 0): lookup, upstream
@@ -93,33 +95,47 @@ def request(model: str, n: int | None, stream: bool = False) -> bytes:
             % (len(body), body))
 
 
-async def measure(port: int, case: str, count: int, warmup: int, offset: int) -> dict:
+class Case:
+    """One row of the table: a backend's llmedge, what is asked, and what was measured."""
+
+    def __init__(self, backend: str, name: str, port: int, offset: int) -> None:
+        self.backend = backend
+        self.name = name
+        self.port = port
+        self.next = offset          # misses: a new question each time
+        self.hist = Histogram()
+        self.states: dict[str, int] = {}
+        self.errors = 0
+
+    def request(self) -> bytes:
+        if self.name in ("uncached", "miss"):
+            self.next += 1
+            return request("plain" if self.name == "uncached" else "faq", self.next)
+        return request("faq", None, stream=self.name == "hit, stream")
+
+    def row(self) -> dict:
+        return {"backend": self.backend, "case": self.name, "count": self.hist.count,
+                "errors": self.errors, "cache_states": self.states,
+                **{k: self.hist.value_at(p) for k, p in (("p50", 50.0), ("p90", 90.0),
+                                                         ("p99", 99.0))},
+                "max": self.hist.max}
+
+
+async def measure(case: Case, count: int, warmup: int) -> None:
     loop = asyncio.get_running_loop()
-    _, conn = await loop.create_connection(OneConn, "127.0.0.1", port)
-    hist = Histogram()
-    states: dict[str, int] = {}
-    errors = 0
+    _, conn = await loop.create_connection(OneConn, "127.0.0.1", case.port)
     try:
         for i in range(warmup + count):
-            if case == "uncached":
-                data = request("plain", offset + i)
-            elif case == "miss":
-                data = request("faq", offset + i)
-            else:
-                data = request("faq", None, stream=case == "hit, stream")
-            us, status, state = await conn.ask(data)
+            us, status, state = await conn.ask(case.request())
             if i < warmup:
                 continue
             if status != 200:
-                errors += 1
+                case.errors += 1
                 continue
-            hist.record(us)
-            states[state.decode()] = states.get(state.decode(), 0) + 1
+            case.hist.record(us)
+            case.states[state.decode()] = case.states.get(state.decode(), 0) + 1
     finally:
         conn.transport.close()
-    return {"case": case, "count": hist.count, "errors": errors, "cache_states": states,
-            **{k: hist.value_at(p) for k, p in (("p50", 50.0), ("p90", 90.0),
-                                                   ("p99", 99.0))}}
 
 
 def scrape_errors(port: int) -> dict[str, float]:
@@ -173,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=5000, help="per case (default 5000)")
     parser.add_argument("--warmup", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=20,
+                        help="slices per case, run round robin across the cases")
     parser.add_argument("--no-pin", action="store_true")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
@@ -194,30 +212,37 @@ def main(argv: list[str] | None = None) -> int:
         redis_popen = start_redis(redis_port, cpus["load"], tmp)
         if redis_popen is not None:
             backends["redis"] = "{backend: redis, url: 'redis://127.0.0.1:%d/0'}" % redis_port
+        edges = {}
         for backend, cache in backends.items():
             cfg = tmp / ("llmedge-%s.yaml" % backend)
             cfg.write_text(edge_config(sim.port, cache))
-            edge = start_listening("llmedge-%s" % backend,
-                                   [PYTHON, "-m", "proxy", "serve", "-c", str(cfg)],
-                                   cpus["proxy"], tmp, env)
-            started.append(edge)
-            cases = ["miss", "hit", "hit, stream"]
-            if backend == "memory":
-                cases.insert(0, "uncached")
-            for i, case in enumerate(cases):
-                loop = new_loop("uvloop")
-                try:
-                    row = loop.run_until_complete(measure(edge.port, case, args.requests,
-                                                          args.warmup, offset=i * 10_000_000))
-                finally:
-                    loop.close()
-                row["backend"] = backend if case != "uncached" else "-"
-                rows.append(row)
-                print("%-7s %-12s p50 %6d µs  p99 %6d µs  %s" % (
-                    row["backend"], case, row["p50"], row["p99"], row["cache_states"]),
-                    file=sys.stderr)
+            edges[backend] = start_listening("llmedge-%s" % backend,
+                                             [PYTHON, "-m", "proxy", "serve", "-c", str(cfg)],
+                                             cpus["proxy"], tmp, env)
+            started.append(edges[backend])
+        cases = [Case("-", "uncached", edges["memory"].port, 0)]
+        for b, edge in edges.items():
+            cases += [Case(b, name, edge.port, (len(cases) + i) * 10_000_000)
+                      for i, name in enumerate(("miss", "hit", "hit, stream"))]
+        # Round robin in slices: load from outside (another process, a noisy neighbour)
+        # lands on every case alike instead of on whichever ran at that moment.
+        per_round = max(1, args.requests // args.rounds)
+        loop = new_loop("uvloop")
+        try:
+            for r in range(args.rounds):
+                for case in cases:
+                    loop.run_until_complete(measure(case, per_round,
+                                                    args.warmup if r == 0 else 10))
+        finally:
+            loop.close()
+        for case in cases:
+            row = case.row()
+            rows.append(row)
+            print("%-7s %-12s p50 %6d µs  p99 %6d µs  %s" % (
+                row["backend"], row["case"], row["p50"], row["p99"], row["cache_states"]),
+                file=sys.stderr)
+        for backend, edge in edges.items():
             backend_errors[backend] = scrape_errors(edge.port)
-            edge.stop()
     finally:
         for proc in reversed(started):
             proc.stop()
@@ -227,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
 
     meta = {"cpu": cpu_model(), "nproc": os.cpu_count(), "python": platform.python_version(),
             "git": git_state(), "pinning": cpus, "requests_per_case": args.requests,
+            "rounds": args.rounds,
             "redis": redis_popen is not None, "command": " ".join(["python",
                                                                    "bench/cache_bench.py",
                                                                    *(argv or sys.argv[1:])])}
@@ -243,14 +269,16 @@ def markdown(rows: list[dict], meta: dict) -> str:
     lines = ["- machine: %s, nproc %s; Python %s, _fastpath %s, git %s" % (
         meta["cpu"], meta["nproc"], meta["python"], meta["fastpath"],
         (meta["git"]["sha"] or "?")[:12]),
-        "- %d requests per case on one keep-alive connection, one at a time; command: `%s`"
-        % (meta["requests_per_case"], meta["command"]), "",
-        "| backend | case | p50 µs | p90 µs | p99 µs | x-llmedge-cache | errors |",
-        "|---|---|---:|---:|---:|---|---:|"]
+        "- %d requests per case on one keep-alive connection each, one at a time, the cases "
+        "round robin in %d slices; command: `%s`"
+        % (meta["requests_per_case"], meta["rounds"], meta["command"]), "",
+        "| backend | case | p50 µs | p90 µs | p99 µs | max µs | x-llmedge-cache | errors |",
+        "|---|---|---:|---:|---:|---:|---|---:|"]
     for r in rows:
         states = ", ".join("%s %d" % kv for kv in sorted(r["cache_states"].items()))
-        lines.append("| %s | %s | %d | %d | %d | %s | %d |" % (
-            r["backend"], r["case"], r["p50"], r["p90"], r["p99"], states, r["errors"]))
+        lines.append("| %s | %s | %d | %d | %d | %d | %s | %d |" % (
+            r["backend"], r["case"], r["p50"], r["p90"], r["p99"], r["max"], states,
+            r["errors"]))
     for backend, errors in meta["backend_errors"].items():
         if errors:
             lines.append("\n%s backend errors (llmedge_cache_backend_errors_total by kind; each "
