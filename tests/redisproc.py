@@ -8,6 +8,7 @@ missing; ``.ci/run`` installs it.
 from __future__ import annotations
 
 import shutil
+import socket
 from pathlib import Path
 
 from procs import Proc, free_port
@@ -16,12 +17,28 @@ REDIS_SERVER = shutil.which("redis-server")
 SKIP_REASON = "redis-server is not installed (apt-get install redis-server; .ci/run does)"
 
 
+def cluster_port() -> int:
+    """A free port for a cluster node: its bus listens on port + 10000, so both must be free
+    and the port at most 55535."""
+    for _ in range(1000):
+        port = free_port()
+        if port > 55535:
+            continue
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a Redis Cluster node")
+
+
 class RedisServer:
     def __init__(self, workdir: Path, port: int | None = None, cluster: bool = False) -> None:
         assert REDIS_SERVER is not None, SKIP_REASON
         self.workdir = workdir
         self.cluster = cluster
-        self.port = port or free_port()
+        self.port = port or (cluster_port() if cluster else free_port())
         self.url = "redis://127.0.0.1:%d/0" % self.port
         self.proc: Proc | None = None
         self.starts = 0
