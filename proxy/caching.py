@@ -66,12 +66,6 @@ class CacheBreaker:
         self.backoff = config.open_s
         self.trial = False
 
-    @property
-    def state(self) -> str:
-        if not self.open_until:
-            return "closed"
-        return "half-open" if time.monotonic() >= self.open_until else "open"
-
     def allow(self, now: float) -> bool:
         if not self.open_until:
             return True
