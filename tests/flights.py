@@ -10,16 +10,17 @@ from procs import Response, metric_value, wait_for
 
 
 def overlapping_requests(first, rest, sims, send: Callable[[object], Response],
-                         n: int = 6) -> list[Response]:
-    """n identical requests while the first is still upstream (the first to ``first``, the
-    others to ``rest``): they must make exactly one upstream request between them."""
+                         n: int = 6, send_first: Callable[[object], Response] | None = None
+                         ) -> list[Response]:
+    """n identical requests while the first is still upstream (the first to ``first`` with
+    ``send_first``, the others to ``rest``): exactly one upstream request between them."""
     # The simulator holds the answer back for 3 s: the followers are sent, and shown to be
     # waiting inside llmedge, well within that.
     sims.gamma.configure(ttft_ms=3000)
     results: list = [None] * n
 
     def run(i: int, edge) -> None:
-        results[i] = send(edge)
+        results[i] = (send_first or send)(edge) if i == 0 else send(edge)
 
     threads = [threading.Thread(target=run, args=(0, first))]
     threads[0].start()
@@ -34,6 +35,6 @@ def overlapping_requests(first, rest, sims, send: Callable[[object], Response],
         t.join(timeout=60)
     assert all(r is not None and r.status == 200 for r in results), results
     assert [r.headers["x-llmedge-cache"] for r in results] == ["miss"] + ["hit"] * (n - 1)
-    assert len({json.loads(r.body)["id"] for r in results}) == 1
+    assert len({json.loads(r.body)["id"] for r in results[1:]}) == 1
     assert sims.gamma.stats()["chat"] == 1
     return results

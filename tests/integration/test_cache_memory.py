@@ -257,6 +257,42 @@ def test_single_flight_identical_misses_make_one_upstream_request(edge, sims):
     assert metric_value(text, "llmedge_cache_lookups_total", route="faq", result="hit") == 5
 
 
+def test_single_flight_behind_a_stream(edge, sims):
+    # Followers asking for a whole answer get the leader's stream, assembled.
+    results = overlapping_requests(edge, edge, sims, lambda e: ask(e, chat()),
+                                   send_first=lambda e: ask(e, chat(stream=True)))
+    streamed = "".join(json.loads(e)["choices"][0]["delta"].get("content") or ""
+                       for e in parse_sse(results[0].body)[:-1]
+                       if json.loads(e)["choices"])
+    assert results[1].json()["choices"][0]["message"]["content"] == streamed
+
+
+def test_single_flight_wait_is_bounded(start_edge, sims):
+    edge = start_edge(f"""\
+server:
+  http: 127.0.0.1:0
+cache: {{wait_s: 0.3}}
+deployments:
+  - name: gamma
+    base_url: {sims.gamma.url}
+routes:
+  - name: faq
+    deployments: [gamma]
+    cache: {{ttl_s: 600}}
+""")
+    sims.gamma.configure(ttft_ms=2000)
+    results: list = []
+    leader = threading.Thread(target=lambda: results.append(ask(edge, chat())))
+    leader.start()
+    sims.gamma.wait_stat("chat", 1)
+    # Still within the leader's 2 s, the follower stops waiting after 0.3 s and asks itself.
+    follower = ask(edge, chat())
+    assert follower.status == 200 and follower.headers["x-llmedge-cache"] == "miss"
+    assert sims.gamma.stats()["chat"] == 2
+    leader.join(timeout=60)
+    assert results[0].status == 200
+
+
 def test_single_flight_followers_go_upstream_when_the_leader_fails(start_edge, sims):
     impatient = start_edge(f"""\
 server:
