@@ -9,6 +9,7 @@ called at all. Whatever goes wrong, the request carries on as a miss and goes up
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import os
 import time
@@ -32,6 +33,15 @@ ADMIN_TIMEOUT_S = 30.0
 LOCK_POLL_S = 0.01
 ERROR_LOG_EVERY_S = 10.0
 CLOSE_TIMEOUT_S = 2.0
+
+
+async def open_cache(section: CacheSection, metrics: Metrics) -> ResponseCache:
+    """The cache a config asks for. The Redis client is imported in a thread: its ~0.1 s of
+    imports would otherwise stall the loop."""
+    if section.backend == "redis":
+        await asyncio.get_running_loop().run_in_executor(
+            None, importlib.import_module, "proxy.cache_redis")
+    return ResponseCache(section, metrics)
 
 
 class Ticket:

@@ -14,7 +14,7 @@ import sys
 import _fastpath
 
 from .budget import RetryBudget
-from .caching import ResponseCache
+from .caching import open_cache
 import msgspec
 
 from .config import Config, ServerSection, load, parse_address
@@ -77,7 +77,7 @@ class Server:
             lambda: sum(e.open_connections for t in self.router.targets.values()
                         for e in t.endpoints))
         self.gateway = Gateway(self.router, self.metrics,
-                               ResponseCache(config.cache, self.metrics),
+                               await open_cache(config.cache, self.metrics),
                                RetryBudget(config.upstream.retry_budget), config.upstream.retry)
         self.gateway.max_inflight = config.server.max_inflight
         self.gateway.deadline_s = config.upstream.deadline_s
