@@ -76,13 +76,19 @@ class RedisClusterNodes:
     def __init__(self, workdir: Path, nodes: int = 3) -> None:
         import subprocess
 
-        self.servers = [RedisServer(workdir, cluster=True) for _ in range(nodes)]
-        cli = shutil.which("redis-cli")
-        assert cli is not None, "redis-cli comes with redis-server"
-        subprocess.run([cli, "--cluster", "create",
-                        *("127.0.0.1:%d" % s.port for s in self.servers),
-                        "--cluster-replicas", "0", "--cluster-yes"],
-                       check=True, capture_output=True, timeout=60)
+        self.servers: list[RedisServer] = []
+        try:
+            for _ in range(nodes):
+                self.servers.append(RedisServer(workdir, cluster=True))
+            cli = shutil.which("redis-cli")
+            assert cli is not None, "redis-cli comes with redis-server"
+            subprocess.run([cli, "--cluster", "create",
+                            *("127.0.0.1:%d" % s.port for s in self.servers),
+                            "--cluster-replicas", "0", "--cluster-yes"],
+                           check=True, capture_output=True, timeout=60)
+        except BaseException:
+            self.stop()      # a node that did start must not outlive the test
+            raise
         self.url = self.servers[0].url
 
     def state_ok(self) -> bool:
