@@ -157,9 +157,30 @@ class RouteCache(msgspec.Struct, forbid_unknown_fields=True):
     shared: bool = False        # True: one cache for every client credential (tenant)
 
 
+CACHE_BACKENDS = ("memory", "redis")
+
+
+class CacheBreakerConfig(msgspec.Struct, forbid_unknown_fields=True):
+    failures: int = 3                  # backend errors in a row that open the breaker
+    open_s: float = 1.0                # no backend calls for this long; doubles while failing
+    max_open_s: float = 30.0
+
+
 class CacheSection(msgspec.Struct, forbid_unknown_fields=True):
-    max_entries: int = 10_000
+    max_entries: int = 10_000            # memory backend: LRU bounds
     max_bytes: int = 64 * 1024 * 1024
+    backend: str = "memory"              # memory (this process) | redis (shared by instances)
+    url: str = "redis://127.0.0.1:6379/0"
+    cluster: bool = False                # url names one node of a Redis Cluster
+    timeout_ms: float = 50.0             # per cache operation; slower = a miss, not an error
+    pool_size: int = 16                  # Redis connections per process
+    key_prefix: str = "llmedge:"
+    max_entry_bytes: int = 1024 * 1024   # larger answers (and streams) are not stored
+    tenant_header: str | None = None     # namespace by this header instead of Authorization
+    wait_s: float = 30.0                 # single-flight: how long an identical miss waits
+    lock: bool = False                   # redis: single-flight across instances (SET NX PX)
+    lock_ttl_s: float = 30.0             # the cross-instance lock expires on its own after this
+    breaker: CacheBreakerConfig = msgspec.field(default_factory=CacheBreakerConfig)
 
 
 class Objective(msgspec.Struct, forbid_unknown_fields=True):
@@ -402,8 +423,7 @@ def check(config: Config) -> list[str]:
     ca_file = config.upstream.ca_file
     if ca_file is not None and not os.path.isfile(ca_file):
         problems.append("upstream.ca_file: no such file %r" % ca_file)
-    if config.cache.max_entries < 1 or config.cache.max_bytes < 1:
-        problems.append("cache: max_entries and max_bytes must be >= 1")
+    _check_cache(config.cache, problems)
     if config.upstream.pool_max_idle < 0:
         problems.append("upstream.pool_max_idle: must be >= 0")
 
@@ -493,6 +513,31 @@ def check(config: Config) -> list[str]:
             if route.cache.when not in ("repeatable", "always"):
                 problems.append("%s.cache.when: must be 'repeatable' or 'always'" % where)
     return problems
+
+
+def _check_cache(cache: CacheSection, problems: list[str]) -> None:
+    for field in ("max_entries", "max_bytes", "pool_size", "max_entry_bytes"):
+        if getattr(cache, field) < 1:
+            problems.append("cache.%s: must be >= 1" % field)
+    if cache.backend not in CACHE_BACKENDS:
+        problems.append("cache.backend: unknown backend %r (known: %s)"
+                        % (cache.backend, ", ".join(CACHE_BACKENDS)))
+    if cache.backend == "redis" and urlsplit(cache.url).scheme not in ("redis", "rediss", "unix"):
+        problems.append("cache.url: expected a redis://, rediss:// or unix:// URL, got %r"
+                        % cache.url)
+    for field in ("timeout_ms", "wait_s", "lock_ttl_s", "breaker.open_s", "breaker.max_open_s"):
+        value = cache
+        for part in field.split("."):
+            value = getattr(value, part)
+        if not (value > 0 and math.isfinite(value)):
+            problems.append("cache.%s: must be > 0" % field)
+    if cache.cluster and cache.url.startswith("unix:"):
+        problems.append("cache.cluster: a Redis Cluster is reached over TCP, not %r" % cache.url)
+    if cache.breaker.failures < 1:
+        problems.append("cache.breaker.failures: must be >= 1")
+    if cache.tenant_header is not None and not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+",
+                                                            cache.tenant_header):
+        problems.append("cache.tenant_header: %r is not a header name" % cache.tenant_header)
 
 
 def _check_name(where: str, name: str, names: dict[str, str], problems: list[str]) -> None:

@@ -14,7 +14,7 @@ import sys
 import _fastpath
 
 from .budget import RetryBudget
-from .cache import MemoryCache
+from .caching import open_cache
 import msgspec
 
 from .config import Config, ServerSection, load, parse_address
@@ -79,7 +79,7 @@ class Server:
             lambda: sum(e.open_connections for t in self.router.targets.values()
                         for e in t.endpoints))
         self.gateway = Gateway(self.router, self.metrics,
-                               MemoryCache(config.cache.max_entries, config.cache.max_bytes),
+                               await open_cache(config.cache, self.metrics),
                                RetryBudget(config.upstream.retry_budget), config.upstream.retry)
         self.gateway.max_inflight = config.server.max_inflight
         self.gateway.deadline_s = config.upstream.deadline_s
@@ -195,6 +195,11 @@ class Server:
         ignored = [name for name in ServerSection.__struct_fields__
                    if name not in RELOADABLE_SERVER_FIELDS
                    and getattr(config.server, name) != getattr(old_config.server, name)]
+        needs_restart = ["server.%s" % name for name in ignored]
+        if config.cache != old_config.cache:
+            # The cache's store (and its Redis connections) lives as long as the process.
+            needs_restart.append("cache")
+            config.cache = old_config.cache
         # server.http may have been overridden on the command line: keep what is in use.
         config.server = msgspec.structs.replace(
             old_config.server, max_inflight=config.server.max_inflight,
@@ -237,8 +242,8 @@ class Server:
             "endpoints_added": len(new_keys - old_keys),
             "endpoints_removed": len(old_keys - new_keys),
         }
-        if ignored:
-            summary["needs_restart"] = ["server.%s" % name for name in ignored]
+        if needs_restart:
+            summary["needs_restart"] = needs_restart
             log.warning("reload: changes to %s take effect only after a restart",
                         ", ".join(summary["needs_restart"]))
         log.info("reloaded %s: %d routes, %d deployments; endpoints kept %d, added %d, "
