@@ -12,6 +12,7 @@ NO_EXTENSIONS = bool(os.environ.get("LLMEDGE_NO_EXTENSIONS")) or sys.implementat
 if not NO_EXTENSIONS:
     try:
         from .cachekey import cache_key, canonical
+        from .classify import LinearModel, features, softmax, train_softmax
         from .hashing import HashRing
         from .scoring import (EP_EJECTED, EP_HALF_OPEN, EP_HEALTHY, EP_OPEN, POLICY_COST,
                               POLICY_LATENCY, POLICY_SCORE, EndpointTable)
@@ -21,6 +22,8 @@ if not NO_EXTENSIONS:
 
 if NO_EXTENSIONS:
     from .cachekey_py import cache_key, canonical  # type: ignore[assignment]
+    from .classify_py import (LinearModel, features, softmax,  # type: ignore[assignment]
+                              train_softmax)
     from .hashing_py import HashRing  # type: ignore[assignment]
     from .scoring_py import (EP_EJECTED, EP_HALF_OPEN, EP_HEALTHY,  # type: ignore[assignment]
                              EP_OPEN, POLICY_COST, POLICY_LATENCY, POLICY_SCORE, EndpointTable)
@@ -30,4 +33,5 @@ IMPLEMENTATION = "py" if NO_EXTENSIONS else "c"
 
 __all__ = ("EP_EJECTED", "EP_HALF_OPEN", "EP_HEALTHY", "EP_OPEN", "IMPLEMENTATION",
            "NO_EXTENSIONS", "POLICY_COST", "POLICY_LATENCY", "POLICY_SCORE", "EndpointTable",
-           "HashRing", "WeightedOrder", "cache_key", "canonical")
+           "HashRing", "LinearModel", "WeightedOrder", "cache_key", "canonical", "features",
+           "softmax", "train_softmax")

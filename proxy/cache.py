@@ -1,8 +1,9 @@
-"""The in-process response cache: exact keys from ``_fastpath.cache_key``, LRU bounded by
-entries and by bytes, TTL per entry.
+"""Response cache pieces: keys (``_fastpath.cache_key`` plus a tenant namespace), the stored
+entry, the in-process LRU backend, and the SSE replay of a stored completion.
 
 Only whole, successful answers are stored. A hit on a streaming request is replayed as a
-well-formed SSE stream built from the stored completion.
+well-formed SSE stream built from the stored completion. ``caching.ResponseCache`` puts
+these together with a backend, single-flight and metrics.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 
+import msgspec
 import orjson
 import xxhash
 
@@ -20,19 +22,32 @@ from .config import RouteCache
 SHARED_NAMESPACE = ""
 
 
-class Entry:
-    __slots__ = ("body", "content_type", "upstream", "stored_at", "expires_at")
+class Entry(msgspec.Struct, array_like=True):
+    """One stored answer: a whole chat completion (streams are assembled into one).
 
-    def __init__(self, body: bytes, content_type: bytes, upstream: bytes, ttl_s: float) -> None:
-        self.body = body
-        self.content_type = content_type
-        self.upstream = upstream
-        self.stored_at = time.monotonic()
-        self.expires_at = self.stored_at + ttl_s
+    ``stored_at`` is wall-clock time, so the age is right wherever the entry is read (Redis
+    entries are shared by processes). Encoded as a msgpack array: no field names on the wire.
+    """
+
+    body: bytes
+    content_type: bytes
+    upstream: bytes
+    route: str
+    stored_at: float
 
     @property
     def age_s(self) -> int:
-        return int(time.monotonic() - self.stored_at)
+        age = time.time() - self.stored_at
+        # A clock step back, or a damaged value in a shared store: an age of 0, not an error.
+        return int(age) if 0.0 <= age < 1e9 else 0
+
+    @property
+    def size(self) -> int:
+        return len(self.body) + len(self.content_type) + len(self.upstream) + len(self.route)
+
+
+def new_entry(body: bytes, content_type: bytes, upstream: bytes, route: str) -> Entry:
+    return Entry(body, content_type, upstream, route, time.time())
 
 
 class MemoryCache:
@@ -42,15 +57,17 @@ class MemoryCache:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.bytes = 0
-        self._entries: OrderedDict[bytes, Entry] = OrderedDict()
+        # key -> (entry, expiry on the monotonic clock)
+        self._entries: OrderedDict[bytes, tuple[Entry, float]] = OrderedDict()
         self.hits = self.misses = self.stores = self.evictions = 0
 
     def get(self, key: bytes) -> Entry | None:
-        entry = self._entries.get(key)
-        if entry is None:
+        item = self._entries.get(key)
+        if item is None:
             self.misses += 1
             return None
-        if entry.expires_at <= time.monotonic():
+        entry, expires_at = item
+        if expires_at <= time.monotonic():
             self._drop(key)
             self.misses += 1
             return None
@@ -58,23 +75,31 @@ class MemoryCache:
         self.hits += 1
         return entry
 
-    def put(self, key: bytes, entry: Entry) -> None:
-        size = len(entry.body)
+    def put(self, key: bytes, entry: Entry, ttl_s: float) -> bool:
+        size = entry.size
         if size > self.max_bytes:
-            return
+            return False
         if key in self._entries:
             self._drop(key)
-        self._entries[key] = entry
+        self._entries[key] = (entry, time.monotonic() + ttl_s)
         self.bytes += size
         self.stores += 1
         while len(self._entries) > self.max_entries or self.bytes > self.max_bytes:
             oldest = next(iter(self._entries))
             self._drop(oldest)
             self.evictions += 1
+        return True
+
+    def delete(self, route: str | None = None) -> int:
+        """Drop every entry (of one route): an admin operation, O(entries)."""
+        keys = [k for k, (e, _) in self._entries.items() if route is None or e.route == route]
+        for key in keys:
+            self._drop(key)
+        return len(keys)
 
     def _drop(self, key: bytes) -> None:
-        entry = self._entries.pop(key)
-        self.bytes -= len(entry.body)
+        entry, _ = self._entries.pop(key)
+        self.bytes -= entry.size
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -85,17 +110,18 @@ def repeatable(request: dict) -> bool:
     return request.get("temperature") == 0 or request.get("seed") is not None
 
 
-def namespace(authorization: bytes | None, policy: RouteCache) -> str:
+def namespace(tenant: bytes | None, policy: RouteCache) -> str:
     """One tenant's answers are never served to another: the namespace is a digest of the
-    client's credentials, unless the route says its cache is shared."""
-    if policy.shared or not authorization:
+    tenant (the client's credentials or a configured header), unless the route says its
+    cache is shared."""
+    if policy.shared or not tenant:
         return SHARED_NAMESPACE
-    return xxhash.xxh3_64_hexdigest(authorization)
+    return xxhash.xxh3_64_hexdigest(tenant)
 
 
-def request_key(route: str, request: dict, authorization: bytes | None,
+def request_key(route: str, request: dict, tenant: bytes | None,
                 policy: RouteCache) -> bytes:
-    return cache_key(route, request, namespace(authorization, policy))
+    return cache_key(route, request, namespace(tenant, policy))
 
 
 def sse_replay(body: bytes, include_usage: bool) -> bytes:
@@ -103,11 +129,15 @@ def sse_replay(body: bytes, include_usage: bool) -> bytes:
     doc = orjson.loads(body)
     base = {"id": doc.get("id", "chatcmpl-cached"), "object": "chat.completion.chunk",
             "created": doc.get("created", 0), "model": doc.get("model", "")}
+    for field in ("system_fingerprint", "service_tier"):
+        if doc.get(field) is not None:
+            base[field] = doc[field]
     events = []
     for choice in doc.get("choices") or []:
         index = choice.get("index", 0)
         message = choice.get("message") or {}
-        first = {"role": message.get("role", "assistant"), "content": ""}
+        first = {"role": message.get("role", "assistant"),
+                 "content": "" if message.get("content") is not None else None}
         events.append({**base, "choices": [{"index": index, "delta": first,
                                             "finish_reason": None}]})
         delta = {k: v for k, v in message.items() if k != "role" and v is not None}

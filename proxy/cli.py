@@ -1,4 +1,4 @@
-"""The ``llmedge`` command: serve, check, demo."""
+"""The ``llmedge`` command: serve, check, demo, route, train, eval."""
 
 from __future__ import annotations
 
@@ -50,7 +50,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             "" if len(dep.urls) == 1 else "s", note))
     print("routes (%d):" % len(config.routes))
     for route in config.routes:
-        line = "  %-16s %s over %s" % (route.name, route.policy, ", ".join(route.deployments))
+        line = "  %-16s %s over %s" % (route.name, route.policy, ", ".join(route.deployments)
+                                       or "classes " + ", ".join(route.classes))
         if route.fallbacks:
             line += "; fallbacks %s" % ", ".join(route.fallbacks)
         print(line)
@@ -167,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=8080)
     demo.add_argument("--loop", choices=LOOPS, default="auto")
     demo.set_defaults(func=cmd_demo)
+
+    from .routing.classify_cli import add_commands
+    add_commands(sub)
     return parser
 
 

@@ -14,8 +14,9 @@ from urllib.parse import urlsplit
 import msgspec
 
 from .errors import ConfigError
+from .routing.classify_config import check_classify
 
-POLICIES = ("ordered", "weighted", "cost", "latency", "score")
+POLICIES = ("ordered", "weighted", "cost", "latency", "score", "classify")
 AFFINITIES = ("session",)
 PROVIDERS = ("openai",)
 
@@ -174,9 +175,30 @@ class RouteCache(msgspec.Struct, forbid_unknown_fields=True):
     shared: bool = False        # True: one cache for every client credential (tenant)
 
 
+CACHE_BACKENDS = ("memory", "redis")
+
+
+class CacheBreakerConfig(msgspec.Struct, forbid_unknown_fields=True):
+    failures: int = 3                  # backend errors in a row that open the breaker
+    open_s: float = 1.0                # no backend calls for this long; doubles while failing
+    max_open_s: float = 30.0
+
+
 class CacheSection(msgspec.Struct, forbid_unknown_fields=True):
-    max_entries: int = 10_000
+    max_entries: int = 10_000            # memory backend: LRU bounds
     max_bytes: int = 64 * 1024 * 1024
+    backend: str = "memory"              # memory (this process) | redis (shared by instances)
+    url: str = "redis://127.0.0.1:6379/0"
+    cluster: bool = False                # url names one node of a Redis Cluster
+    timeout_ms: float = 50.0             # per cache operation; slower = a miss, not an error
+    pool_size: int = 16                  # Redis connections per process
+    key_prefix: str = "llmedge:"
+    max_entry_bytes: int = 1024 * 1024   # larger answers (and streams) are not stored
+    tenant_header: str | None = None     # namespace by this header instead of Authorization
+    wait_s: float = 30.0                 # single-flight: how long an identical miss waits
+    lock: bool = False                   # redis: single-flight across instances (SET NX PX)
+    lock_ttl_s: float = 30.0             # the cross-instance lock expires on its own after this
+    breaker: CacheBreakerConfig = msgspec.field(default_factory=CacheBreakerConfig)
 
 
 class Objective(msgspec.Struct, forbid_unknown_fields=True):
@@ -188,9 +210,59 @@ class Objective(msgspec.Struct, forbid_unknown_fields=True):
     load: float = 0.0
 
 
+class ClassSpec(msgspec.Struct, forbid_unknown_fields=True):
+    """One class of a ``classify`` route: where its requests go, and what it looks like."""
+
+    deployments: list[str] = []         # ordered by ``policy`` ...
+    route: str | None = None            # ... or handed to another route (hierarchical)
+    policy: str = "ordered"             # among deployments: ordered | cost | latency | score
+    objective: Objective | None = None  # score policy
+    threshold: float = 0.0              # below this probability the route's default applies
+    examples: list[str] = []
+    description: str = ""
+
+
+class RuleSignal(msgspec.Struct, forbid_unknown_fields=True):
+    pattern: str                        # regex searched in the last user turn, any case
+    class_: str = msgspec.field(name="class")
+    weight: float = 1.0
+
+
+class FeatureSignal(msgspec.Struct, forbid_unknown_fields=True):
+    when: str                           # code_block | tools | images | long
+    class_: str = msgspec.field(name="class")
+    weight: float = 1.0
+    min_chars: int = 4000               # long: the last user turn has at least this many
+
+
+class SignalsConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """A classify route's weighted vote (see proxy/routing/signals.py)."""
+
+    classifier: float = 1.0             # weight of the compiled classifier's probabilities
+    rules: list[RuleSignal] = []
+    features: list[FeatureSignal] = []
+
+
+class LlmTier(msgspec.Struct, forbid_unknown_fields=True):
+    """A classify route's LLM-as-router tier (see proxy/routing/llm_router.py)."""
+
+    deployment: str                     # the (cheap) model asked for the class
+    mode: str = "cascade"               # cascade: only below ``below`` | always | vote
+    below: float = 0.6                  # cascade: asked when the classifier is less sure
+    weight: float = 1.0                 # vote: the answer's weight beside the classifier
+    timeout_s: float = 1.0              # then the compiled classifier decides
+    cache_size: int = 10_000            # answers kept, by prompt hash
+
+
+class AuditConfig(msgspec.Struct, forbid_unknown_fields=True):
+    file: str                           # JSONL, appended
+    below: float = 0.5                  # decisions less confident than this are written
+    include_text: bool = False          # the prompt's last turn, only when allowed
+
+
 class Route(msgspec.Struct, forbid_unknown_fields=True):
     name: str
-    deployments: list[str]
+    deployments: list[str] = []
     policy: str = "ordered"
     weights: dict[str, float] = {}      # weighted policy; a deployment left out weighs 1
     fallbacks: list[str] = []
@@ -201,6 +273,17 @@ class Route(msgspec.Struct, forbid_unknown_fields=True):
     max_price: float | None = None      # USD per 1M tokens, input + output
     affinity: str | None = None         # "session": one session sticks to one replica
     affinity_epsilon: float = 0.25      # bounded load: no replica above (1 + e) x the mean
+    classes: dict[str, ClassSpec] = {}  # classify policy (see proxy/routing/classify_route.py)
+    default: str | None = None          # classify: deployment or route when unsure
+    examples_file: str | None = None    # classify: JSONL {"text", "label"} to train from
+    outcomes_file: str | None = None    # classify: JSONL {"prompt", "weak_correct", ...}
+    model_file: str | None = None       # classify: a model from ``llmedge train``
+    strong_share: float | None = None   # classify on outcomes: share of traffic to "strong"
+    audit: AuditConfig | None = None    # classify: log unsure decisions
+    signals: SignalsConfig | None = None  # classify: rules and request features vote too
+    llm: LlmTier | None = None          # classify: ask a model for the class
+    hysteresis: float = 0.0             # classify: a session keeps its class unless another
+                                        # beats it by more than this probability
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True):
@@ -376,8 +459,7 @@ def check(config: Config) -> list[str]:
     ca_file = config.upstream.ca_file
     if ca_file is not None and not os.path.isfile(ca_file):
         problems.append("upstream.ca_file: no such file %r" % ca_file)
-    if config.cache.max_entries < 1 or config.cache.max_bytes < 1:
-        problems.append("cache: max_entries and max_bytes must be >= 1")
+    _check_cache(config.cache, problems)
     if config.upstream.pool_max_idle < 0:
         problems.append("upstream.pool_max_idle: must be >= 0")
 
@@ -421,7 +503,7 @@ def check(config: Config) -> list[str]:
         if route.policy not in POLICIES:
             problems.append("%s.policy: unknown policy %r (known: %s)"
                             % (where, route.policy, ", ".join(POLICIES)))
-        if not route.deployments:
+        if not route.deployments and route.policy != "classify":
             problems.append("%s.deployments: at least one deployment is needed" % where)
         for field in ("deployments", "fallbacks"):
             seen = set()
@@ -460,12 +542,38 @@ def check(config: Config) -> list[str]:
                             % (where, route.affinity, ", ".join(AFFINITIES)))
         if not (route.affinity_epsilon > 0 and math.isfinite(route.affinity_epsilon)):
             problems.append("%s.affinity_epsilon: must be > 0" % where)
+        check_classify(where, route, deployments, config.routes, problems)
         if route.cache is not None:
             if not (route.cache.ttl_s > 0 and math.isfinite(route.cache.ttl_s)):
                 problems.append("%s.cache.ttl_s: must be > 0" % where)
             if route.cache.when not in ("repeatable", "always"):
                 problems.append("%s.cache.when: must be 'repeatable' or 'always'" % where)
     return problems
+
+
+def _check_cache(cache: CacheSection, problems: list[str]) -> None:
+    for field in ("max_entries", "max_bytes", "pool_size", "max_entry_bytes"):
+        if getattr(cache, field) < 1:
+            problems.append("cache.%s: must be >= 1" % field)
+    if cache.backend not in CACHE_BACKENDS:
+        problems.append("cache.backend: unknown backend %r (known: %s)"
+                        % (cache.backend, ", ".join(CACHE_BACKENDS)))
+    if cache.backend == "redis" and urlsplit(cache.url).scheme not in ("redis", "rediss", "unix"):
+        problems.append("cache.url: expected a redis://, rediss:// or unix:// URL, got %r"
+                        % cache.url)
+    for field in ("timeout_ms", "wait_s", "lock_ttl_s", "breaker.open_s", "breaker.max_open_s"):
+        value = cache
+        for part in field.split("."):
+            value = getattr(value, part)
+        if not (value > 0 and math.isfinite(value)):
+            problems.append("cache.%s: must be > 0" % field)
+    if cache.cluster and cache.url.startswith("unix:"):
+        problems.append("cache.cluster: a Redis Cluster is reached over TCP, not %r" % cache.url)
+    if cache.breaker.failures < 1:
+        problems.append("cache.breaker.failures: must be >= 1")
+    if cache.tenant_header is not None and not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+",
+                                                            cache.tenant_header):
+        problems.append("cache.tenant_header: %r is not a header name" % cache.tenant_header)
 
 
 def _check_name(where: str, name: str, names: dict[str, str], problems: list[str]) -> None:

@@ -16,7 +16,8 @@ import orjson
 
 from .accounting import USAGE_MARK, take_usage, usage_of_body
 from .budget import RetryBudget
-from .cache import Entry, MemoryCache
+from .cache import new_entry
+from .caching import ResponseCache, Ticket
 from .config import RetryConfig
 from .errors import (DeadlineExceeded, ProxyError, UpstreamError, UpstreamReset,
                      UpstreamSaturated, UpstreamStatus, UpstreamTimeout, UpstreamUnavailable)
@@ -24,6 +25,7 @@ from .http import wire
 from .http.front import Exchange
 from .metrics import Metrics
 from .routing.router import RoutePlan, Router, Target
+from .sse_assemble import assemble
 from .upstream.conn import ResponseHead, UpstreamConn
 from .upstream.pool import Endpoint
 
@@ -51,7 +53,7 @@ class Answer:
 
     __slots__ = ("exchange", "plan", "path", "body", "model", "stream", "request_id",
                  "attempts", "upstream", "status", "session", "reason", "head_at", "candidates",
-                 "cache_state", "store_key", "failures", "_bodies", "deadline", "upstream_s",
+                 "cache_state", "ticket", "failures", "_bodies", "deadline", "upstream_s",
                  "first_event_at", "usage", "strip_usage", "retries")
 
     def __init__(self, exchange: Exchange, plan: RoutePlan, path: bytes, body: bytes,
@@ -73,7 +75,7 @@ class Answer:
         self.candidates: list[Target] = []
         self.cache_state = b"bypass"
         self.failures: list[UpstreamError] = []
-        self.store_key: bytes | None = None  # store a successful whole answer under this
+        self.ticket: Ticket | None = None  # what the cache may do for this request
         self._bodies: dict[str, bytes] = {}
         self.deadline = 0.0             # time.monotonic() by which a head must arrive; 0: none
         self.upstream_s = 0.0           # time spent in upstream attempts
@@ -108,17 +110,30 @@ class SseRelay:
     can still move to another candidate.
     """
 
-    __slots__ = ("answer", "conn", "head", "pending", "committed", "committed_at")
+    __slots__ = ("answer", "conn", "head", "pending", "committed", "committed_at", "kept",
+                 "kept_bytes", "keep_limit")
 
-    def __init__(self, answer: Answer, conn: UpstreamConn, head: ResponseHead) -> None:
+    def __init__(self, answer: Answer, conn: UpstreamConn, head: ResponseHead,
+                 keep_limit: int = 0) -> None:
         self.answer = answer
         self.conn = conn
         self.head = head
         self.pending = b""
         self.committed = False
         self.committed_at = 0.0
+        # A copy of the stream for the cache (None: not kept, or grown past keep_limit).
+        self.kept: list[bytes] | None = [] if keep_limit else None
+        self.kept_bytes = 0
+        self.keep_limit = keep_limit
 
     def feed(self, data: bytes) -> None:
+        kept = self.kept
+        if kept is not None:
+            self.kept_bytes += len(data)
+            if self.kept_bytes > self.keep_limit:
+                self.kept = None
+            else:
+                kept.append(data)
         if self.pending:
             data = self.pending + data
             self.pending = b""
@@ -166,7 +181,7 @@ class SseRelay:
 
 
 class Dispatcher:
-    def __init__(self, router: Router, metrics: Metrics, cache: MemoryCache,
+    def __init__(self, router: Router, metrics: Metrics, cache: ResponseCache,
                  budget: RetryBudget, retry: RetryConfig | None = None,
                  rnd=random.random) -> None:
         self.router = router
@@ -342,13 +357,23 @@ class Dispatcher:
                     content_type=head.headers.get(b"content-type"),
                     retry_after=_retry_after(head.headers))
             content_type = head.headers.get(b"content-type", wire.JSON)
+            ticket = answer.ticket
+            storing = ticket is not None and ticket.store and status == 200
             if answer.stream and status < 300 and content_type.startswith(wire.EVENT_STREAM):
-                relay = SseRelay(answer, conn, head)
+                relay = SseRelay(answer, conn, head,
+                                 self.cache.section.max_entry_bytes if storing else 0)
                 early = conn.take_early()
                 if early:
                     relay.feed(early)
                 await conn.stream_to(relay.feed)
                 answer.status = status
+                if storing and relay.kept is not None:
+                    # Stored before the stream's last byte: whoever reads the whole stream
+                    # and asks again (here or on another instance) finds it.
+                    body = assemble(b"".join(relay.kept))
+                    if body is not None:
+                        await self.cache.store(ticket, new_entry(
+                            body, wire.JSON, target.name_bytes, ticket.route))
                 relay.finish()
                 first_event_at = relay.committed_at
             else:
@@ -356,11 +381,11 @@ class Dispatcher:
                 answer.status = status
                 if status == 200:
                     answer.usage = usage_of_body(payload)
+                if storing and content_type.startswith(wire.JSON):
+                    await self.cache.store(ticket, new_entry(
+                        payload, content_type, target.name_bytes, ticket.route))
                 answer.exchange.respond(status, payload, content_type, answer.response_headers())
                 first_event_at = 0.0
-                if answer.store_key is not None and status == 200:
-                    self.cache.put(answer.store_key, Entry(
-                        payload, content_type, target.name_bytes, answer.plan.cache.ttl_s))
         except BaseException:
             conn.abort()
             raise

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import time
+from urllib.parse import parse_qs
 
 import msgspec
 import orjson
@@ -15,7 +16,8 @@ from _fastpath import EP_EJECTED, EP_HALF_OPEN, EP_HEALTHY, EP_OPEN
 from .accesslog import AccessLog
 from .accounting import ask_for_usage, cost_usd
 from .budget import RetryBudget
-from .cache import MemoryCache, repeatable, request_key, sse_replay
+from .cache import Entry, sse_replay
+from .caching import ResponseCache, Ticket
 from .config import RetryConfig
 from .dispatch import Answer, Dispatcher
 from .errors import (BadRequest, MethodNotAllowed, NotFound, Overloaded, ProxyError,
@@ -23,6 +25,7 @@ from .errors import (BadRequest, MethodNotAllowed, NotFound, Overloaded, ProxyEr
 from .http import wire
 from .http.front import Exchange
 from .metrics import Metrics
+from .routing.explain import explain_body
 from .routing.router import Router, parse_tags
 
 log = logging.getLogger("llmedge.gateway")
@@ -80,7 +83,7 @@ def _decode(decoder: msgspec.json.Decoder, body: bytes):
 class Gateway:
     """Implements ``http.front.Application``."""
 
-    def __init__(self, router: Router, metrics: Metrics, cache: MemoryCache,
+    def __init__(self, router: Router, metrics: Metrics, cache: ResponseCache,
                  budget: RetryBudget, retry: RetryConfig | None = None) -> None:
         self.router = router
         self.metrics = metrics
@@ -111,6 +114,8 @@ class Gateway:
             self._proxy(ex, CHAT_PATH, _chat_decoder)
         elif path == b"/v1/embeddings":
             self._proxy(ex, EMBEDDINGS_PATH, _embeddings_decoder)
+        elif path == b"/v1/route":
+            self._route(ex)
         elif path == b"/v1/models":
             self._get(ex) and ex.respond(200, self.router.models_body)
         elif path == b"/healthz":
@@ -119,6 +124,8 @@ class Gateway:
             self._get(ex) and self._ready(ex)
         elif path == b"/admin/upstreams":
             self._get(ex) and self._admin(ex) and ex.respond(200, self._upstreams())
+        elif path == b"/admin/cache":
+            self._admin_cache(ex)
         elif path == b"/admin/reload":
             self._post(ex) and self._admin(ex) and self._reload(ex)
         elif path == b"/metrics":
@@ -198,6 +205,47 @@ class Gateway:
         else:
             ex.respond(200, b'{"status":"ready"}')
 
+    def _route(self, ex: Exchange) -> None:
+        """``POST /v1/route``: the decision a chat request would get, explained; no upstream."""
+        if ex.method != b"POST":
+            self._error(ex, MethodNotAllowed("use POST for this endpoint",
+                                             code="method_not_allowed"))
+            return
+        try:
+            view = _decode(_chat_decoder, ex.body)
+            plan = self.router.plan(view.model)
+            tags = ex.headers.get(b"x-llmedge-tags")
+            session = ex.headers.get(b"x-llmedge-session")
+            args = (self.router.table, self.router.rnd, parse_tags(tags) if tags else NO_TAGS,
+                    session.decode("utf-8", "replace") if session else view.user, ex.body)
+            if plan.asynchronous:
+                self._spawn(ex, self._route_async(ex, plan, args))
+                return
+            decision = plan.decide(*args)
+        except ProxyError as exc:
+            self._error(ex, exc)
+            return
+        ex.respond(200, explain_body(self.router, plan, decision))
+
+    async def _route_async(self, ex: Exchange, plan, args) -> None:
+        try:
+            decision = await plan.decide_async(*args)
+        except ProxyError as exc:
+            self._error(ex, exc)
+            return
+        except Exception:
+            log.exception("unexpected error deciding a route")
+            ex.respond_error(500, wire.error_body("internal error", "server_error"))
+            return
+        ex.respond(200, explain_body(self.router, plan, decision))
+
+    def _spawn(self, ex: Exchange, coro) -> None:
+        """Run a request's decision as a task the exchange and the gateway own."""
+        task = asyncio.get_running_loop().create_task(coro)
+        ex.task = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def _proxy(self, ex: Exchange, path: bytes, decoder: msgspec.json.Decoder) -> None:
         if ex.method != b"POST":
             self._error(ex, MethodNotAllowed("use POST for this endpoint",
@@ -213,8 +261,12 @@ class Gateway:
             tags = ex.headers.get(b"x-llmedge-tags")
             session = ex.headers.get(b"x-llmedge-session")
             session = session.decode("utf-8", "replace") if session else view.user
-            decision = plan.decide(self.router.table, self.router.rnd,
-                                   parse_tags(tags) if tags else NO_TAGS, session)
+            args = (self.router.table, self.router.rnd, parse_tags(tags) if tags else NO_TAGS,
+                    session, ex.body)
+            if plan.asynchronous:  # a classify route that may ask an LLM for the class
+                self._spawn(ex, self._decide_async(ex, path, view, plan, args, started))
+                return
+            decision = plan.decide(*args)
         except ProxyError as exc:
             self._error(ex, exc)
             self.metrics.request("-", "-", exc.status, time.perf_counter() - started)
@@ -224,6 +276,25 @@ class Gateway:
                                        "duration_ms": round((time.perf_counter() - started)
                                                             * 1e3, 3)})
             return
+        self._proxy_decided(ex, path, view, plan, decision, started)
+
+    async def _decide_async(self, ex: Exchange, path: bytes, view, plan, args,
+                            started: float) -> None:
+        try:
+            decision = await plan.decide_async(*args)
+        except ProxyError as exc:
+            self._error(ex, exc)
+            self.metrics.request("-", "-", exc.status, time.perf_counter() - started)
+            return
+        except Exception:
+            log.exception("unexpected error deciding a route")
+            ex.respond_error(500, wire.error_body("internal error", "server_error"))
+            self.metrics.request("-", "-", 500, time.perf_counter() - started)
+            return
+        self._proxy_decided(ex, path, view, plan, decision, started)
+
+    def _proxy_decided(self, ex: Exchange, path: bytes, view, plan, decision,
+                       started: float) -> None:
         stream = bool(getattr(view, "stream", False))
         answer = Answer(ex, plan, path, ex.body, view.model, stream, self._request_id(ex),
                         decision.session, decision.reason)
@@ -259,7 +330,12 @@ class Gateway:
         task.add_done_callback(self._tasks.discard)
 
     async def _run(self, answer: Answer, started: float) -> None:
+        ticket = answer.ticket
         try:
+            if ticket is not None:
+                entry = await self.cache.resolve(ticket)
+                if entry is not None and self._serve_hit(answer, ticket, entry):
+                    return
             await self.dispatcher.run(answer, answer.candidates)
         except asyncio.CancelledError:
             answer.status = 499  # the client went away; nothing left to answer
@@ -273,6 +349,8 @@ class Gateway:
             elif not ex.finished:
                 ex.abort()
         finally:
+            if ticket is not None:
+                self.cache.release(ticket)
             self.inflight -= 1
             self.metrics.inflight.dec()
             if self.inflight == 0:
@@ -328,37 +406,76 @@ class Gateway:
             log.write(record)
 
     def _from_cache(self, answer: Answer, stream: bool) -> bool:
-        """Answer from the cache when the route caches and the request allows it; otherwise
-        arrange for a successful answer to be stored. True when answered."""
+        """Answer from the in-process cache at once when the route caches and the request
+        allows it; otherwise leave a ticket for the request task (a Redis lookup, waiting
+        for an identical request in flight, storing the answer). True when answered."""
         ex = answer.exchange
-        policy = answer.plan.cache
-        request = orjson.loads(ex.body)
-        if policy.when != "always" and not repeatable(request):
+        ticket = self.cache.ticket(answer.plan.name, answer.plan.cache, orjson.loads(ex.body),
+                                   ex.headers, stream)
+        if ticket is None:
             return False
-        control = ex.headers.get(b"cache-control", b"").lower()
-        key = request_key(answer.plan.name, request, ex.headers.get(b"authorization"), policy)
-        if b"no-cache" not in control:
-            entry = self.cache.get(key)
-            self.metrics.cache(answer.plan.name, "hit" if entry else "miss")
-            if entry is not None:
-                answer.cache_state = b"hit"
-                answer.upstream = self.router.targets.get(entry.upstream.decode())
-                answer.reason = b"cache hit"
-                answer.status = 200
-                extra = answer.response_headers() + b"age: %d\r\n" % entry.age_s
-                if stream:
-                    options = request.get("stream_options")
-                    usage = isinstance(options, dict) and bool(options.get("include_usage"))
-                    ex.start_stream(200, wire.EVENT_STREAM, extra)
-                    ex.write(sse_replay(entry.body, usage))
-                    ex.end_stream()
-                else:
-                    ex.respond(200, entry.body, entry.content_type, extra)
-                return True
+        answer.ticket = ticket
+        if ticket.lookup:
             answer.cache_state = b"miss"
-        if b"no-store" not in control:
-            answer.store_key = key
+            if self.cache.sync:
+                entry = self.cache.get_now(ticket)
+                if entry is not None:
+                    return self._serve_hit(answer, ticket, entry)
         return False
+
+    def _serve_hit(self, answer: Answer, ticket: Ticket, entry: Entry) -> bool:
+        """Answer from ``entry``; False (nothing sent) when it cannot be used, which only a
+        foreign or damaged value in a shared Redis can cause: the request then goes on as
+        a miss."""
+        ex = answer.exchange
+        content_type = entry.content_type
+        try:
+            replay = sse_replay(entry.body, ticket.include_usage) if ticket.stream else b""
+        except (ValueError, TypeError, AttributeError):
+            return False
+        if b"\r" in content_type or b"\n" in content_type:
+            content_type = wire.JSON
+        answer.cache_state = b"hit"
+        answer.upstream = self.router.targets.get(entry.upstream.decode("utf-8", "replace"))
+        answer.reason = b"cache hit"
+        answer.status = 200
+        extra = answer.response_headers() + b"age: %d\r\n" % entry.age_s
+        if ticket.stream:
+            ex.start_stream(200, wire.EVENT_STREAM, extra)
+            ex.write(replay)
+            ex.end_stream()
+        else:
+            ex.respond(200, entry.body, content_type, extra)
+        return True
+
+    def _admin_cache(self, ex: Exchange) -> None:
+        """``DELETE /admin/cache`` drops every stored answer, ``?route=NAME`` one route's."""
+        if ex.method != b"DELETE":
+            self._error(ex, MethodNotAllowed("use DELETE for this endpoint",
+                                             code="method_not_allowed"))
+            return
+        if not self._admin(ex):
+            return
+        query = parse_qs(ex.url.partition(b"?")[2].decode("latin-1"))
+        route = query.get("route", [None])[0]
+        if route is not None and route not in self.router.routes:
+            self._error(ex, NotFound("no such route: %s" % route, code="route_not_found"))
+            return
+        task = asyncio.get_running_loop().create_task(self._clear_cache(ex, route))
+        ex.task = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _clear_cache(self, ex: Exchange, route: str | None) -> None:
+        try:
+            deleted = await self.cache.delete(route)
+        except Exception as exc:  # the backend is down or slow: say so, keep serving
+            log.warning("DELETE /admin/cache failed: %s: %s", type(exc).__name__, exc)
+            ex.respond(503, wire.error_body("the cache backend did not answer: %s"
+                                            % (type(exc).__name__,), "server_error",
+                                            "cache_unavailable"))
+            return
+        ex.respond(200, orjson.dumps({"deleted": deleted, "route": route}))
 
     def _error(self, ex: Exchange, exc: ProxyError) -> None:
         extra = b""
@@ -378,3 +495,4 @@ class Gateway:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.cache.aclose()

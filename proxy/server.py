@@ -14,7 +14,7 @@ import sys
 import _fastpath
 
 from .budget import RetryBudget
-from .cache import MemoryCache
+from .caching import open_cache
 import msgspec
 
 from .config import Config, ServerSection, load, parse_address
@@ -25,6 +25,7 @@ from .outlier import OutlierDetector
 from .health import HealthChecker
 from .http.front import HttpFront, Limits
 from .metrics import Metrics
+from .routing.classify_route import prepare as prepare_classifiers
 from .routing.router import Router
 
 log = logging.getLogger("llmedge")
@@ -74,12 +75,13 @@ class Server:
     async def start(self) -> None:
         config = self.config
         loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, prepare_classifiers, config)  # training: off the loop
         self.router = Router(config, await _ssl_context(config))
         self.metrics.upstream_connections.set_function(
             lambda: sum(e.open_connections for t in self.router.targets.values()
                         for e in t.endpoints))
         self.gateway = Gateway(self.router, self.metrics,
-                               MemoryCache(config.cache.max_entries, config.cache.max_bytes),
+                               await open_cache(config.cache, self.metrics),
                                RetryBudget(config.upstream.retry_budget), config.upstream.retry)
         self.gateway.max_inflight = config.server.max_inflight
         self.gateway.deadline_s = config.upstream.deadline_s
@@ -177,6 +179,7 @@ class Server:
             try:
                 # Reading and checking the file: not on the loop.
                 config = await loop.run_in_executor(None, load, self.config_path)
+                await loop.run_in_executor(None, prepare_classifiers, config)
                 router = Router(config, await _ssl_context(config), previous=self.router)
             except ConfigError as exc:
                 self.metrics.reload(False)
@@ -201,6 +204,11 @@ class Server:
         ignored = [name for name in ServerSection.__struct_fields__
                    if name not in RELOADABLE_SERVER_FIELDS
                    and getattr(config.server, name) != getattr(old_config.server, name)]
+        needs_restart = ["server.%s" % name for name in ignored]
+        if config.cache != old_config.cache:
+            # The cache's store (and its Redis connections) lives as long as the process.
+            needs_restart.append("cache")
+            config.cache = old_config.cache
         # server.http may have been overridden on the command line: keep what is in use.
         config.server = msgspec.structs.replace(
             old_config.server, max_inflight=config.server.max_inflight,
@@ -243,8 +251,8 @@ class Server:
             "endpoints_added": len(new_keys - old_keys),
             "endpoints_removed": len(old_keys - new_keys),
         }
-        if ignored:
-            summary["needs_restart"] = ["server.%s" % name for name in ignored]
+        if needs_restart:
+            summary["needs_restart"] = needs_restart
             log.warning("reload: changes to %s take effect only after a restart",
                         ", ".join(summary["needs_restart"]))
         log.info("reloaded %s: %d routes, %d deployments; endpoints kept %d, added %d, "

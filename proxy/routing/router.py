@@ -89,12 +89,13 @@ def endpoint_key(deployment: str, url: str, price: float, quality: float) -> tup
 class Decision:
     """The deployments to try, best first, and why."""
 
-    __slots__ = ("targets", "reason", "session")
+    __slots__ = ("targets", "reason", "session", "explain")
 
     def __init__(self, targets: list[Target], reason: str, session: str | None) -> None:
         self.targets = targets
         self.reason = reason
         self.session = session
+        self.explain: dict | None = None   # a classify route's probabilities and path
 
 
 class SessionRandom:
@@ -116,6 +117,8 @@ class SessionRandom:
 
 
 class RoutePlan:
+    asynchronous = False   # True: decide_async() must be awaited instead of decide()
+
     __slots__ = ("name", "name_bytes", "targets", "fallbacks", "policy", "require_tags",
                  "min_quality", "max_price", "affinity", "epsilon", "cache")
 
@@ -134,7 +137,8 @@ class RoutePlan:
         self.cache = route.cache if route else None
 
     def decide(self, table: EndpointTable, rnd: Callable[[], float],
-               request_tags: frozenset[str], session: str | None) -> Decision:
+               request_tags: frozenset[str], session: str | None,
+               body: bytes = b"") -> Decision:
         required = self.require_tags | request_tags if request_tags else self.require_tags
         notes: list[str] = []
         eligible = self._eligible(self.targets, required, notes)
@@ -176,6 +180,9 @@ class RoutePlan:
             else:
                 eligible.append(t)
         return eligible
+
+    def close(self) -> None:
+        pass
 
     def _refuse(self, required: frozenset[str]) -> None:
         lacking = []
@@ -228,6 +235,8 @@ class Router:
         self.routes: dict[str, RoutePlan] = {}
         problems = []
         for i, route in enumerate(config.routes):
+            if route.policy == "classify":
+                continue  # built below, once every route a class may point to exists
             try:
                 policy = POLICIES[route.policy](route)
             except ValueError as exc:
@@ -240,10 +249,19 @@ class Router:
                 for target in targets + fallbacks:
                     if target.affinity is None:
                         target.affinity = SessionAffinity(target.endpoints, target.rows)
-        if problems:
-            raise ConfigError(problems)
         self._direct = {name: RoutePlan(name, [t], [], Direct())
                         for name, t in self.targets.items()}
+        if any(route.policy == "classify" for route in config.routes):
+            from .classify_route import build_classify_plans
+            problems += build_classify_plans(self, config)
+            # Keep the configured order: /v1/models lists routes as the file does.
+            self.routes = {r.name: self.routes[r.name] for r in config.routes
+                           if r.name in self.routes}
+        if problems:
+            for plan in self.routes.values():
+                plan.close()  # their own side parts only: the table may be the previous one's
+            raise ConfigError(problems)
+        self._previous = previous
         self.models_body = orjson.dumps({"object": "list", "data": [
             {"id": name, "object": "model", "created": 0,
              "owned_by": "llmedge-route" if name in self.routes else "llmedge-deployment"}
@@ -286,6 +304,10 @@ class Router:
         """Take over from the router passed as ``previous``: the breakers follow the new
         configuration, and endpoints that left it stop being used."""
         self.breakers.config = self._breaker_config
+        previous, self._previous = self._previous, None
+        if previous is not None:
+            for plan in previous.routes.values():
+                plan.close()  # e.g. a classify route's audit log
         for row, endpoint in self.dropped:
             self.breakers.forget(row)
             self.table.set_state(row, EP_EJECTED)
@@ -296,6 +318,8 @@ class Router:
         return sum(len(t.endpoints) for t in self.targets.values())
 
     def close(self) -> None:
+        for plan in self.routes.values():
+            plan.close()
         self.breakers.aclose()
         for target in self.targets.values():
             target.close()

@@ -469,7 +469,19 @@ def mutations(draw):
         changed = {draw(key_st): draw(json_st)}
     else:
         parent[last] = draw(json_st)
+    # A value added at the bottom of an already deep request may pass the depth limit, and
+    # a request that raises has no key to compare.
+    assume(depth(changed) <= MAX_DEPTH)
     return request, changed
+
+
+def depth(value) -> int:
+    """Containers on the deepest path (the request itself is 1)."""
+    if type(value) is dict:
+        return 1 + max(map(depth, value.values()), default=0)
+    if type(value) is list:
+        return 1 + max(map(depth, value), default=0)
+    return 0
 
 
 @pytest.mark.parametrize("impl", IMPLS)

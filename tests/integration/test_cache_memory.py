@@ -4,10 +4,12 @@ streaming replay, TTL, and what is never cached."""
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 
-from procs import http_call, wait_for
+from flights import overlapping_requests
+from procs import http_call, metric_value, parse_sse, wait_for
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -79,6 +81,10 @@ def test_sampled_requests_are_not_cached_unless_the_route_says_so(edge, sims):
     ask(edge, always)
     assert ask(edge, always).headers["x-llmedge-cache"] == "hit"
     assert ask(edge, chat("uncached")).headers["x-llmedge-cache"] == "bypass"
+    text = edge.metrics()
+    assert metric_value(text, "llmedge_cache_lookups_total", route="faq", result="bypass") == 2
+    assert metric_value(text, "llmedge_cache_lookups_total", route="faq", result="miss") == 1
+    assert metric_value(text, "llmedge_cache_lookups_total", route="faq", result="hit") == 1
 
 
 def test_tenants_are_isolated_unless_the_cache_is_shared(edge, sims):
@@ -125,3 +131,291 @@ def test_streaming_hit_is_a_well_formed_stream_for_the_sdk(edge, sims):
     assert finishes[-1] == "stop"
     assert chunks[-1].usage.total_tokens == stored["usage"]["total_tokens"]
     assert sims.gamma.stats()["chat"] == 1
+
+
+def sdk_stream(edge, model="faq", usage=False, api_key="tenant-a", **extra):
+    """A streamed chat request read by the openai SDK: (headers, chunks)."""
+    options = {"stream_options": {"include_usage": True}} if usage else {}
+    with edge.client(api_key=api_key) as client:
+        with client.chat.completions.with_streaming_response.create(
+                model=model, messages=QUESTION, temperature=0, stream=True,
+                **options, **extra) as response:
+            return response.headers, list(response.parse())
+
+
+def streamed_text(chunks) -> str:
+    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+def test_streamed_miss_is_stored_and_answers_both_kinds_of_request(edge, sims):
+    headers, first = sdk_stream(edge, usage=True)
+    assert headers["x-llmedge-cache"] == "miss"
+    text = streamed_text(first)
+    assert text.startswith("Gamma answers")
+    # A non-streaming request is answered from the stream, as one chat.completion.
+    with edge.client(api_key="tenant-a") as client:
+        raw = client.chat.completions.with_raw_response.create(
+            model="faq", messages=QUESTION, temperature=0)
+    assert raw.headers["x-llmedge-cache"] == "hit" and "age" in raw.headers
+    completion = raw.parse()
+    assert completion.object == "chat.completion"
+    assert completion.choices[0].message.content == text
+    assert completion.choices[0].message.role == "assistant"
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage.total_tokens == first[-1].usage.total_tokens
+    # A streaming request is replayed: role first, the same text, finish reason, usage, [DONE]
+    # (the SDK would raise on a malformed stream or one that does not end).
+    headers, again = sdk_stream(edge, usage=True)
+    assert headers["x-llmedge-cache"] == "hit"
+    assert again[0].choices[0].delta.role == "assistant"
+    assert streamed_text(again) == text
+    assert [c.choices[0].finish_reason for c in again if c.choices][-1] == "stop"
+    assert again[-1].usage.total_tokens == first[-1].usage.total_tokens
+    # Without include_usage the replay carries no usage chunk.
+    headers, plain = sdk_stream(edge)
+    assert headers["x-llmedge-cache"] == "hit"
+    assert all(c.usage is None for c in plain) and streamed_text(plain) == text
+    assert sims.gamma.stats()["chat"] == 1
+
+
+def test_raw_replay_is_well_formed_sse(edge, sims):
+    ask(edge, chat())
+    resp = ask(edge, chat(stream=True))
+    assert resp.status == 200 and resp.headers["x-llmedge-cache"] == "hit"
+    assert resp.headers["content-type"].startswith("text/event-stream")
+    events = parse_sse(resp.body)
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+def test_broken_and_failed_streams_are_never_stored(edge, sims):
+    sims.gamma.configure(drop_after=2)
+    resp = ask(edge, chat(stream=True))
+    assert resp.headers["x-llmedge-cache"] == "miss"
+    assert b"[DONE]" not in resp.body   # the break was reported, not dressed up as an end
+    sims.gamma.configure(drop_after=None, status=500)
+    assert ask(edge, chat(stream=True)).status == 500
+    sims.gamma.configure(status=None)
+    assert ask(edge, chat()).headers["x-llmedge-cache"] == "miss"
+    assert ask(edge, chat()).headers["x-llmedge-cache"] == "hit"
+
+
+def test_stream_larger_than_max_entry_bytes_is_not_stored(start_edge, sims):
+    small = start_edge(f"""\
+server:
+  http: 127.0.0.1:0
+cache: {{max_entry_bytes: 300}}
+deployments:
+  - name: gamma
+    base_url: {sims.gamma.url}
+routes:
+  - name: faq
+    deployments: [gamma]
+    cache: {{ttl_s: 600}}
+""")
+    for _ in range(2):
+        resp = ask(small, chat(stream=True))
+        assert resp.status == 200 and parse_sse(resp.body)[-1] == "[DONE]"
+        assert resp.headers["x-llmedge-cache"] == "miss"
+    assert sims.gamma.stats()["chat"] == 2
+
+
+def test_tenant_header_namespaces_instead_of_the_api_key(start_edge, sims):
+    tenant_edge = start_edge(f"""\
+server:
+  http: 127.0.0.1:0
+cache: {{tenant_header: X-Tenant}}
+deployments:
+  - name: gamma
+    base_url: {sims.gamma.url}
+routes:
+  - name: faq
+    deployments: [gamma]
+    cache: {{ttl_s: 600}}
+""")
+
+    def state(tenant=None, key="Bearer k1"):
+        headers = {"authorization": key, **({"x-tenant": tenant} if tenant else {})}
+        return ask(tenant_edge, chat(), headers).headers["x-llmedge-cache"]
+
+    assert state("acme") == "miss"
+    assert state("acme", key="Bearer k2") == "hit"     # one tenant, several keys
+    assert state("globex") == "miss"                   # same key, another tenant
+    assert state("globex", key="Bearer k3") == "hit"
+    assert state() == "miss"                           # no header: the key is the tenant
+    assert state(key="Bearer k2") == "miss"
+    assert sims.gamma.stats()["chat"] == 4
+
+
+def test_single_flight_identical_misses_make_one_upstream_request(edge, sims):
+    overlapping_requests(edge, edge, sims, lambda e: ask(e, chat()))
+    text = edge.metrics()
+    assert metric_value(text, "llmedge_cache_coalesced_total", route="faq", scope="local") == 5
+    assert metric_value(text, "llmedge_cache_lookups_total", route="faq", result="hit") == 5
+
+
+def test_single_flight_behind_a_stream(edge, sims):
+    # Followers asking for a whole answer get the leader's stream, assembled.
+    results = overlapping_requests(edge, edge, sims, lambda e: ask(e, chat()),
+                                   send_first=lambda e: ask(e, chat(stream=True)))
+    streamed = "".join(json.loads(e)["choices"][0]["delta"].get("content") or ""
+                       for e in parse_sse(results[0].body)[:-1]
+                       if json.loads(e)["choices"])
+    assert results[1].json()["choices"][0]["message"]["content"] == streamed
+
+
+def test_single_flight_wait_is_bounded(start_edge, sims):
+    edge = start_edge(f"""\
+server:
+  http: 127.0.0.1:0
+cache: {{wait_s: 0.3}}
+deployments:
+  - name: gamma
+    base_url: {sims.gamma.url}
+routes:
+  - name: faq
+    deployments: [gamma]
+    cache: {{ttl_s: 600}}
+""")
+    sims.gamma.configure(ttft_ms=2000)
+    results: list = []
+    leader = threading.Thread(target=lambda: results.append(ask(edge, chat())))
+    leader.start()
+    sims.gamma.wait_stat("chat", 1)
+    # Still within the leader's 2 s, the follower stops waiting after 0.3 s and asks itself.
+    follower = ask(edge, chat())
+    assert follower.status == 200 and follower.headers["x-llmedge-cache"] == "miss"
+    assert sims.gamma.stats()["chat"] == 2
+    leader.join(timeout=60)
+    assert results[0].status == 200
+
+
+def test_single_flight_followers_go_upstream_when_the_leader_fails(start_edge, sims):
+    impatient = start_edge(f"""\
+server:
+  http: 127.0.0.1:0
+deployments:
+  - name: gamma
+    base_url: {sims.gamma.url}
+    timeouts: {{first_byte_s: 2}}
+routes:
+  - name: faq
+    deployments: [gamma]
+    cache: {{ttl_s: 600}}
+""")
+    sims.gamma.configure(stall_after=0)      # the leader's request is never answered
+    results: list = []
+    threads = [threading.Thread(target=lambda: results.append(ask(impatient, chat())))]
+    threads[0].start()
+    sims.gamma.wait_stat("chat", 1)
+    sims.gamma.configure(stall_after=None)
+    for _ in range(3):
+        threads.append(threading.Thread(target=lambda: results.append(ask(impatient, chat()))))
+        threads[-1].start()
+    wait_for(lambda: metric_value(impatient.metrics(), "llmedge_inflight_requests") >= 4,
+             message="followers waiting")
+    for t in threads:
+        t.join(timeout=60)
+    # The leader's timeout was not shared: the followers asked upstream themselves.
+    assert sorted(r.status for r in results) == [200, 200, 200, 504]
+    assert sims.gamma.stats()["chat"] == 4
+
+
+def test_admin_cache_delete_by_route_and_all(start_edge, sims):
+    admin = start_edge(f"""\
+server:
+  http: 127.0.0.1:0
+  admin_token_env: LLMEDGE_TEST_ADMIN_TOKEN
+cache: {{max_entries: 2}}
+deployments:
+  - name: gamma
+    base_url: {sims.gamma.url}
+routes:
+  - name: faq
+    deployments: [gamma]
+    cache: {{ttl_s: 600}}
+  - name: other
+    deployments: [gamma]
+    cache: {{ttl_s: 600}}
+""", env={"LLMEDGE_TEST_ADMIN_TOKEN": "s3cret"})
+    token = {"authorization": "Bearer s3cret"}
+    ask(admin, chat())
+    ask(admin, chat("other"))
+    assert admin.call("DELETE", "/admin/cache").status == 401
+    assert admin.call("GET", "/admin/cache", headers=token).status == 405
+    missing = admin.call("DELETE", "/admin/cache?route=nope", headers=token)
+    assert missing.status == 404 and missing.json()["error"]["code"] == "route_not_found"
+    gone = admin.call("DELETE", "/admin/cache?route=faq", headers=token)
+    assert gone.status == 200 and gone.json() == {"deleted": 1, "route": "faq"}
+    assert ask(admin, chat("other")).headers["x-llmedge-cache"] == "hit"
+    assert ask(admin, chat()).headers["x-llmedge-cache"] == "miss"
+    assert admin.call("DELETE", "/admin/cache", headers=token).json()["deleted"] == 2
+    assert ask(admin, chat("other")).headers["x-llmedge-cache"] == "miss"
+    # Bounded by max_entries: a third answer evicts the least recently used.
+    ask(admin, chat(max_tokens=3))
+    ask(admin, chat(max_tokens=4))
+    text = admin.metrics()
+    assert metric_value(text, "llmedge_cache_entries") == 2
+    assert metric_value(text, "llmedge_cache_evictions_total") == 1
+    assert metric_value(text, "llmedge_cache_bytes") > 0
+    assert metric_value(text, "llmedge_cache_stores_total") == 6
+    assert metric_value(text, "llmedge_cache_stored_bytes_total", route="faq") > 0
+
+
+def test_check_rejects_bad_cache_config(tmp_path):
+    import subprocess
+
+    from procs import PYTHON, REPO
+
+    path = tmp_path / "bad.yaml"
+    path.write_text("""\
+cache: {backend: memcached, timeout_ms: 0, pool_size: 0, tenant_header: "x tenant",
+        breaker: {failures: 0, open_s: -1}}
+deployments:
+  - name: small
+    base_url: http://127.0.0.1:9001/v1
+""")
+    proc = subprocess.run([PYTHON, "-m", "proxy", "check", "-c", str(path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    for problem in ("cache.backend: unknown backend 'memcached'", "cache.timeout_ms",
+                    "cache.pool_size", "cache.tenant_header", "cache.breaker.failures",
+                    "cache.breaker.open_s"):
+        assert problem in proc.stderr, (problem, proc.stderr)
+    path.write_text(path.read_text().replace(
+        "cache: {backend: memcached, timeout_ms: 0, pool_size: 0, tenant_header: \"x tenant\",\n"
+        "        breaker: {failures: 0, open_s: -1}}",
+        "cache: {backend: redis, url: 'http://127.0.0.1:6379'}"))
+    proc = subprocess.run([PYTHON, "-m", "proxy", "check", "-c", str(path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "cache.url: expected a redis://" in proc.stderr
+
+
+def test_reload_applies_route_cache_settings_and_reports_the_store_as_fixed(edge, sims):
+    ask(edge, chat())
+    text = edge.config_path.read_text()
+    # A route's cache policy follows the reload; the store itself (and what it holds) stays.
+    edge.config_path.write_text(text.replace("  - name: uncached\n    deployments: [gamma]\n",
+                                             "  - name: uncached\n    deployments: [gamma]\n"
+                                             "    cache: {ttl_s: 600}\n")
+                                + "cache: {max_entries: 5}\n")
+    resp = edge.call("POST", "/admin/reload")
+    assert resp.status == 200 and resp.json()["needs_restart"] == ["cache"]
+    assert ask(edge, chat()).headers["x-llmedge-cache"] == "hit"
+    assert ask(edge, chat("uncached")).headers["x-llmedge-cache"] == "miss"
+    assert ask(edge, chat("uncached")).headers["x-llmedge-cache"] == "hit"
+
+
+def test_stream_stored_without_include_usage_still_answers_with_usage(edge, sims):
+    # llmedge asks upstream for usage on every stream (for accounting) and keeps it in the
+    # stored completion, though this client did not ask to see it.
+    headers, chunks = sdk_stream(edge)
+    assert headers["x-llmedge-cache"] == "miss" and all(c.usage is None for c in chunks)
+    whole = ask(edge, chat())
+    assert whole.headers["x-llmedge-cache"] == "hit"
+    assert whole.json()["usage"]["total_tokens"] > 0
+    headers, replay = sdk_stream(edge, usage=True)
+    assert headers["x-llmedge-cache"] == "hit" and replay[-1].usage.total_tokens > 0

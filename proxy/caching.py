@@ -1,0 +1,330 @@
+"""The response cache as the request path sees it: which requests may use it (a ``Ticket``),
+the backend behind a deadline and a breaker, single-flight, and administration.
+
+The cache can never take the proxy down: every backend operation has a short deadline, a
+failure counts against a small breaker, and while the breaker is open the backend is not
+called at all. Whatever goes wrong, the request carries on as a miss and goes upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import msgspec
+
+from .cache import Entry, MemoryCache, repeatable, request_key
+from .cache_metrics import CacheMetrics
+from .config import CacheBreakerConfig, CacheSection, RouteCache
+from .metrics import Metrics
+
+log = logging.getLogger("llmedge.cache")
+
+T = TypeVar("T")
+_FAILED: Any = object()       # a backend operation that did not succeed
+# Admin deletes walk the keyspace: they get their own, longer deadline.
+ADMIN_TIMEOUT_S = 30.0
+# A follower of another instance's lock looks for the answer this often (growing to 8x).
+LOCK_POLL_S = 0.01
+ERROR_LOG_EVERY_S = 10.0
+CLOSE_TIMEOUT_S = 2.0
+
+
+async def open_cache(section: CacheSection, metrics: Metrics) -> ResponseCache:
+    """The cache a config asks for. The Redis client is imported in a thread: its ~0.1 s of
+    imports would otherwise stall the loop."""
+    if section.backend == "redis":
+        await asyncio.get_running_loop().run_in_executor(
+            None, importlib.import_module, "proxy.cache_redis")
+    return ResponseCache(section, metrics)
+
+
+class Ticket:
+    """What the cache may do for one request."""
+
+    __slots__ = ("route", "key", "ttl_s", "lookup", "store", "stream", "include_usage",
+                 "flight", "lock_token", "entry", "leader")
+
+    def __init__(self, route: str, key: bytes, ttl_s: float, lookup: bool, store: bool,
+                 stream: bool, include_usage: bool) -> None:
+        self.route = route
+        self.key = key
+        self.ttl_s = ttl_s
+        self.lookup = lookup          # False: cache-control no-cache
+        self.store = store            # False: cache-control no-store
+        self.stream = stream
+        self.include_usage = include_usage
+        self.flight: asyncio.Future[Entry | None] | None = None  # set while leading locally
+        self.lock_token: bytes | None = None                     # set while holding the lock
+        self.entry: Entry | None = None                          # the answer, once known
+
+
+class CacheBreaker:
+    """closed (calls go through) -> open after ``failures`` in a row (no calls for
+    ``open_s``, doubling up to ``max_open_s`` while it keeps failing) -> half-open (one
+    trial call) -> closed on its success."""
+
+    def __init__(self, config: CacheBreakerConfig) -> None:
+        self.config = config
+        self.failed = 0
+        self.open_until = 0.0
+        self.backoff = config.open_s
+        self.trial = False
+
+    def allow(self, now: float) -> bool:
+        if not self.open_until:
+            return True
+        if now < self.open_until or self.trial:
+            return False
+        self.trial = True
+        return True
+
+    def success(self) -> None:
+        self.failed = 0
+        self.open_until = 0.0
+        self.backoff = self.config.open_s
+        self.trial = False
+
+    def failure(self, now: float) -> None:
+        self.failed += 1
+        if self.trial or self.failed >= self.config.failures:
+            self.open_until = now + self.backoff
+            self.backoff = min(self.backoff * 2, self.config.max_open_s)
+            self.failed = 0
+            self.trial = False
+
+
+class ResponseCache:
+    def __init__(self, section: CacheSection, metrics: Metrics) -> None:
+        self.section = section
+        self.metrics = CacheMetrics(metrics, section.backend)
+        self.breaker = CacheBreaker(section.breaker)
+        self.timeout_s = section.timeout_ms / 1000.0
+        self.tenant_header = (section.tenant_header.lower().encode("latin-1")
+                              if section.tenant_header else None)
+        # Memory lookups answer without awaiting anything; Redis ones need the request task.
+        self.sync = section.backend == "memory"
+        self.memory: MemoryCache | None = None
+        self.redis = None
+        if self.sync:
+            memory = self.memory = MemoryCache(section.max_entries, section.max_bytes)
+            self.metrics.memory_stats(lambda: (len(memory), memory.bytes, memory.evictions))
+        else:
+            from .cache_redis import RedisBackend  # only a redis setup needs the client
+            self.redis = RedisBackend(section)
+        self._flights: dict[bytes, asyncio.Future[Entry | None]] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._token_prefix = os.urandom(6).hex().encode()
+        self._tokens = 0
+        self._last_error_log = 0.0
+
+    # === request path ===
+
+    def ticket(self, route: str, policy: RouteCache, request: dict,
+               headers: dict[bytes, bytes], stream: bool) -> Ticket | None:
+        """None when the request may not use the cache (``x-llmedge-cache: bypass``)."""
+        if policy.when != "always" and not repeatable(request):
+            self.metrics.lookup(route, "bypass")
+            return None
+        control = headers.get(b"cache-control", b"").lower()
+        lookup, store = b"no-cache" not in control, b"no-store" not in control
+        if not lookup:
+            self.metrics.lookup(route, "bypass")
+            if not store:
+                return None
+        tenant = headers.get(self.tenant_header) if self.tenant_header else None
+        # Marked by its source: a tenant named like someone's API key is still someone else.
+        tenant = b"tenant:" + tenant if tenant else headers.get(b"authorization")
+        key = request_key(route, request, tenant, policy)
+        options = request.get("stream_options")
+        usage = isinstance(options, dict) and bool(options.get("include_usage"))
+        return Ticket(route, key, policy.ttl_s, lookup, store, stream, usage)
+
+    def get_now(self, ticket: Ticket) -> Entry | None:
+        """The in-process lookup, answered at once (memory backend only); a hit is counted
+        here, a miss later by ``resolve``, which may still find the answer."""
+        assert self.memory is not None
+        entry = self.memory.get(ticket.key)
+        if entry is not None:
+            self.metrics.lookup(ticket.route, "hit")
+        return entry
+
+    async def resolve(self, ticket: Ticket) -> Entry | None:
+        """After ``get_now`` missed (or for Redis): the backend lookup, then single-flight.
+        An entry means the request is answered from the cache; None means go upstream (and
+        the request may now be the leader others wait for)."""
+        key = ticket.key
+        if ticket.lookup:
+            entry = await self._get(ticket)
+            if entry is not None:
+                self.metrics.lookup(ticket.route, "hit")
+                return entry
+            flight = self._flights.get(key)
+            if flight is not None:
+                entry = await self._follow(flight)
+                if entry is not None:
+                    self.metrics.lookup(ticket.route, "hit")
+                    self.metrics.coalesced(ticket.route, "local")
+                    return entry
+        if ticket.store and key not in self._flights:
+            ticket.flight = self._flights[key] = asyncio.get_running_loop().create_future()
+            if ticket.lookup and self.section.lock and self.redis is not None:
+                entry = await self._cross_instance(ticket)
+                if entry is not None:
+                    ticket.entry = entry
+                    self.metrics.lookup(ticket.route, "hit")
+                    self.metrics.coalesced(ticket.route, "remote")
+                    return entry
+        if ticket.lookup:
+            self.metrics.lookup(ticket.route, "miss")
+        return None
+
+    async def store(self, ticket: Ticket, entry: Entry) -> None:
+        """Keep a whole successful answer (and hand it to whoever waits for it)."""
+        ticket.entry = entry
+        if not ticket.store or entry.size > self.section.max_entry_bytes:
+            return
+        if self.memory is not None:
+            if self.memory.put(ticket.key, entry, ticket.ttl_s):
+                self.metrics.store(ticket.route, entry.size)
+            return
+        assert self.redis is not None
+        stored = await self._op("set", lambda: self.redis.put(ticket.route, ticket.key, entry,
+                                                               ticket.ttl_s))
+        if stored is not _FAILED:
+            self.metrics.store(ticket.route, entry.size)
+
+    def release(self, ticket: Ticket) -> None:
+        """The request is over: wake its followers with what it got (None: on their own)."""
+        flight = ticket.flight
+        if flight is not None:
+            ticket.flight = None
+            if self._flights.get(ticket.key) is flight:
+                del self._flights[ticket.key]
+            if not flight.done():
+                flight.set_result(ticket.entry)
+        token = ticket.lock_token
+        if token is not None and self.redis is not None:
+            ticket.lock_token = None
+            # Freed at once, answer or not: the answer was stored before this, so the other
+            # instances' followers find it, or (none) see the lock gone and ask themselves.
+            # Left to expire, it would hold back the next miss once the answer's TTL ends.
+            redis = self.redis
+            self._spawn(self._op("unlock", lambda: redis.unlock(ticket.key, token)))
+
+    # === internals ===
+
+    async def _get(self, ticket: Ticket) -> Entry | None:
+        if self.memory is not None:
+            return self.memory.get(ticket.key)
+        assert self.redis is not None
+        entry = await self._op("get", lambda: self.redis.get(ticket.route, ticket.key))
+        return None if entry is _FAILED else entry
+
+    async def _follow(self, flight: asyncio.Future[Entry | None]) -> Entry | None:
+        try:
+            async with asyncio.timeout(self.section.wait_s):
+                # shield: one follower giving up must not cancel what the others wait for.
+                return await asyncio.shield(flight)
+        except TimeoutError:
+            return None
+
+    async def _cross_instance(self, ticket: Ticket) -> Entry | None:
+        """Another instance may already be asking upstream: take the lock or wait for its
+        answer (bounded); None = this request goes upstream itself."""
+        assert self.redis is not None
+        redis = self.redis
+        self._tokens += 1
+        token = b"%s-%d" % (self._token_prefix, self._tokens)
+        got = await self._op("lock", lambda: redis.lock(ticket.key, token, self.section.lock_ttl_s))
+        if got is _FAILED:
+            return None
+        if got:
+            ticket.lock_token = token
+            return None
+        deadline = time.monotonic() + self.section.wait_s
+        pause = LOCK_POLL_S
+        while time.monotonic() < deadline:
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, LOCK_POLL_S * 8)
+            found = await self._op("poll", lambda: redis.poll(ticket.route, ticket.key))
+            if found is _FAILED:
+                return None
+            entry, locked = found
+            if entry is not None:
+                return entry
+            if not locked:
+                return None       # the leader gave up or failed: ask upstream ourselves
+        return None
+
+    async def _op(self, op: str, call: Callable[[], Awaitable[T]]) -> T:
+        """One backend call under the deadline and the breaker; ``_FAILED`` if it did not
+        succeed (counted, logged at most every few seconds, never raised)."""
+        now = time.monotonic()
+        if not self.breaker.allow(now):
+            self.metrics.error(op, "breaker_open")
+            return _FAILED
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                result = await call()
+        except TimeoutError:
+            kind = "timeout"
+        except msgspec.DecodeError:
+            # A value this version cannot read: a miss, and no sign Redis is unwell.
+            self.metrics.error(op, "decode")
+            return _FAILED
+        except Exception as exc:  # redis.RedisError, OSError, ...: all mean "unavailable"
+            kind = "error"
+            self._log_error(op, exc)
+        else:
+            self.breaker.success()
+            self.metrics.latency(op, time.perf_counter() - started)
+            return result
+        self.breaker.failure(time.monotonic())
+        self.metrics.error(op, kind)
+        return _FAILED
+
+    def _log_error(self, op: str, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self._last_error_log >= ERROR_LOG_EVERY_S:
+            self._last_error_log = now
+            log.warning("cache backend %s failed (%s: %s); serving without the cache while it "
+                        "fails", op, type(exc).__name__, exc)
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # === administration ===
+
+    async def delete(self, route: str | None) -> int:
+        """Drop every stored answer (of one route). Raises when the backend cannot."""
+        if self.memory is not None:
+            return self.memory.delete(route)
+        assert self.redis is not None
+        async with asyncio.timeout(ADMIN_TIMEOUT_S):
+            return await self.redis.delete(route)
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for flight in self._flights.values():
+            if not flight.done():
+                flight.set_result(None)
+        self._flights.clear()
+        if self.redis is not None:
+            try:
+                # A frozen Redis must not hold up the drain.
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    await self.redis.aclose()
+            except (TimeoutError, OSError) as exc:
+                log.warning("closing the cache's Redis connections: %s", type(exc).__name__)

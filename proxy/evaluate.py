@@ -1,0 +1,170 @@
+"""Measuring routers: classification metrics, and the cost/quality curve of outcome data.
+
+Outcome data is ``{"prompt", "weak_correct", "strong_correct"}`` per line. A router that scores
+each prompt (higher: more in need of the strong model) sends the top share of prompts to the
+strong model; the quality it keeps at that share, as a fraction of the gap between the weak and
+the strong model, is the PGR (performance gap recovered). APGR is the mean PGR over shares
+0..100% in 1% steps (the area under the curve); CPT(50%) is the smallest share of strong calls
+that recovers half the gap. Random routing has APGR 0.5 in expectation.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from .routing.classifier import Options, TextClassifier
+
+# === labelled data ===
+
+
+def classification_report(truth: Sequence[str], predicted: Sequence[str]) -> dict:
+    """Accuracy, macro-F1 and the confusion matrix (rows: truth, columns: prediction)."""
+    labels = sorted(set(truth) | set(predicted))
+    index = {label: i for i, label in enumerate(labels)}
+    matrix = [[0] * len(labels) for _ in labels]
+    for t, p in zip(truth, predicted):
+        matrix[index[t]][index[p]] += 1
+    f1s = []
+    for i in range(len(labels)):
+        tp = matrix[i][i]
+        fp = sum(matrix[r][i] for r in range(len(labels))) - tp
+        fn = sum(matrix[i]) - tp
+        f1s.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
+    truth_labels = sorted(set(truth))
+    macro = sum(f1s[index[label]] for label in truth_labels) / max(1, len(truth_labels))
+    correct = sum(1 for t, p in zip(truth, predicted) if t == p)
+    return {"n": len(truth), "accuracy": correct / max(1, len(truth)), "macro_f1": macro,
+            "labels": labels, "confusion": matrix}
+
+
+def format_report(report: dict, max_labels: int = 12) -> str:
+    lines = ["examples: %d" % report["n"], "accuracy: %.4f" % report["accuracy"],
+             "macro-F1: %.4f" % report["macro_f1"]]
+    labels = report["labels"]
+    if len(labels) <= max_labels:
+        width = max(len(label) for label in labels)
+        lines.append("confusion (rows: truth, columns: predicted):")
+        lines.append(" " * (width + 2) + " ".join("%5d" % i for i in range(len(labels))))
+        for i, (label, row) in enumerate(zip(labels, report["confusion"])):
+            lines.append("%-*s %2d " % (width, label, i) + " ".join("%5d" % v for v in row))
+    else:
+        worst = sorted(((row[i] / max(1, sum(row)), label)
+                        for i, (label, row) in enumerate(zip(labels, report["confusion"]))
+                        if sum(row)))[:max_labels]
+        lines.append("confusion: %d labels (matrix in --json); lowest recall:" % len(labels))
+        lines.extend("  %-32s %.2f" % (label, recall) for recall, label in worst)
+    return "\n".join(lines)
+
+
+# === outcome data ===
+
+
+def outcome_rows(rows: Sequence[dict], where: str = "data") -> tuple[list[str], list[bool],
+                                                                        list[bool]]:
+    prompts, weak, strong = [], [], []
+    for i, row in enumerate(rows):
+        p, w, s = row.get("prompt"), row.get("weak_correct"), row.get("strong_correct")
+        if not isinstance(p, str) or not isinstance(w, bool) or not isinstance(s, bool):
+            raise ValueError("%s[%d]: needs 'prompt' (string), 'weak_correct' and "
+                             "'strong_correct' (booleans)" % (where, i))
+        prompts.append(p)
+        weak.append(w)
+        strong.append(s)
+    return prompts, weak, strong
+
+
+def strong_needed(weak: Sequence[bool], strong: Sequence[bool]) -> list[str]:
+    """The binary label a complexity router learns: ``strong`` when only the strong model
+    answered correctly — the prompts where paying for it changes the outcome. (Labelling
+    every prompt the weak model fails did worse: prompts both fail look hard but gain
+    nothing from the strong model.)"""
+    return ["strong" if s and not w else "weak" for w, s in zip(weak, strong)]
+
+
+# Complexity routing: the last turn's length is a feature too (how hard a prompt is tracks
+# its length, which normalised n-gram counts cannot see). The weight was chosen among
+# 0, 8 and 32 by cross-validated APGR on one half of the GSM8K outcomes and measured on
+# the other half (bench/classify_eval.py).
+OUTCOME_OPTIONS = Options(length_weight=8.0)
+
+
+def cost_quality_curve(scores: Sequence[float], weak: Sequence[bool],
+                       strong: Sequence[bool], steps: int = 100) -> dict:
+    """PGR at each share of strong calls (0..1 in ``steps``), APGR and CPT(50%)."""
+    n = len(scores)
+    q_weak = sum(weak) / n
+    q_strong = sum(strong) / n
+    gap = q_strong - q_weak
+    # Highest score first; ties broken by position so the curve is deterministic.
+    order = sorted(range(n), key=lambda i: (-scores[i], i))
+    gain = [int(strong[i]) - int(weak[i]) for i in order]
+    prefix = [0]
+    for g in gain:
+        prefix.append(prefix[-1] + g)
+    shares, pgrs = [], []
+    for step in range(steps + 1):
+        share = step / steps
+        k = round(share * n)
+        quality = q_weak + prefix[k] / n
+        shares.append(share)
+        pgrs.append((quality - q_weak) / gap if gap else 0.0)
+    apgr = sum((pgrs[i] + pgrs[i + 1]) / 2 for i in range(steps)) / steps
+    cpt50 = next((s for s, p in zip(shares, pgrs) if p >= 0.5), 1.0)
+    return {"n": n, "weak_quality": q_weak, "strong_quality": q_strong, "shares": shares,
+            "pgr": pgrs, "apgr": apgr, "cpt50": cpt50}
+
+
+def cross_validated_scores(prompts: Sequence[str], labels: Sequence[str], folds: int = 5,
+                           seed: int = 0, options: Options | None = None,
+                           positive: str = "strong") -> list[float]:
+    """P(``positive``) for every prompt from a model trained on the other folds only."""
+    options = options or OUTCOME_OPTIONS
+    order = list(range(len(prompts)))
+    random.Random(seed).shuffle(order)
+    scores = [0.0] * len(prompts)
+    for fold in range(folds):
+        held = set(order[fold::folds])
+        train = [i for i in order if i not in held]
+        clf = TextClassifier.fit([prompts[i] for i in train], [labels[i] for i in train],
+                                 options)
+        if positive not in clf.labels:
+            continue
+        k = clf.labels.index(positive)
+        for i in held:
+            scores[i] = clf.proba([prompts[i]])[k]
+    return scores
+
+
+def format_curve(curve: dict) -> str:
+    lines = ["prompts: %d; weak model %.3f correct, strong model %.3f" % (
+        curve["n"], curve["weak_quality"], curve["strong_quality"]),
+        "APGR: %.4f (random: 0.5)" % curve["apgr"],
+        "CPT(50%%): %.1f%% strong calls" % (100 * curve["cpt50"]),
+        "strong share | PGR", "---:|---:"]
+    for share, pgr in zip(curve["shares"], curve["pgr"]):
+        if round(share * 100) % 10 == 0:
+            lines.append("%3.0f%% | %.3f" % (100 * share, pgr))
+    return "\n".join(lines)
+
+
+def plot_curve(curve: dict, path: str) -> bool:
+    """A PNG of PGR against strong share; False when matplotlib is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.plot([100 * s for s in curve["shares"]], curve["pgr"],
+            label="router (APGR %.3f)" % curve["apgr"])
+    ax.plot([0, 100], [0, 1], linestyle="--", color="grey", label="random (APGR 0.5)")
+    ax.set_xlabel("strong model calls (%)")
+    ax.set_ylabel("performance gap recovered")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True

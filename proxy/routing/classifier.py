@@ -1,0 +1,229 @@
+"""The prompt classifier: training, prediction, and the model file.
+
+Features and the linear model live in ``_fastpath`` (``classify``); this module adds labels,
+tf-idf weights from the training set, temperature, and a compact file format. A classifier is
+one *signal*: anything with ``labels`` and ``proba(turns) -> list[float]`` can stand in for it
+(a later embedding tier plugs in the same way).
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import random
+from array import array
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+import msgspec
+
+from _fastpath import LinearModel, train_softmax
+
+FORMAT = "llmedge-classifier/1"
+
+
+class Signal(Protocol):
+    labels: list[str]
+
+    def proba(self, turns: Sequence[str]) -> list[float]: ...
+
+
+class Options(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """Feature and training settings; the defaults were chosen on a validation split of
+    HWU64's training set (see bench/README.md), never on its test set."""
+
+    dim: int = 1 << 16
+    char_lo: int = 3
+    char_hi: int = 3
+    context_weight: float = 0.5     # earlier turns count this much of the last one
+    max_bytes: int = 4096           # of each turn
+    length_weight: float = 0.0      # > 0: the last turn's length is a feature too
+    epochs: int = 30
+    l2: float = 1e-4
+    lr: float = 0.5
+    seed: int = 0
+    temperature: float = 1.0
+
+
+class _ModelFile(msgspec.Struct, forbid_unknown_fields=True):
+    format: str
+    labels: list[str]
+    options: Options
+    default_idf: float
+    buckets: str                    # base64 of little-endian uint32
+    idf: str                        # base64 of little-endian float32
+    weights: str                    # base64 of little-endian float32, row-major
+    bias: list[float]
+    examples: int = 0
+
+
+def _b64(values: array) -> str:
+    if array("H", [1]).tobytes() != b"\x01\x00":
+        values = array(values.typecode, values)
+        values.byteswap()
+    return base64.b64encode(values.tobytes()).decode("ascii")
+
+
+def _unb64(text: str, typecode: str) -> array:
+    values = array(typecode)
+    values.frombytes(base64.b64decode(text, validate=True))
+    if array("H", [1]).tobytes() != b"\x01\x00":
+        values.byteswap()
+    return values
+
+
+def _as_turns(text: str | Sequence[str]) -> list[str]:
+    return [text] if isinstance(text, str) else list(text)
+
+
+class TextClassifier:
+    """Labels over a trained ``_fastpath.LinearModel``."""
+
+    def __init__(self, labels: list[str], model: LinearModel, options: Options,
+                 parts: dict, examples: int = 0) -> None:
+        self.labels = labels
+        self.model = model
+        self.options = options
+        self.temperature = options.temperature
+        self.examples = examples
+        self._parts = parts
+
+    # === training ===
+
+    @classmethod
+    def fit(cls, texts: Sequence[str | Sequence[str]], labels: Sequence[str],
+            options: Options | None = None) -> TextClassifier:
+        """Train from examples (a text, or a conversation as a list of turns) and labels."""
+        options = options or Options()
+        if len(texts) != len(labels):
+            raise ValueError("need one label per example")
+        if not texts:
+            raise ValueError("no training examples")
+        names = sorted(set(labels))
+        index = {name: i for i, name in enumerate(names)}
+        o = options
+        probe = LinearModel(o.dim, 1, [], [], [], [0.0], 1.0, o.char_lo, o.char_hi,
+                            o.context_weight, o.max_bytes, o.length_weight)
+        turns = [_as_turns(t) for t in texts]
+        counts = [probe.features(t) for t in turns]
+        df: dict[int, int] = {}
+        for feats in counts:
+            for bucket in feats:
+                df[bucket] = df.get(bucket, 0) + 1
+        n = len(turns)
+        buckets = sorted(df)
+        # Smoothed idf, as in the usual tf-idf: a bucket seen nowhere weighs the most.
+        idf = [math.log((1 + n) / (1 + df[b])) + 1.0 for b in buckets]
+        default_idf = math.log(1 + n) + 1.0
+        nc = len(names)
+        zero = LinearModel(o.dim, nc, buckets, idf, [0.0] * (len(buckets) * nc), [0.0] * nc,
+                           default_idf, o.char_lo, o.char_hi, o.context_weight, o.max_bytes,
+                           o.length_weight)
+        row = {b: i for i, b in enumerate(buckets)}
+        rows = [[(row[b], v) for b, v in zero.vector(t)] for t in turns]
+        ys = [index[label] for label in labels]
+        weights, bias = train_softmax(rows, ys, len(buckets), nc, o.epochs, o.l2, o.lr, o.seed)
+        parts = {"buckets": buckets, "idf": idf, "weights": weights, "bias": bias,
+                 "default_idf": default_idf}
+        model = LinearModel(o.dim, nc, buckets, idf, weights, bias, default_idf, o.char_lo,
+                            o.char_hi, o.context_weight, o.max_bytes, o.length_weight)
+        return cls(names, model, options, parts, n)
+
+    # === prediction ===
+
+    def proba(self, turns: Sequence[str]) -> list[float]:
+        return self.model.proba(turns, self.temperature)
+
+    def predict(self, turns: Sequence[str]) -> tuple[str, float]:
+        probs = self.proba(turns)
+        best = max(range(len(probs)), key=probs.__getitem__)
+        return self.labels[best], probs[best]
+
+    # === file ===
+
+    def dumps(self) -> bytes:
+        p = self._parts
+        return msgspec.json.encode(_ModelFile(
+            format=FORMAT, labels=self.labels, options=self.options,
+            default_idf=p["default_idf"], buckets=_b64(array("I", p["buckets"])),
+            idf=_b64(array("f", p["idf"])), weights=_b64(array("f", p["weights"])),
+            bias=list(p["bias"]), examples=self.examples))
+
+    def save(self, path: str) -> None:
+        with open(path, "wb") as f:
+            f.write(self.dumps())
+
+    @classmethod
+    def loads(cls, data: bytes) -> TextClassifier:
+        try:
+            doc = msgspec.json.decode(data, type=_ModelFile)
+        except msgspec.MsgspecError as exc:
+            raise ValueError("not a classifier model file: %s" % exc) from None
+        if doc.format != FORMAT:
+            raise ValueError("unknown model format %r (expected %r)" % (doc.format, FORMAT))
+        try:
+            buckets = list(_unb64(doc.buckets, "I"))
+            idf = list(_unb64(doc.idf, "f"))
+            weights = list(_unb64(doc.weights, "f"))
+        except ValueError as exc:
+            raise ValueError("corrupt model file: %s" % exc) from None
+        o = doc.options
+        model = LinearModel(o.dim, len(doc.labels), buckets, idf, weights, doc.bias,
+                            doc.default_idf, o.char_lo, o.char_hi, o.context_weight, o.max_bytes,
+                            o.length_weight)
+        parts = {"buckets": buckets, "idf": idf, "weights": weights, "bias": doc.bias,
+                 "default_idf": doc.default_idf}
+        return cls(doc.labels, model, o, parts, doc.examples)
+
+    @classmethod
+    def load(cls, path: str) -> TextClassifier:
+        with open(path, "rb") as f:
+            return cls.loads(f.read())
+
+
+# === data ===
+
+def read_jsonl(path: str) -> list[dict]:
+    """One JSON object per non-blank line; ValueError naming the line otherwise."""
+    rows = []
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = msgspec.json.decode(line)
+            except msgspec.DecodeError as exc:
+                raise ValueError("%s:%d: not JSON: %s" % (path, number, exc)) from None
+            if not isinstance(row, dict):
+                raise ValueError("%s:%d: expected a JSON object" % (path, number))
+            rows.append(row)
+    return rows
+
+
+def labelled(rows: Iterable[dict], where: str = "data") -> tuple[list[str], list[str]]:
+    """``{"text", "label"}`` rows -> (texts, labels)."""
+    texts, labels = [], []
+    for i, row in enumerate(rows):
+        text, label = row.get("text"), row.get("label")
+        if not isinstance(text, str) or not isinstance(label, str) or not label:
+            raise ValueError("%s[%d]: needs a string 'text' and a non-empty string 'label'"
+                             % (where, i))
+        texts.append(text)
+        labels.append(label)
+    return texts, labels
+
+
+def few_shot(texts: Sequence[str], labels: Sequence[str], k: int,
+             seed: int) -> tuple[list[str], list[str]]:
+    """``k`` examples per label (all of a label's when it has fewer), drawn with ``seed``."""
+    by_label: dict[str, list[str]] = {}
+    for text, label in zip(texts, labels):
+        by_label.setdefault(label, []).append(text)
+    rng = random.Random(seed)
+    out_t, out_l = [], []
+    for label in sorted(by_label):
+        pool = by_label[label]
+        for text in rng.sample(pool, min(k, len(pool))):
+            out_t.append(text)
+            out_l.append(label)
+    return out_t, out_l

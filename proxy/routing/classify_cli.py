@@ -1,0 +1,163 @@
+"""``llmedge route``, ``llmedge train`` and ``llmedge eval``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import orjson
+
+from ..errors import ConfigError, ProxyError
+
+OK = 0
+FAILED = 1
+CONFIG_ERROR = 2
+
+
+def cmd_route(args: argparse.Namespace) -> int:
+    from ..config import load
+    from .explain import explain_body
+    from .router import Router, parse_tags
+
+    try:
+        router = Router(load(args.config), None)
+    except ConfigError as exc:
+        print("llmedge: %s is not a valid configuration:" % args.config, file=sys.stderr)
+        for problem in exc.problems:
+            print("  " + problem, file=sys.stderr)
+        return CONFIG_ERROR
+    try:
+        model = args.model or next(iter(router.routes), None)
+        if model is None:
+            print("llmedge: the configuration has no routes; name a deployment with --model",
+                  file=sys.stderr)
+            return FAILED
+        body = orjson.dumps({"model": model, "messages": [
+            *({"role": "user", "content": t} for t in args.earlier),
+            {"role": "user", "content": args.prompt}]})
+        try:
+            plan = router.plan(model)
+            decision = plan.decide(router.table, router.rnd,
+                                   parse_tags(args.tags.encode()) if args.tags else frozenset(),
+                                   args.session, body)
+        except ProxyError as exc:
+            print("llmedge: %s" % exc.message, file=sys.stderr)
+            return FAILED
+        print(json.dumps(json.loads(explain_body(router, plan, decision)), indent=2))
+        return OK
+    finally:
+        router.close()
+        for plan in router.routes.values():
+            audit = getattr(plan, "audit", None)
+            if audit is not None:
+                audit.join(5.0)  # the process ends next: let the last lines reach the file
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from ..evaluate import OUTCOME_OPTIONS, outcome_rows, strong_needed
+    from .classifier import Options, TextClassifier, labelled, read_jsonl
+
+    try:
+        rows = read_jsonl(args.data)
+        options = Options()
+        if args.outcomes:
+            prompts, weak, strong = outcome_rows(rows, args.data)
+            texts, labels = prompts, strong_needed(weak, strong)
+            options = OUTCOME_OPTIONS
+        else:
+            texts, labels = labelled(rows, args.data)
+        options = msgspec.structs.replace(options, temperature=args.temperature)
+        clf = TextClassifier.fit(texts, labels, options)
+        clf.save(args.output)
+    except (OSError, ValueError) as exc:
+        print("llmedge train: %s" % exc, file=sys.stderr)
+        return FAILED
+    print("%s: %d examples, %d classes (%s)" % (args.output, len(texts), len(clf.labels),
+                                                ", ".join(clf.labels[:8])
+                                                + (", ..." if len(clf.labels) > 8 else "")))
+    return OK
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ..evaluate import (classification_report, cost_quality_curve,
+                            cross_validated_scores, format_curve, format_report,
+                            outcome_rows, plot_curve, strong_needed)
+    from .classifier import TextClassifier, labelled, read_jsonl
+
+    try:
+        rows = read_jsonl(args.data)
+        if args.limit:
+            rows = rows[:args.limit]
+        if args.outcomes:
+            prompts, weak, strong = outcome_rows(rows, args.data)
+            if args.model:
+                clf = TextClassifier.load(args.model)
+                k = clf.labels.index("strong")
+                scores = [clf.proba([p])[k] for p in prompts]
+                how = "model %s" % args.model
+            else:
+                scores = cross_validated_scores(prompts, strong_needed(weak, strong),
+                                                folds=args.folds)
+                how = "%d-fold cross-validation (each prompt scored by a model that never " \
+                      "saw it)" % args.folds
+            report = cost_quality_curve(scores, weak, strong)
+            print("scores: " + how)
+            print(format_curve(report))
+            if args.plot:
+                if plot_curve(report, args.plot):
+                    print("plot: %s" % args.plot)
+                else:
+                    print("plot: matplotlib is not installed (pip install 'llmedge[bench]')")
+        else:
+            if not args.model:
+                print("llmedge eval: labelled data needs --model (from llmedge train)",
+                      file=sys.stderr)
+                return FAILED
+            clf = TextClassifier.load(args.model)
+            texts, labels = labelled(rows, args.data)
+            predicted = [clf.predict([t])[0] for t in texts]
+            report = classification_report(labels, predicted)
+            print(format_report(report))
+    except (OSError, ValueError) as exc:
+        print("llmedge eval: %s" % exc, file=sys.stderr)
+        return FAILED
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f)
+    return OK
+
+
+def add_commands(sub) -> None:
+    route = sub.add_parser("route", help="explain the routing decision for a prompt")
+    route.add_argument("-c", "--config", required=True)
+    route.add_argument("prompt")
+    route.add_argument("--model", help="route or deployment (default: the first route)")
+    route.add_argument("--earlier", action="append", default=[],
+                       help="an earlier user turn (repeatable, oldest first)")
+    route.add_argument("--session")
+    route.add_argument("--tags", help="k=v,k=v as in x-llmedge-tags")
+    route.set_defaults(func=cmd_route)
+
+    train = sub.add_parser("train", help="train a prompt classifier from JSONL")
+    train.add_argument("--data", required=True,
+                       help='JSONL: {"text", "label"} (or outcomes with --outcomes)')
+    train.add_argument("-o", "--output", required=True)
+    train.add_argument("--outcomes", action="store_true",
+                       help='data is {"prompt", "weak_correct", "strong_correct"}: '
+                            "learn whether the strong model is needed")
+    train.add_argument("--temperature", type=float, default=1.0)
+    train.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("eval", help="evaluate a classifier or a complexity router")
+    ev.add_argument("--data", required=True)
+    ev.add_argument("--model", help="a model from llmedge train")
+    ev.add_argument("--outcomes", action="store_true",
+                    help="data is outcome data: report the cost/quality curve")
+    ev.add_argument("--folds", type=int, default=5)
+    ev.add_argument("--limit", type=int, default=0, help="use only the first N rows")
+    ev.add_argument("--plot", help="PNG of the cost/quality curve (needs matplotlib)")
+    ev.add_argument("--json")
+    ev.set_defaults(func=cmd_eval)

@@ -1,0 +1,129 @@
+"""Checks of a ``classify`` route's configuration, each problem named by its path."""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..config import Route
+
+CLASS_POLICIES = ("ordered", "cost", "latency", "score")
+_CLASSIFY_ONLY = ("classes", "default", "examples_file", "outcomes_file", "model_file",
+                  "strong_share", "audit", "hysteresis", "signals", "llm")
+
+
+def check_classify(where: str, route: Route, deployments: set[str], routes: list[Route],
+                   problems: list[str]) -> None:
+    if route.policy != "classify":
+        for field in _CLASSIFY_ONLY:
+            value = getattr(route, field)
+            if value:
+                problems.append("%s.%s: only used by policy 'classify'" % (where, field))
+        return
+    route_names = {r.name for r in routes}
+    sources = [f for f in ("examples_file", "outcomes_file", "model_file")
+               if getattr(route, f) is not None]
+    if len(sources) > 1:
+        problems.append("%s: give at most one of examples_file, outcomes_file, model_file"
+                        % where)
+    for field in sources:
+        path = getattr(route, field)
+        if not os.path.isfile(path):
+            problems.append("%s.%s: no such file %r" % (where, field, path))
+    if not route.classes:
+        problems.append("%s.classes: policy 'classify' needs at least one class" % where)
+    inline = any(spec.examples for spec in route.classes.values())
+    if not sources and not inline:
+        problems.append("%s: policy 'classify' needs examples (classes.*.examples, "
+                        "examples_file or outcomes_file) or a model_file" % where)
+    if route.outcomes_file is not None and set(route.classes) != {"strong", "weak"}:
+        problems.append("%s.classes: outcomes_file trains the classes 'strong' and 'weak'; "
+                        "configure exactly those" % where)
+    if route.strong_share is not None:
+        if route.outcomes_file is None and "strong" not in route.classes:
+            problems.append("%s.strong_share: needs a class 'strong'" % where)
+        if not 0.0 <= route.strong_share <= 1.0:
+            problems.append("%s.strong_share: must be between 0 and 1" % where)
+    for label, spec in route.classes.items():
+        at = "%s.classes.%s" % (where, label)
+        if not label or label != label.strip():
+            problems.append("%s: %r is not a usable class name" % (at, label))
+        if bool(spec.deployments) == (spec.route is not None):
+            problems.append("%s: give either deployments or route" % at)
+        seen: set[str] = set()
+        for j, name in enumerate(spec.deployments):
+            if name not in deployments:
+                problems.append("%s.deployments[%d]: unknown deployment %r" % (at, j, name))
+            elif name in seen:
+                problems.append("%s.deployments[%d]: %r is listed twice" % (at, j, name))
+            seen.add(name)
+        if spec.route is not None:
+            if spec.route not in route_names:
+                problems.append("%s.route: unknown route %r" % (at, spec.route))
+            elif _cycle(route.name, spec.route, routes):
+                problems.append("%s.route: %r leads back to %r" % (at, spec.route, route.name))
+        if spec.policy not in CLASS_POLICIES:
+            problems.append("%s.policy: unknown policy %r (known: %s)"
+                            % (at, spec.policy, ", ".join(CLASS_POLICIES)))
+        if spec.policy == "score" and spec.objective is None:
+            problems.append("%s.objective: policy 'score' needs an objective" % at)
+        if not (0.0 <= spec.threshold <= 1.0 and math.isfinite(spec.threshold)):
+            problems.append("%s.threshold: must be between 0 and 1" % at)
+        for j, text in enumerate(spec.examples):
+            if not text.strip():
+                problems.append("%s.examples[%d]: empty example" % (at, j))
+    if route.default is not None and route.default not in deployments \
+            and route.default not in route_names:
+        problems.append("%s.default: %r names no deployment or route" % (where, route.default))
+    elif route.default is not None and route.default in route_names \
+            and _cycle(route.name, route.default, routes):
+        problems.append("%s.default: %r leads back to %r" % (where, route.default, route.name))
+    if route.signals is not None:
+        from .signals import check_signals
+        check_signals("%s.signals" % where, route.signals, set(route.classes), problems)
+        if route.strong_share is not None:
+            problems.append("%s.signals: strong_share sets its cut on the classifier alone; "
+                            "use a threshold on 'strong' with signals" % where)
+    llm = route.llm
+    if llm is not None:
+        if llm.deployment not in deployments:
+            problems.append("%s.llm.deployment: unknown deployment %r" % (where, llm.deployment))
+        if llm.mode not in ("cascade", "always", "vote"):
+            problems.append("%s.llm.mode: unknown mode %r (known: cascade, always, vote)"
+                            % (where, llm.mode))
+        if not 0.0 <= llm.below <= 1.0:
+            problems.append("%s.llm.below: must be between 0 and 1" % where)
+        if not (llm.weight > 0 and math.isfinite(llm.weight)):
+            problems.append("%s.llm.weight: must be > 0" % where)
+        if not (llm.timeout_s > 0 and math.isfinite(llm.timeout_s)):
+            problems.append("%s.llm.timeout_s: must be a positive number of seconds" % where)
+        if llm.cache_size < 0:
+            problems.append("%s.llm.cache_size: must be >= 0" % where)
+    if not 0.0 <= route.hysteresis <= 1.0:
+        problems.append("%s.hysteresis: must be between 0 and 1" % where)
+    if route.audit is not None:
+        if not 0.0 <= route.audit.below <= 1.0:
+            problems.append("%s.audit.below: must be between 0 and 1" % where)
+        folder = os.path.dirname(os.path.abspath(route.audit.file))
+        if not os.path.isdir(folder):
+            problems.append("%s.audit.file: no such directory %r" % (where, folder))
+
+
+def _cycle(start: str, target: str, routes: list[Route]) -> bool:
+    """True when following classes and defaults from ``target`` reaches ``start``."""
+    by_name = {r.name: r for r in routes}
+    stack, seen = [target], set()
+    while stack:
+        name = stack.pop()
+        if name == start:
+            return True
+        if name in seen or name not in by_name:
+            continue
+        seen.add(name)
+        r = by_name[name]
+        stack.extend(spec.route for spec in r.classes.values() if spec.route)
+        if r.default:
+            stack.append(r.default)
+    return False

@@ -1,0 +1,113 @@
+"""The LLM-as-router tier: a (cheap) deployment is asked which class a prompt belongs to.
+
+The prompt lists each class with its description and examples and asks for the class name
+alone. The answer is parsed strictly — after trimming whitespace, quotes, backticks and a
+final period it must equal a class name (any case) — and cached by the prompt's hash. The
+call is bounded by a short timeout; on a timeout, an error or an answer that is no class,
+the caller falls back to the compiled classifier.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections import OrderedDict
+
+import orjson
+import xxhash
+
+from ..errors import UpstreamError
+
+log = logging.getLogger("llmedge.llm_router")
+
+MAX_PROMPT_CHARS = 4000     # of the last user turn, sent to the router model
+MAX_EXAMPLES = 5            # per class, in the router prompt
+
+
+class LlmRouter:
+    def __init__(self, router, target, labels: list[str], descriptions: dict[str, str],
+                 examples: dict[str, list[str]], timeout_s: float, cache_size: int) -> None:
+        self.router = router
+        self.target = target
+        self.labels = labels
+        self.by_name = {label.casefold(): label for label in labels}
+        self.timeout_s = timeout_s
+        self.cache_size = cache_size
+        self.cache: OrderedDict[int, str] = OrderedDict()
+        lines = ["Classify the user's message into exactly one of these classes.", ""]
+        for label in labels:
+            line = "- %s" % label
+            if descriptions.get(label):
+                line += ": %s" % descriptions[label]
+            shown = examples.get(label, [])[:MAX_EXAMPLES]
+            if shown:
+                line += " (e.g. %s)" % "; ".join(repr(e) for e in shown)
+            lines.append(line)
+        lines += ["", "Answer with the class name only."]
+        self.system = "\n".join(lines)
+        self.calls = 0
+
+    def parse(self, content: object) -> str | None:
+        if not isinstance(content, str):
+            return None
+        text = content.strip().rstrip(".").strip().strip("\"'`").strip()
+        return self.by_name.get(text.casefold())
+
+    async def ask(self, turns: list[str]) -> tuple[str | None, str]:
+        """(class or None, what happened)."""
+        text = turns[-1][:MAX_PROMPT_CHARS] if turns else ""
+        key = xxhash.xxh3_64_intdigest(text.encode("utf-8", "surrogatepass"))
+        cached = self.cache.get(key)
+        if cached is not None:
+            self.cache.move_to_end(key)
+            return cached, "cached"
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                content = await self._call(text)
+        except TimeoutError:
+            return None, "no answer within %gs" % self.timeout_s
+        except (UpstreamError, OSError, ssl.SSLError, ValueError) as exc:
+            return None, "failed: %s" % (getattr(exc, "message", None) or exc)
+        label = self.parse(content)
+        if label is None:
+            return None, "answered %r, not a class" % (str(content)[:60],)
+        self.cache[key] = label
+        while len(self.cache) > self.cache_size:
+            self.cache.popitem(last=False)
+        return label, "answered"
+
+    async def _call(self, text: str) -> object:
+        target = self.target
+        if target.unusable:
+            raise ValueError(target.unusable)
+        picked = self.router.pick_endpoint(target, None, 0.25)
+        if picked is None:
+            raise ValueError("no usable endpoint of %s" % target.name)
+        _, endpoint = picked
+        body = orjson.dumps({"model": target.upstream_model, "temperature": 0, "max_tokens": 16,
+                             "messages": [{"role": "system", "content": self.system},
+                                          {"role": "user", "content": text}]})
+        head = (b"POST %s/chat/completions HTTP/1.1\r\nhost: %s\r\n"
+                b"content-type: application/json\r\ncontent-length: %d\r\n%s"
+                b"accept: application/json\r\nuser-agent: llmedge-router\r\n\r\n" % (
+                    endpoint.base_path, endpoint.host_header, len(body), target.auth_header))
+        conn = endpoint.take_idle() or await endpoint.connect(self.timeout_s)
+        self.calls += 1
+        try:
+            conn.send([head, body], self.timeout_s, self.timeout_s)
+            response = await conn.head()
+            data = await conn.read_whole()
+        except BaseException:
+            conn.abort()
+            raise
+        if conn.reusable(response):
+            endpoint.release(conn)
+        else:
+            conn.close()
+        if response.status != 200:
+            raise ValueError("answered HTTP %d" % response.status)
+        try:
+            return orjson.loads(data)["choices"][0]["message"]["content"]
+        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+            raise ValueError("answer is not a chat completion") from None

@@ -1,0 +1,134 @@
+"""Ensemble signals of a ``classify`` route: regex rules and request features voting beside
+the compiled classifier.
+
+Each signal adds weight to one class; the classifier adds ``weight x probability`` to every
+class. The class scores, divided by their sum, are the route's probabilities, so a decision
+can be explained signal by signal. Request features are read from the body: ``code_block``
+(a fenced block in the last user turn), ``tools`` (the request offers tools), ``images``
+(an image, audio or file part) and ``long`` (a last turn of at least ``min_chars``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+import msgspec
+
+if TYPE_CHECKING:
+    from ..config import SignalsConfig
+
+FEATURES = ("code_block", "tools", "images", "long")
+MEDIA_PARTS = frozenset(("image_url", "input_image", "input_audio", "file"))
+MAX_EARLIER_TURNS = 3   # earlier user turns that inform the class, besides the last one
+
+
+class _Part(msgspec.Struct):
+    type: str = ""
+    text: str | None = None
+
+
+class _Message(msgspec.Struct):
+    role: str = ""
+    content: str | list[_Part] | None = None
+
+
+class _Chat(msgspec.Struct):
+    messages: list[_Message] = []
+    tools: list[msgspec.Raw] | None = None
+
+
+_chat = msgspec.json.Decoder(_Chat)
+
+
+class RequestView:
+    """What routing by content reads from a chat body."""
+
+    __slots__ = ("turns", "tools", "media")
+
+    def __init__(self, turns: list[str], tools: bool, media: bool) -> None:
+        self.turns = turns
+        self.tools = tools
+        self.media = media
+
+
+def read_request(body: bytes) -> RequestView:
+    """The user turns that inform the class (earlier ones, then the last) and request
+    features; a body that is not a chat request reads as empty."""
+    try:
+        chat = _chat.decode(body)
+    except msgspec.MsgspecError:
+        return RequestView([], False, False)
+    turns = []
+    media = False
+    for message in chat.messages:
+        if message.role != "user":
+            continue
+        content = message.content
+        if isinstance(content, list):
+            media = media or any(p.type in MEDIA_PARTS for p in content)
+            content = " ".join(p.text for p in content if p.type == "text" and p.text)
+        if content:
+            turns.append(content)
+    return RequestView(turns[-(MAX_EARLIER_TURNS + 1):], bool(chat.tools), media)
+
+
+def check_signals(where: str, signals: SignalsConfig, classes: set[str],
+                  problems: list[str]) -> None:
+    if not signals.classifier >= 0:
+        problems.append("%s.classifier: must be >= 0" % where)
+    for j, rule in enumerate(signals.rules):
+        at = "%s.rules[%d]" % (where, j)
+        try:
+            re.compile(rule.pattern)
+        except re.error as exc:
+            problems.append("%s.pattern: not a regular expression: %s" % (at, exc))
+        if rule.class_ not in classes:
+            problems.append("%s.class: %r is not one of the route's classes" % (at, rule.class_))
+        if not rule.weight > 0:
+            problems.append("%s.weight: must be > 0" % at)
+    for j, feature in enumerate(signals.features):
+        at = "%s.features[%d]" % (where, j)
+        if feature.when not in FEATURES:
+            problems.append("%s.when: unknown feature %r (known: %s)"
+                            % (at, feature.when, ", ".join(FEATURES)))
+        if feature.class_ not in classes:
+            problems.append("%s.class: %r is not one of the route's classes"
+                            % (at, feature.class_))
+        if not feature.weight > 0:
+            problems.append("%s.weight: must be > 0" % at)
+        if feature.min_chars < 1:
+            problems.append("%s.min_chars: must be >= 1" % at)
+
+
+class Ensemble:
+    def __init__(self, labels: list[str], signals: SignalsConfig) -> None:
+        self.labels = labels
+        self.index = {label: i for i, label in enumerate(labels)}
+        self.classifier = signals.classifier
+        # Case-insensitive: rules are written for how people type, not for exact case.
+        self.rules = [(re.compile(r.pattern, re.IGNORECASE), self.index[r.class_], r.weight,
+                       "rule %r" % r.pattern) for r in signals.rules]
+        self.features = [(f.when, f.min_chars, self.index[f.class_], f.weight)
+                         for f in signals.features]
+
+    def combine(self, probs: list[float], request: RequestView) -> tuple[list[float],
+                                                                         list[dict]]:
+        """The combined probabilities and the votes that made them."""
+        scores = [self.classifier * p for p in probs]
+        votes: list[dict] = []
+        last = request.turns[-1] if request.turns else ""
+        for pattern, k, weight, name in self.rules:
+            if pattern.search(last):
+                scores[k] += weight
+                votes.append({"signal": name, "class": self.labels[k], "weight": weight})
+        for when, min_chars, k, weight in self.features:
+            if ((when == "code_block" and "```" in last) or (when == "tools" and request.tools)
+                    or (when == "images" and request.media)
+                    or (when == "long" and len(last) >= min_chars)):
+                scores[k] += weight
+                votes.append({"signal": when, "class": self.labels[k], "weight": weight})
+        total = sum(scores)
+        if total <= 0:
+            return probs, votes
+        return [s / total for s in scores], votes

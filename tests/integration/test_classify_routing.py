@@ -1,0 +1,436 @@
+"""The classify policy through real requests: classes to deployments and to other routes,
+thresholds and defaults, fallbacks, /v1/route explanations, the audit log, model files,
+complexity routing from outcome data, and config errors that name their path."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from procs import wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT.parent / "shared" / "data"
+
+CODE = ["fix this python function", "why does my rust code not compile",
+        "write a sql query joining two tables", "refactor this javascript class",
+        "my python script throws a KeyError", "explain this compiler error in c++"]
+CHAT = ["how are you today", "tell me a joke", "what's your favourite movie",
+        "good morning friend", "let's talk about the weather", "do you like music"]
+
+
+def _config(sims, routes: str) -> str:
+    return f"""\
+server:
+  http: 127.0.0.1:0
+deployments:
+  - name: alpha
+    base_url: {sims.alpha.url}
+  - name: beta
+    base_url: {sims.beta.url}
+  - name: gamma
+    base_url: {sims.gamma.url}
+routes:
+{routes}
+"""
+
+
+def _classes(code_target: str = "deployments: [alpha]", chat_target: str = "route: smalltalk",
+             code_extra: str = "") -> str:
+    return f"""\
+    classes:
+      code:
+        {code_target}
+{code_extra}
+        examples: {json.dumps(CODE)}
+      chat:
+        {chat_target}
+        examples: {json.dumps(CHAT)}
+  - name: smalltalk
+    deployments: [beta]
+"""
+
+
+def _chat(edge, text: str, model: str = "auto", earlier: tuple[str, ...] = ()):
+    messages = [{"role": "user", "content": t} for t in earlier]
+    messages.append({"role": "user", "content": text})
+    return edge.call("POST", "/v1/chat/completions", {"model": model, "messages": messages})
+
+
+def _explain(edge, text: str, model: str = "auto"):
+    resp = edge.call("POST", "/v1/route", {"model": model,
+                                           "messages": [{"role": "user", "content": text}]})
+    assert resp.status == 200, resp
+    return resp.json()
+
+
+def test_classes_pick_deployments_and_routes(start_edge, sims):
+    edge = start_edge(_config(sims, """\
+  - name: auto
+    policy: classify
+""" + _classes()))
+    resp = _chat(edge, "my python function throws an error, please fix it")
+    assert resp.status == 200, resp
+    assert resp.headers["x-llmedge-upstream"] == "alpha"
+    assert resp.headers["x-llmedge-decision"].startswith("classify(auto): code")
+    resp = _chat(edge, "tell me a joke about the weather")
+    assert resp.headers["x-llmedge-upstream"] == "beta"
+    assert "-> ordered: beta" in resp.headers["x-llmedge-decision"]
+    assert sims.alpha.stats()["chat"] == 1 and sims.beta.stats()["chat"] == 1
+
+
+def test_route_endpoint_explains_without_calling_upstream(start_edge, sims):
+    edge = start_edge(_config(sims, """\
+  - name: auto
+    policy: classify
+    fallbacks: [gamma]
+""" + _classes()))
+    out = _explain(edge, "tell me a joke")
+    assert out["route"] == "auto" and out["policy"] == "classify"
+    assert out["path"] == ["auto", "smalltalk"]
+    assert out["deployments"] == ["beta", "gamma"]
+    probs = out["classification"]["probabilities"]
+    assert set(probs) == {"code", "chat"} and probs["chat"] > probs["code"]
+    assert abs(sum(probs.values()) - 1.0) < 1e-6
+    assert [s["name"] for s in out["scores"]] == ["beta", "gamma"]
+    assert out["scores"][0]["endpoints"][0]["state"] == "healthy"
+    code = _explain(edge, "rust code does not compile")
+    assert code["path"] == ["auto", "auto/code"] and code["deployments"] == ["alpha", "gamma"]
+    assert all(sim.stats()["chat"] == 0 for sim in sims)
+    # A deployment named directly is explained too; an unknown model is a 404.
+    assert _explain(edge, "hi", model="gamma")["deployments"] == ["gamma"]
+    resp = edge.call("POST", "/v1/route", {"model": "nope", "messages": []})
+    assert resp.status == 404 and resp.json()["error"]["param"] == "model"
+    assert edge.call("GET", "/v1/route").status == 405
+
+
+def test_fallback_applies_after_the_class_deployment_fails(start_edge, sims):
+    edge = start_edge(_config(sims, """\
+  - name: auto
+    policy: classify
+    fallbacks: [gamma]
+""" + _classes()))
+    sims.alpha.configure(status=500)
+    resp = _chat(edge, "fix my python code please")
+    assert resp.status == 200, resp
+    assert resp.headers["x-llmedge-upstream"] == "gamma"
+    assert resp.headers["x-llmedge-attempts"] == "2"
+
+
+def test_threshold_sends_unsure_requests_to_default_and_audits(start_edge, sims, tmp_path):
+    audit = tmp_path / "audit.jsonl"
+    edge = start_edge(_config(sims, f"""\
+  - name: auto
+    policy: classify
+    default: gamma
+    audit: {{file: {audit}, below: 0.99, include_text: true}}
+""" + _classes(code_extra="        threshold: 0.99")))
+    resp = _chat(edge, "python code")
+    assert resp.headers["x-llmedge-upstream"] == "gamma"
+    assert "below threshold 0.99" in resp.headers["x-llmedge-decision"]
+    out = _explain(edge, "python code")
+    assert out["classification"]["used_default"] is True
+    records = wait_for(lambda: [json.loads(line) for line in audit.read_text().splitlines()]
+                       if audit.exists() and len(audit.read_text().splitlines()) >= 2 else None)
+    assert records[0]["route"] == "auto" and records[0]["text"] == "python code"
+    assert records[0]["targets"] == ["gamma"]
+
+
+def test_audit_leaves_text_out_unless_allowed(start_edge, sims, tmp_path):
+    audit = tmp_path / "audit.jsonl"
+    edge = start_edge(_config(sims, f"""\
+  - name: auto
+    policy: classify
+    audit: {{file: {audit}, below: 1.0}}
+""" + _classes()))
+    _explain(edge, "a secret prompt about python")
+    record = wait_for(lambda: audit.exists() and audit.read_text().strip() and
+                      json.loads(audit.read_text().splitlines()[0]))
+    assert "text" not in record and "secret" not in audit.read_text()
+
+
+def test_earlier_turns_inform_the_class(start_edge, sims):
+    edge = start_edge(_config(sims, """\
+  - name: auto
+    policy: classify
+""" + _classes()))
+    short = "and this one?"
+    after_code = _chat(edge, short, earlier=("fix this python function", "refactor this "
+                                             "javascript class"))
+    after_chat = _chat(edge, short, earlier=("tell me a joke", "how are you today"))
+    assert after_code.headers["x-llmedge-upstream"] == "alpha"
+    assert after_chat.headers["x-llmedge-upstream"] == "beta"
+
+
+def _llmedge(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "proxy", *args], capture_output=True,
+                          text=True, timeout=120, cwd=cwd)
+
+
+def test_model_file_from_llmedge_train(start_edge, sims, tmp_path):
+    data = tmp_path / "examples.jsonl"
+    data.write_text("".join(json.dumps({"text": t, "label": label}) + "\n"
+                            for label, texts in (("code", CODE), ("chat", CHAT))
+                            for t in texts))
+    model = tmp_path / "model.json"
+    done = _llmedge("train", "--data", str(data), "-o", str(model), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "12 examples, 2 classes" in done.stdout
+    edge = start_edge(_config(sims, f"""\
+  - name: auto
+    policy: classify
+    model_file: {model}
+    classes:
+      code: {{deployments: [alpha]}}
+      chat: {{deployments: [beta]}}
+"""))
+    assert _chat(edge, "sql query joining tables").headers["x-llmedge-upstream"] == "alpha"
+    assert _chat(edge, "good morning, how are you").headers["x-llmedge-upstream"] == "beta"
+    done = _llmedge("eval", "--data", str(data), "--model", str(model), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "accuracy: 1.0000" in done.stdout and "macro-F1: 1.0000" in done.stdout
+
+
+def test_complexity_route_strong_share_knob(start_edge, sims, tmp_path):
+    rows = (DATA / "routing-outcomes" / "gsm8k.jsonl").read_text().splitlines()[:200]
+    outcomes = tmp_path / "outcomes.jsonl"
+    outcomes.write_text("\n".join(rows) + "\n")
+    prompts = [json.loads(r)["prompt"] for r in rows[:20]]
+
+    def route(share: float) -> str:
+        return _config(sims, f"""\
+  - name: auto
+    policy: classify
+    outcomes_file: {outcomes}
+    strong_share: {share}
+    classes:
+      strong: {{deployments: [alpha]}}
+      weak: {{deployments: [beta]}}
+""")
+
+    for share, expected in ((0.0, {"beta"}), (1.0, {"alpha"})):
+        edge = start_edge(route(share))
+        chosen = {_explain(edge, p)["deployments"][0] for p in prompts}
+        assert chosen == expected, (share, chosen)
+        edge.stop()
+    edge = start_edge(route(0.3))
+    strong = sum(_explain(edge, json.loads(r)["prompt"])["deployments"][0] == "alpha"
+                 for r in rows)
+    # The cut is set on these prompts: about 30% of them go to the strong model.
+    assert 50 <= strong <= 70, strong
+
+
+def test_llmedge_eval_on_outcomes_reports_the_curve(tmp_path):
+    done = _llmedge("eval", "--outcomes", "--data",
+                    str(DATA / "routing-outcomes" / "gsm8k.jsonl"), "--limit", "300",
+                    "--folds", "3", "--json", str(tmp_path / "curve.json"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "3-fold cross-validation" in done.stdout and "APGR:" in done.stdout
+    curve = json.loads((tmp_path / "curve.json").read_text())
+    assert curve["n"] == 300 and curve["pgr"][0] == 0.0
+    assert abs(curve["pgr"][-1] - 1.0) < 1e-9 and 0.0 < curve["apgr"] < 1.0
+
+
+def test_bad_classify_configs_name_the_path(sims, tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text(_config(sims, """\
+  - name: auto
+    policy: classify
+    default: nowhere
+    classes:
+      code:
+        deployments: [alpah]
+        examples: [x]
+      chat:
+        route: loop
+        examples: [y]
+      both:
+        deployments: [alpha]
+        route: loop
+        threshold: 2
+  - name: loop
+    policy: classify
+    classes:
+      back: {route: auto, examples: [z]}
+  - name: plain
+    deployments: [alpha]
+    default: beta
+"""))
+    done = _llmedge("check", "-c", str(config), cwd=tmp_path)
+    assert done.returncode == 2
+    err = done.stderr
+    assert "routes[0].classes.code.deployments[0]: unknown deployment 'alpah'" in err
+    assert "routes[0].classes.chat.route: 'loop' leads back to 'auto'" in err
+    assert "routes[0].classes.both: give either deployments or route" in err
+    assert "routes[0].classes.both.threshold: must be between 0 and 1" in err
+    assert "routes[0].default: 'nowhere' names no deployment or route" in err
+    assert "routes[2].default: only used by policy 'classify'" in err
+
+
+def test_session_keeps_its_class_unless_a_turn_clearly_belongs_elsewhere(start_edge, sims):
+    edge = start_edge(_config(sims, """\
+  - name: auto
+    policy: classify
+    hysteresis: 0.5
+""" + _classes(chat_target="deployments: [beta]")))
+    # Preconditions, without a session: an unclear turn and a clear one.
+    unclear = _explain(edge, "ok thanks")["classification"]["probabilities"]
+    assert unclear["chat"] > unclear["code"] and unclear["chat"] - unclear["code"] < 0.5
+    clear = _explain(edge, "tell me a joke")["classification"]["probabilities"]
+    assert clear["chat"] - clear["code"] > 0.5
+
+    def ask(text: str, session: str | None = None, user: str | None = None) -> str:
+        body = {"model": "auto", "messages": [{"role": "user", "content": text}]}
+        if user:
+            body["user"] = user
+        resp = edge.call("POST", "/v1/chat/completions", body,
+                         {"x-llmedge-session": session} if session else None)
+        assert resp.status == 200, resp
+        return resp.headers["x-llmedge-upstream"]
+
+    assert ask("fix my python code please", session="s1") == "alpha"
+    assert ask("ok thanks", session="s1") == "alpha"      # kept: chat is not clearly ahead
+    assert ask("ok thanks", session="s2") == "beta"       # another session has no history
+    assert ask("ok thanks") == "beta"                     # no session, no memory
+    assert ask("tell me a joke", session="s1") == "beta"  # clearly elsewhere: it moves
+    assert ask("ok thanks", session="s1") == "beta"
+    # The body's "user" names a session too.
+    assert ask("fix my python code please", user="u1") == "alpha"
+    assert ask("ok thanks", user="u1") == "alpha"
+
+
+def test_rules_and_request_features_vote_with_the_classifier(start_edge, sims):
+    edge = start_edge(_config(sims, """\
+  - name: auto
+    policy: classify
+    signals:
+      classifier: 1.0
+      rules:
+        - {pattern: '\\bselect\\b.*\\bfrom\\b', class: code, weight: 3}
+      features:
+        - {when: tools, class: code, weight: 2}
+        - {when: images, class: chat, weight: 2}
+""" + _classes(chat_target="deployments: [beta]")))
+    text = "how are you today, my friend"
+    plain = _explain(edge, text)
+    assert plain["deployments"] == ["beta"] and plain["classification"]["votes"] == []
+    ruled = _explain(edge, "SELECT name FROM friends: how are you today, my friend")
+    assert ruled["deployments"] == ["alpha"]
+    assert ruled["classification"]["votes"] == [
+        {"signal": "rule '\\\\bselect\\\\b.*\\\\bfrom\\\\b'", "class": "code", "weight": 3.0}]
+    probs = ruled["classification"]["probabilities"]
+    assert probs["code"] > 0.75 and abs(sum(probs.values()) - 1.0) < 1e-9
+    resp = edge.call("POST", "/v1/chat/completions", {
+        "model": "auto", "messages": [{"role": "user", "content": text}],
+        "tools": [{"type": "function", "function": {"name": "run_sql", "parameters": {}}}]})
+    assert resp.headers["x-llmedge-upstream"] == "alpha"
+    resp = edge.call("POST", "/v1/route", {"model": "auto", "messages": [{"role": "user",
+        "content": [{"type": "text", "text": "fix this python function"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}}]}]})
+    votes = resp.json()["classification"]["votes"]
+    assert votes == [{"signal": "images", "class": "chat", "weight": 2.0}]
+
+
+def test_bad_signals_name_the_path(sims, tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text(_config(sims, """\
+  - name: auto
+    policy: classify
+    signals:
+      rules:
+        - {pattern: '(unclosed', class: code}
+        - {pattern: 'x', class: nope, weight: 0}
+      features:
+        - {when: moon_phase, class: chat}
+""" + _classes(chat_target="deployments: [beta]")))
+    done = _llmedge("check", "-c", str(config), cwd=tmp_path)
+    assert done.returncode == 2
+    err = done.stderr
+    assert "routes[0].signals.rules[0].pattern: not a regular expression" in err
+    assert "routes[0].signals.rules[1].class: 'nope' is not one of the route's classes" in err
+    assert "routes[0].signals.rules[1].weight: must be > 0" in err
+    assert "routes[0].signals.features[0].when: unknown feature 'moon_phase'" in err
+
+
+def _llm_route(sims, mode: str, extra: str = "") -> str:
+    return _config(sims, f"""\
+  - name: auto
+    policy: classify
+    llm: {{deployment: gamma, mode: {mode}, timeout_s: 2.0{extra}}}
+""" + _classes(chat_target="deployments: [beta]"))
+
+
+def test_llm_tier_decides_and_is_cached(start_edge, sims):
+    sims.gamma.configure(reply=" Code. ", chunks=1)
+    edge = start_edge(_llm_route(sims, "always"))
+    resp = _chat(edge, "tell me a joke")      # the classifier says chat; the LLM says code
+    assert resp.status == 200, resp
+    assert resp.headers["x-llmedge-upstream"] == "alpha"
+    assert "(LLM router)" in resp.headers["x-llmedge-decision"]
+    assert sims.gamma.stats()["chat"] == 1
+    out = _explain(edge, "tell me a joke")
+    assert out["classification"]["llm"] == {"mode": "always", "class": "code",
+                                            "status": "cached"}
+    assert sims.gamma.stats()["chat"] == 1   # answered from the cache
+
+
+def test_llm_tier_falls_back_on_a_bad_answer_or_a_timeout(start_edge, sims):
+    sims.gamma.configure(reply="I think it is code!", chunks=1)
+    edge = start_edge(_llm_route(sims, "always", ", timeout_s: 0.3"))
+    out = _explain(edge, "tell me a joke")
+    assert out["deployments"] == ["beta"]
+    assert "not a class" in out["classification"]["llm"]["status"]
+    sims.gamma.configure(reply="code", ttft_ms=5000)
+    resp = _chat(edge, "good morning friend, how are you")
+    assert resp.status == 200 and resp.headers["x-llmedge-upstream"] == "beta"
+    out = _explain(edge, "good morning friend, how are you")
+    assert out["classification"]["llm"]["status"] == "no answer within 0.3s"
+
+
+def test_llm_tier_as_cascade_and_as_voter(start_edge, sims):
+    sims.gamma.configure(reply="code", chunks=1)
+    edge = start_edge(_llm_route(sims, "cascade", ", below: 0.6"))
+    sure = _explain(edge, "tell me a joke")
+    assert sure["deployments"] == ["beta"]
+    assert sure["classification"]["llm"]["status"] == "not consulted"
+    assert sims.gamma.stats()["chat"] == 0
+    unsure = _explain(edge, "ok thanks")     # about 0.52 chat: below 0.6, so the LLM decides
+    assert unsure["deployments"] == ["alpha"] and sims.gamma.stats()["chat"] == 1
+    edge.stop()
+    edge = start_edge(_llm_route(sims, "vote", ", weight: 0.5"))
+    voted = _explain(edge, "ok thanks")
+    assert voted["deployments"] == ["alpha"]
+    assert {"signal": "llm", "class": "code", "weight": 0.5} in voted["classification"]["votes"]
+    clear = _explain(edge, "tell me a joke")  # one vote of 0.5 does not outweigh 0.96
+    assert clear["deployments"] == ["beta"]
+
+
+def test_reload_retrains_and_a_rejected_reload_keeps_serving(start_edge, sims, tmp_path):
+    audit = tmp_path / "audit.jsonl"
+    edge = start_edge(_config(sims, f"""\
+  - name: auto
+    policy: classify
+    audit: {{file: {audit}, below: 1.0}}
+""" + _classes()))
+    assert _chat(edge, "fix my python code").headers["x-llmedge-upstream"] == "alpha"
+    text = edge.config_path.read_text()
+    # The code class now goes to gamma, and a new example is learned.
+    edge.config_path.write_text(text.replace("deployments: [alpha]", "deployments: [gamma]")
+                                .replace('"fix this python function"',
+                                         '"fix this python function", "debug my go program"'))
+    resp = edge.call("POST", "/admin/reload")
+    assert resp.status == 200, resp
+    assert _chat(edge, "fix my python code").headers["x-llmedge-upstream"] == "gamma"
+    out = _explain(edge, "debug my go program")
+    assert out["classification"]["class"] == "code"
+    # A classify problem rejects the reload; the running routes keep serving.
+    edge.config_path.write_text(text.replace("route: smalltalk", "route: nowhere"))
+    resp = edge.call("POST", "/admin/reload")
+    assert resp.status == 400 and "routes[0].classes.chat.route" in resp.body.decode()
+    assert _chat(edge, "tell me a joke").headers["x-llmedge-upstream"] == "beta"
+    assert _chat(edge, "fix my python code").headers["x-llmedge-upstream"] == "gamma"
+    assert edge.stop() == 0
+    lines = audit.read_text().splitlines()
+    assert len(lines) >= 4 and all(json.loads(line)["route"] == "auto" for line in lines)
