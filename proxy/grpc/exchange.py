@@ -21,6 +21,7 @@ import orjson
 from ..http import wire
 
 CHAT_URL = b"/v1/chat/completions"
+ROUTE_URL = b"/v1/route"
 # Stream events waiting for the handler: above HIGH the upstream is paused, below LOW resumed.
 HIGH_WATER = 256
 LOW_WATER = 32
@@ -43,9 +44,9 @@ class GrpcExchange:
                  "_paused",
                  "_partial", "_waiter")
 
-    def __init__(self, headers: dict[bytes, bytes], body: bytes) -> None:
+    def __init__(self, headers: dict[bytes, bytes], body: bytes, url: bytes = CHAT_URL) -> None:
         self.method = b"POST"
-        self.url = CHAT_URL
+        self.url = url
         self.headers = headers
         self.body = body
         self.task: asyncio.Task | None = None
@@ -135,9 +136,16 @@ class GrpcExchange:
     def task_done(self, task: asyncio.Task) -> None:
         """The request's task ended. Normally the answer finished first; a task cancelled
         before that (a drain that ran out of time) must not leave the handler waiting."""
-        if not self.finished:
-            self.dropped = True
-            self._finish()
+        if self.finished:
+            return
+        current = self.task
+        if current is not None and current is not task and not current.done():
+            # The request moved on to its next task (an asynchronous routing decision
+            # hands over to the dispatching one): follow it.
+            current.add_done_callback(self.task_done)
+            return
+        self.dropped = True
+        self._finish()
 
     # === what the RPC handler calls ===
 

@@ -24,18 +24,17 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter
 
 from ..config import GrpcLimits, parse_address
-from ..errors import BadRequest, ProxyError
+from ..errors import ProxyError
 from ..gateway import Gateway
-from ..routing.router import Router, parse_tags
+from ..routing.router import Router
 from . import status, translate
 from ._gen import gateway_pb2 as pb
 from ._gen import gateway_pb2_grpc as pb_grpc
-from .exchange import GrpcExchange
+from .exchange import CHAT_URL, ROUTE_URL, GrpcExchange
 
 log = logging.getLogger("llmedge.grpc")
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Gateway"].full_name
-NO_TAGS: frozenset[str] = frozenset()
 # Left to RPCs still running after the drain waited for every proxied request: only the
 # quick ones (Route, ListModels) and health watches, which end with the server.
 STOP_GRACE_S = 1.0
@@ -50,26 +49,25 @@ def request_headers(context: grpc.aio.ServicerContext) -> dict[bytes, bytes]:
     return headers
 
 
-def route_decision(router: Router, request: pb.ChatRequest,
-                   headers: dict[bytes, bytes]) -> pb.RouteDecision:
-    """What the router would do with ``request``, without calling any upstream.
-
-    One function on purpose: a richer explanation of the decision plugs in here.
-    """
-    if not request.model:
-        raise BadRequest("model: required", param="model")
-    plan = router.plan(request.model)
-    tags = headers.get(b"x-llmedge-tags")
-    session = headers.get(b"x-llmedge-session")
-    decision = plan.decide(router.table, router.rnd, parse_tags(tags) if tags else NO_TAGS,
-                           session.decode("utf-8", "replace") if session else
-                           request.user or None)
+def route_decision(router: Router, explain: dict[str, Any],
+                   session: str | None) -> pb.RouteDecision:
+    """The gateway's route explanation (POST /v1/route) as a RouteDecision."""
+    targets = []
+    for name in explain.get("deployments", ()):
+        target = router.targets.get(name)
+        if target is None:  # swapped out by a reload in between: name it, nothing more
+            targets.append(pb.RouteTarget(deployment=name))
+            continue
+        targets.append(pb.RouteTarget(
+            deployment=name, upstream_model=target.upstream_model, price=target.price,
+            quality=target.quality, usable=target.unusable is None,
+            unusable_reason=target.unusable or ""))
+    plan = router.routes.get(explain.get("route", ""))
     return pb.RouteDecision(
-        route=plan.name, reason=decision.reason, session=decision.session or "",
-        targets=[pb.RouteTarget(deployment=t.name, upstream_model=t.upstream_model,
-                                price=t.price, quality=t.quality, usable=t.unusable is None,
-                                unusable_reason=t.unusable or "")
-                 for t in decision.targets])
+        route=explain.get("route", ""), reason=explain.get("reason", ""), targets=targets,
+        policy=explain.get("policy", ""),
+        session=(session or "") if plan is not None and plan.affinity else "",
+        explain_json=orjson.dumps(explain).decode())
 
 
 async def _fail(context: grpc.aio.ServicerContext, failure: status.Failure) -> NoReturn:
@@ -115,7 +113,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
 
     async def Chat(self, request: pb.ChatRequest,
                    context: grpc.aio.ServicerContext) -> pb.ChatResponse:
-        ex = await self._start(request, context, stream=False)
+        ex = await self._start(request, context, "Chat")
         try:
             async with asyncio.timeout(context.time_remaining()):
                 while not ex.finished:
@@ -137,7 +135,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
 
     async def ChatStream(self, request: pb.ChatRequest,
                          context: grpc.aio.ServicerContext) -> None:
-        ex = await self._start(request, context, stream=True)
+        ex = await self._start(request, context, "ChatStream")
         try:
             async with asyncio.timeout(context.time_remaining()):
                 while not (ex.started or ex.finished):
@@ -181,10 +179,24 @@ class GatewayServicer(pb_grpc.GatewayServicer):
 
     async def Route(self, request: pb.ChatRequest,
                     context: grpc.aio.ServicerContext) -> pb.RouteDecision:
+        # Through the gateway's POST /v1/route, as Chat goes through its chat endpoint: one
+        # explainer, and routes that decide asynchronously (classify) work the same.
+        ex = await self._start(request, context, "Route")
         try:
-            decision = route_decision(self.gateway.router, request, request_headers(context))
-        except ProxyError as exc:
-            await self._fail(context, "Route", status.from_error(exc))
+            async with asyncio.timeout(context.time_remaining()):
+                while not ex.finished:
+                    await ex.wait()
+        except TimeoutError:
+            await self._deadline_exceeded(ex, context, "Route")
+        finally:
+            self._end(ex)
+        if ex.aborted or ex.dropped or ex.status >= 300:
+            await self._fail_answer(ex, context, "Route")
+        headers = ex.headers
+        session = headers.get(b"x-llmedge-session")
+        decision = route_decision(self.gateway.router, orjson.loads(ex.payload),
+                                  session.decode("utf-8", "replace") if session
+                                  else request.user or None)
         self._ok["Route"].inc()
         return decision
 
@@ -196,9 +208,9 @@ class GatewayServicer(pb_grpc.GatewayServicer):
     # === helpers ===
 
     async def _start(self, request: pb.ChatRequest, context: grpc.aio.ServicerContext,
-                     stream: bool) -> GrpcExchange:
-        method = "ChatStream" if stream else "Chat"
-        if self.refusing:
+                     method: str) -> GrpcExchange:
+        stream = method == "ChatStream"
+        if self.refusing and method != "Route":
             await self._fail(context, method, status.Failure(
                 grpc.StatusCode.UNAVAILABLE, "llmedge is draining; retry on another instance",
                 [("retry-after", "0")]))
@@ -206,7 +218,8 @@ class GatewayServicer(pb_grpc.GatewayServicer):
             body = translate.request_body(request, stream)
         except ProxyError as exc:
             await self._fail(context, method, status.from_error(exc))
-        ex = GrpcExchange(request_headers(context), body)
+        ex = GrpcExchange(request_headers(context), body,
+                          ROUTE_URL if method == "Route" else CHAT_URL)
         remaining = context.time_remaining()
         if remaining is not None:
             # The dispatcher bounds every connect and first byte by it and tries no further

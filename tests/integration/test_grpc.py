@@ -4,6 +4,7 @@ status mapping, metadata, deadlines, cancellation and the service's own health/r
 
 from __future__ import annotations
 
+import json
 import signal
 
 import grpc
@@ -207,6 +208,38 @@ def test_route_decides_without_calling_an_upstream(sims, stub):
     err = expect_error(lambda: stub.Route(ask("nope"), timeout=CALL_TIMEOUT),
                        grpc.StatusCode.NOT_FOUND)
     assert "nope" in err.details()
+
+
+def test_route_is_the_http_explainer(gedge, stub):
+    decision = stub.Route(ask("auto"), timeout=CALL_TIMEOUT)
+    assert decision.policy == "ordered"
+    explained = json.loads(decision.explain_json)
+    over_http = gedge.call("POST", "/v1/route", {
+        "model": "auto", "messages": [{"role": "user", "content": "Say hello."}]}).json()
+    for key in ("object", "route", "policy", "reason", "deployments", "path"):
+        assert explained[key] == over_http[key], key
+
+
+def test_asynchronous_routing_decisions(sims, start_edge):
+    # A classify route that asks an LLM (gamma) for the class decides in a task of its own,
+    # which then hands the request to the dispatching one.
+    from test_classify_routing import _llm_route
+
+    sims.gamma.configure(reply=" Code. ", chunks=1)
+    edge = start_edge(_llm_route(sims, "always").replace(
+        "  http: 127.0.0.1:0\n", "  http: 127.0.0.1:0\n  grpc: 127.0.0.1:0\n", 1))
+    with grpc.insecure_channel("127.0.0.1:%d" % edge.grpc_port) as ch:
+        stub = pb_grpc.GatewayStub(ch)
+        resp, call = stub.Chat.with_call(ask(text="tell me a joke"), timeout=CALL_TIMEOUT)
+        assert resp.choices[0].message.content == REPLIES["alpha"]
+        assert "(LLM router)" in initial(call)["x-llmedge-decision"]
+        stream = stub.ChatStream(ask(text="tell me a joke"), timeout=CALL_TIMEOUT)
+        assert "".join(c.choices[0].delta.content for c in stream if c.choices) \
+            == REPLIES["alpha"]
+        decision = stub.Route(ask(text="tell me a joke"), timeout=CALL_TIMEOUT)
+        assert decision.policy == "classify"
+        assert [t.deployment for t in decision.targets] == ["alpha"]
+        assert json.loads(decision.explain_json)["classification"]["llm"]["class"] == "code"
 
 
 def test_route_uses_the_session_from_metadata_or_user(stub):

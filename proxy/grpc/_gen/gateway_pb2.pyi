@@ -264,16 +264,20 @@ class ToolCallDelta(_message.Message):
     def __init__(self, index: _Optional[int] = ..., id: _Optional[str] = ..., type: _Optional[str] = ..., function: _Optional[_Union[FunctionCall, _Mapping]] = ..., extra_json: _Optional[str] = ...) -> None: ...
 
 class RouteDecision(_message.Message):
-    __slots__ = ("route", "targets", "reason", "session")
+    __slots__ = ("route", "targets", "reason", "session", "policy", "explain_json")
     ROUTE_FIELD_NUMBER: _ClassVar[int]
     TARGETS_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    EXPLAIN_JSON_FIELD_NUMBER: _ClassVar[int]
     route: str
     targets: _containers.RepeatedCompositeFieldContainer[RouteTarget]
     reason: str
     session: str
-    def __init__(self, route: _Optional[str] = ..., targets: _Optional[_Iterable[_Union[RouteTarget, _Mapping]]] = ..., reason: _Optional[str] = ..., session: _Optional[str] = ...) -> None: ...
+    policy: str
+    explain_json: str
+    def __init__(self, route: _Optional[str] = ..., targets: _Optional[_Iterable[_Union[RouteTarget, _Mapping]]] = ..., reason: _Optional[str] = ..., session: _Optional[str] = ..., policy: _Optional[str] = ..., explain_json: _Optional[str] = ...) -> None: ...
 
 class RouteTarget(_message.Message):
     __slots__ = ("deployment", "upstream_model", "price", "quality", "usable", "unusable_reason")

@@ -76,7 +76,7 @@ class GatewayServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Route(self, request, context):
-        """The routing decision for a request, without calling any upstream.
+        """The routing decision for a request, without calling any upstream (POST /v1/route).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
