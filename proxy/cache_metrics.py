@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .metric_types import Counter, Histogram
 from .metrics import Metrics
 
 # Cache operations are micro- to milliseconds: finer buckets than request latency.

@@ -1,5 +1,5 @@
 """Prometheus metrics. Label children are resolved once per label set and kept, so the
-request path touches a dict and a counter, never the registry.
+request path touches a dict and a number (``metric_types``), never the registry.
 
 Every label value comes from the configuration (route and deployment names, error kinds,
 endpoint URLs) or from a small fixed set; nothing a client sends becomes a label, so the
@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
+
+from .metric_types import Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                    2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)

@@ -21,11 +21,11 @@ import orjson
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import Counter
 
 from ..config import GrpcLimits, parse_address
 from ..errors import ProxyError
 from ..gateway import Gateway
+from ..metric_types import Counter
 from ..routing.router import Router
 from . import status, translate
 from ._gen import gateway_pb2 as pb
