@@ -12,7 +12,6 @@ import logging
 import random
 import time
 
-import orjson
 
 from .accounting import USAGE_MARK, take_usage, usage_of_body
 from .budget import RetryBudget
@@ -23,6 +22,7 @@ from .errors import (DeadlineExceeded, ProxyError, UpstreamError, UpstreamReset,
                      UpstreamSaturated, UpstreamStatus, UpstreamTimeout, UpstreamUnavailable)
 from .http import wire
 from .http.front import Exchange
+from .rewrite import replace_model
 from .metrics import Metrics
 from .routing.router import RoutePlan, Router, Target
 from .sse_assemble import assemble
@@ -91,9 +91,7 @@ class Answer:
         body = self._bodies.get(model)
         if body is None:
             # Only "model" changes; everything else the client sent goes upstream as is.
-            doc = orjson.loads(self.body)
-            doc["model"] = model
-            body = self._bodies[model] = orjson.dumps(doc)
+            body = self._bodies[model] = replace_model(self.body, model, self.model)
         return body
 
     def response_headers(self) -> bytes:

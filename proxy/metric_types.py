@@ -81,10 +81,10 @@ class _Family(Collector):
         return self.child_type()
 
     def labels(self, *values: str):
-        if len(values) != len(self.labelnames):
-            raise ValueError("%s takes labels %s" % (self.name, self.labelnames))
         child = self._children.get(values)
         if child is None:
+            if len(values) != len(self.labelnames):
+                raise ValueError("%s takes labels %s" % (self.name, self.labelnames))
             child = self._children[values] = self._new_child()
         return child
 

@@ -1,5 +1,5 @@
-"""Prometheus metrics. Label children are resolved once per label set and kept, so the
-request path touches a dict and a number (``metric_types``), never the registry.
+"""Prometheus metrics. Each family keeps its label children in a dict, so the request path
+touches a dict and a number (``metric_types``), never the registry.
 
 Every label value comes from the configuration (route and deployment names, error kinds,
 endpoint URLs) or from a small fixed set; nothing a client sends becomes a label, so the
@@ -94,60 +94,52 @@ class Metrics:
         self.upstream_connections = Gauge(
             "llmedge_upstream_connections", "Open connections to upstream endpoints.",
             registry=registry)
-        self._children: dict[tuple, object] = {}
-
-    def _child(self, metric, *labels: str):
-        key = (id(metric), labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
 
     def request(self, route: str, deployment: str, status: int, seconds: float) -> None:
-        self._child(self._requests, route, deployment, str(status)).inc()
-        self._child(self._latency, route, deployment).observe(seconds)
+        self._requests.labels(route, deployment, str(status)).inc()
+        self._latency.labels(route, deployment).observe(seconds)
 
     def first_token(self, route: str, deployment: str, seconds: float) -> None:
-        self._child(self._ttft, route, deployment).observe(seconds)
+        self._ttft.labels(route, deployment).observe(seconds)
 
     def overhead(self, seconds: float) -> None:
         self._overhead.observe(seconds)
 
     def attempt(self, deployment: str, outcome: str) -> None:
-        self._child(self._attempts, deployment, outcome).inc()
+        self._attempts.labels(deployment, outcome).inc()
 
     def retry(self, deployment: str) -> None:
-        self._child(self._retries, deployment).inc()
+        self._retries.labels(deployment).inc()
 
     def fallback(self, route: str) -> None:
-        self._child(self._fallbacks, route).inc()
+        self._fallbacks.labels(route).inc()
 
     def shed(self, reason: str) -> None:
-        self._child(self._shed, reason).inc()
+        self._shed.labels(reason).inc()
 
     def upstream_error(self, deployment: str, kind: str) -> None:
-        self._child(self._upstream_errors, deployment, kind).inc()
+        self._upstream_errors.labels(deployment, kind).inc()
 
     def stream_failure(self, deployment: str) -> None:
-        self._child(self._stream_failures, deployment).inc()
+        self._stream_failures.labels(deployment).inc()
 
     def usage(self, route: str, deployment: str, prompt: int, completion: int,
               cost: float) -> None:
-        self._child(self._tokens, route, deployment, "in").inc(prompt)
-        self._child(self._tokens, route, deployment, "out").inc(completion)
-        self._child(self._cost, route, deployment).inc(cost)
+        self._tokens.labels(route, deployment, "in").inc(prompt)
+        self._tokens.labels(route, deployment, "out").inc(completion)
+        self._cost.labels(route, deployment).inc(cost)
 
     def cache(self, route: str, result: str) -> None:
-        self._child(self._cache, route, result).inc()
+        self._cache.labels(route, result).inc()
 
     def probe(self, deployment: str, ok: bool) -> None:
-        self._child(self._probes, deployment, "pass" if ok else "fail").inc()
+        self._probes.labels(deployment, "pass" if ok else "fail").inc()
 
     def outlier_ejection(self, deployment: str) -> None:
-        self._child(self._outliers, deployment).inc()
+        self._outliers.labels(deployment).inc()
 
     def reload(self, ok: bool) -> None:
-        self._child(self._reloads, "ok" if ok else "rejected").inc()
+        self._reloads.labels("ok" if ok else "rejected").inc()
 
     def watch_endpoints(self, rows: Callable[[], Iterator[tuple[str, str, dict]]]) -> None:
         """Per-endpoint gauges read from the live table at scrape time: nothing to keep in
