@@ -12,6 +12,7 @@ import msgspec
 import orjson
 
 USAGE_MARK = b'"usage":{'
+_ASK = b'"stream_options":{"include_usage":true},'
 
 
 class Usage(msgspec.Struct):
@@ -45,6 +46,11 @@ def usage_of_body(payload: bytes) -> Usage | None:
 def ask_for_usage(body: bytes) -> bytes | None:
     """The request body with ``stream_options.include_usage`` set, or None when the
     client asked for usage already (or the body is not an object we can extend)."""
+    if b'"stream_options"' not in body:
+        # The common case, without decoding the body: the field goes in first.
+        start = body.find(b"{")
+        if start >= 0 and not body[:start].strip() and body[start + 1:].lstrip()[:1] != b"}":
+            return body[:start + 1] + _ASK + body[start + 1:]
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
