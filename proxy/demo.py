@@ -49,6 +49,28 @@ routes:
   - name: cheap-first
     deployments: [small, large]
     policy: ordered
+  - name: smart                  # routing by prompt: a few examples per class
+    policy: classify
+    default: small
+    fallbacks: [large]
+    classes:
+      code:
+        deployments: [coder]
+        threshold: 0.4
+        examples: ["write a python function that parses a date",
+                   "why does my rust code not compile", "fix this SQL query",
+                   "refactor this javascript class", "a bash script to rename files"]
+      reasoning:
+        deployments: [large]
+        threshold: 0.4
+        examples: ["prove that the square root of two is irrational",
+                   "plan a three week trip through japan on a budget",
+                   "compare the economic policies of two countries in depth",
+                   "solve this word problem step by step", "analyse the risks of this contract"]
+      chat:
+        deployments: [small]
+        examples: ["hello there", "what time is it in london", "thanks, that helps",
+                   "tell me a joke", "what is the capital of france"]
 """
 
 EXAMPLES = """\
@@ -65,6 +87,12 @@ Try it:
 
   curl -sN http://127.0.0.1:{port}/v1/chat/completions -H 'content-type: application/json' \\
     -d '{{"model": "coder", "stream": true, "messages": [{{"role": "user", "content": "Write a function"}}]}}'
+
+  # Routing by prompt: the "smart" route picks coder, large or small by what is asked.
+  curl -s http://127.0.0.1:{port}/v1/chat/completions -H 'content-type: application/json' \
+    -d '{{"model": "smart", "messages": [{{"role": "user", "content": "fix my python function"}}]}}' -i
+  curl -s http://127.0.0.1:{port}/v1/route -H 'content-type: application/json' \
+    -d '{{"model": "smart", "messages": [{{"role": "user", "content": "prove this theorem"}}]}}'
 
   curl -s http://127.0.0.1:{port}/v1/models
   curl -s http://127.0.0.1:{port}/metrics | grep llmedge_requests
