@@ -41,17 +41,17 @@ PERCENTILES = (50.0, 90.0, 99.0)
 
 # === gRPC load ===
 
-def grpc_request(body_size: int, stream: bool) -> pb.ChatRequest:
+def grpc_request(body_size: int, stream: bool, model: str = ROUTE) -> pb.ChatRequest:
     """The same prompt load.py sends (its body builder pads the user message)."""
-    doc = json.loads(load.build_body(ROUTE, stream, body_size))
-    return pb.ChatRequest(model=ROUTE, messages=[
+    doc = json.loads(load.build_body(model, stream, body_size))
+    return pb.ChatRequest(model=model, messages=[
         pb.Message(role=m["role"], content=m["content"]) for m in doc["messages"]])
 
 
 async def grpc_load(target: str, connections: int, duration: float, warmup: float,
-                    stream: bool, body_size: int, timeout: float) -> dict:
+                    stream: bool, body_size: int, timeout: float, model: str = ROUTE) -> dict:
     """Closed loop: each caller sends its next call as soon as the previous one ended."""
-    request = grpc_request(body_size, stream)
+    request = grpc_request(body_size, stream, model)
     latency, ttft = Histogram(), Histogram()
     counts = {"ok": 0, "errors": 0, "all": 0}
     errors: dict[str, int] = {}
@@ -99,7 +99,8 @@ async def grpc_load(target: str, connections: int, duration: float, warmup: floa
 def run_grpc(args: argparse.Namespace, target: str) -> dict:
     with asyncio.Runner(loop_factory=lambda: load.new_loop(args.loop)) as runner:
         return runner.run(grpc_load(target, args.connections, args.duration, args.warmup,
-                                    args.stream, args.body_size, args.timeout))
+                                    args.stream, args.body_size, args.timeout,
+                                    args.model if args.grpc_only else ROUTE))
 
 
 def run_http(args: argparse.Namespace, port: int) -> dict:
@@ -228,10 +229,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-pin", action="store_true", help="do not pin llmedge and the load")
     p.add_argument("--grpc-only", action="store_true", help="only gRPC load at --target")
     p.add_argument("--target", default="127.0.0.1:50051", help="with --grpc-only")
+    p.add_argument("--model", default=ROUTE, help="with --grpc-only: the route or deployment")
     p.add_argument("--json", default=None, help="write the report here ('-': stdout)")
     args = p.parse_args(argv)
     if args.grpc_only:
         result = run_grpc(args, args.target)
+        if args.json and args.json != "-":
+            Path(args.json).write_text(json.dumps(result, indent=2))
         print(json.dumps(result, indent=2))
         return 0 if not result["errors"] else 1
     cpus = machine.choose_cpus(args.no_pin)

@@ -704,6 +704,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--insecure", action="store_true", help="https: do not verify certificates")
     p.add_argument("--cpu", default=None,
                    help="pin this process to these CPUs, e.g. 1 or 0,2 (Linux)")
+    p.add_argument("--grpc", default=None, metavar="HOST:PORT",
+                   help="drive llmedge's gRPC front end at HOST:PORT instead of HTTP "
+                        "(closed loop; runs bench/grpc_load.py --grpc-only)")
     p.add_argument("--json", default=None, help="write the result as JSON here ('-': stdout)")
     p.add_argument("--plot", default=None, help="write a latency plot PNG (needs matplotlib)")
     p.add_argument("--quiet", "-q", action="store_true", help="no markdown summary")
@@ -713,6 +716,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.grpc:
+        if args.rate is not None:
+            parser.error("--grpc drives a closed loop: use --connections, not --rate")
+        import grpc_load   # only here: grpcio is not needed for HTTP load
+
+        grpc_argv = ["--grpc-only", "--target", args.grpc, "-c", str(args.connections),
+                     "-d", str(args.duration), "-w", str(args.warmup),
+                     "--body-size", str(args.body_size), "--timeout", str(args.timeout),
+                     "--model", args.model]
+        if args.stream:
+            grpc_argv.append("--stream")
+        if args.json:
+            grpc_argv += ["--json", args.json]
+        return grpc_load.main(grpc_argv)
     fields = {k: v for k, v in vars(args).items() if k in LoadOptions.__dataclass_fields__}
     options = LoadOptions(**fields)
     try:

@@ -36,3 +36,19 @@ def test_grpc_load_reports_both_front_ends(tmp_path, stream):
         {"ttft_p50"} if stream else set())
     assert set(report["overhead"]) == keys
     assert "| grpc |" in proc.stdout
+
+
+def test_load_py_drives_the_grpc_front_end(start_edge, sims, dead_port, tmp_path):
+    from conftest import edge_config
+
+    edge = start_edge(edge_config(sims, dead_port, server="  grpc: 127.0.0.1:0"))
+    out = tmp_path / "grpc.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "load.py"), "--grpc",
+         "127.0.0.1:%d" % edge.grpc_port, "-c", "2", "-d", "0.5", "-w", "0.2",
+         "--model", "auto", "--json", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=100)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(out.read_text())
+    assert report["errors"] == {} and report["requests"] > 0, report
+    assert set(report["latency_us"]) >= {"p50", "p99"}
