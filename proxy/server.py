@@ -242,6 +242,9 @@ class Server:
         self.reloads += 1
         if old_health is not None:
             await old_health.aclose()
+        if self.grpc is not None:
+            # gRPC health says what /readyz would: a reload can make a route servable or not.
+            await self.grpc.set_ready(not router.unready())
         old_keys = {(t.name, e.url) for t in old_router.targets.values() for e in t.endpoints}
         new_keys = {(t.name, e.url) for t in router.targets.values() for e in t.endpoints}
         summary = {

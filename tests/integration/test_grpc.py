@@ -612,3 +612,37 @@ def test_reload_reaches_the_grpc_front_end(sims, dead_port, start_edge):
         assert initial(call)["x-llmedge-route"] == "fresh"
         assert [t.deployment for t in stub.Route(ask("fresh"), timeout=CALL_TIMEOUT).targets] \
             == ["gamma"]
+
+
+def test_health_follows_a_reload(sims, start_edge):
+    from conftest import UNSET_KEY
+
+    def config(key_env: str) -> str:
+        return f"""\
+server:
+  http: 127.0.0.1:0
+  grpc: 127.0.0.1:0
+deployments:
+  - name: alpha
+    base_url: {sims.alpha.url}
+    api_key_env: {key_env}
+routes:
+  - name: auto
+    deployments: [alpha]
+"""
+
+    edge = start_edge(config(UNSET_KEY))   # the only deployment has no key: not ready
+    with grpc.insecure_channel("127.0.0.1:%d" % edge.grpc_port) as ch:
+        health = health_pb2_grpc.HealthStub(ch)
+
+        def status():
+            return health.Check(health_pb2.HealthCheckRequest(service="llmedge.v1.Gateway"),
+                                timeout=CALL_TIMEOUT).status
+
+        assert status() == health_pb2.HealthCheckResponse.NOT_SERVING
+        edge.config_path.write_text(config("LLMEDGE_TEST_ALPHA_KEY"))
+        assert edge.call("POST", "/admin/reload").status == 200
+        assert status() == health_pb2.HealthCheckResponse.SERVING
+        edge.config_path.write_text(config(UNSET_KEY))
+        assert edge.call("POST", "/admin/reload").status == 200
+        assert status() == health_pb2.HealthCheckResponse.NOT_SERVING
