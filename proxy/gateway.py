@@ -280,18 +280,27 @@ class Gateway:
 
     async def _decide_async(self, ex: Exchange, path: bytes, view, plan, args,
                             started: float) -> None:
+        # A request waiting for its decision is in flight: a drain waits for it too.
+        self.inflight += 1
+        self.idle.clear()
+        decision = None
         try:
             decision = await plan.decide_async(*args)
         except ProxyError as exc:
             self._error(ex, exc)
             self.metrics.request("-", "-", exc.status, time.perf_counter() - started)
-            return
         except Exception:
             log.exception("unexpected error deciding a route")
             ex.respond_error(500, wire.error_body("internal error", "server_error"))
             self.metrics.request("-", "-", 500, time.perf_counter() - started)
-            return
-        self._proxy_decided(ex, path, view, plan, decision, started)
+        finally:
+            # Handed over without an await in between: the count is never seen at zero
+            # while the request still has to be answered.
+            self.inflight -= 1
+            if decision is not None:
+                self._proxy_decided(ex, path, view, plan, decision, started)
+            if self.inflight == 0:
+                self.idle.set()
 
     def _proxy_decided(self, ex: Exchange, path: bytes, view, plan, decision,
                        started: float) -> None:

@@ -434,3 +434,24 @@ def test_reload_retrains_and_a_rejected_reload_keeps_serving(start_edge, sims, t
     assert edge.stop() == 0
     lines = audit.read_text().splitlines()
     assert len(lines) >= 4 and all(json.loads(line)["route"] == "auto" for line in lines)
+
+
+def test_drain_waits_for_a_request_still_waiting_on_the_llm_tier(start_edge, sims):
+    import signal
+    import threading
+
+    sims.gamma.configure(reply="code", chunks=1, ttft_ms=1000)
+    edge = start_edge(_llm_route(sims, "always"))
+    result = {}
+    worker = threading.Thread(target=lambda: result.setdefault(
+        "resp", _chat(edge, "an unusual question the cache has not seen")))
+    worker.start()
+    try:
+        sims.gamma.wait_stat("chat", 1)      # the request is deciding now
+        edge.send_signal(signal.SIGTERM)
+        assert edge.wait() == 0
+    finally:
+        worker.join(timeout=30)
+    resp = result["resp"]
+    assert resp.status == 200, resp
+    assert resp.headers["x-llmedge-upstream"] == "alpha"   # the LLM tier's class, then served
