@@ -31,7 +31,8 @@ def rows(edge) -> dict[str, dict]:
 
 
 def test_failing_replica_is_ejected_then_traffic_avoids_it(start_edge, sims):
-    edge = start_edge(_config(sims, "{interval_s: 0.2, min_requests: 5, success_rate_gap: 0.3,"
+    # A whole second per sweep: a loaded machine still sends each replica min_requests in it.
+    edge = start_edge(_config(sims, "{interval_s: 1, min_requests: 5, success_rate_gap: 0.3,"
                                     " eject_s: 60}"))
     sims.alpha.configure(error_rate=0.7)
 
