@@ -59,14 +59,6 @@ class CacheMetrics:
         self._latency = Histogram(
             "llmedge_cache_operation_seconds", "Latency of cache backend operations.",
             ["backend", "op"], buckets=OP_BUCKETS, registry=registry)
-        self._children: dict[tuple, object] = {}
-
-    def _child(self, metric, *labels: str):
-        key = (id(metric), labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
 
     def memory_stats(self, stats: Callable[[], tuple[int, int, int]]) -> None:
         self._metrics.registry.register(_MemoryStats(stats))
@@ -75,14 +67,14 @@ class CacheMetrics:
         self._metrics.cache(route, result)
 
     def store(self, route: str, size: int) -> None:
-        self._child(self._stores, route).inc()
-        self._child(self._stored_bytes, route).inc(size)
+        self._stores.labels(route).inc()
+        self._stored_bytes.labels(route).inc(size)
 
     def coalesced(self, route: str, scope: str) -> None:
-        self._child(self._coalesced, route, scope).inc()
+        self._coalesced.labels(route, scope).inc()
 
     def error(self, op: str, kind: str) -> None:
-        self._child(self._errors, self.backend, op, kind).inc()
+        self._errors.labels(self.backend, op, kind).inc()
 
     def latency(self, op: str, seconds: float) -> None:
-        self._child(self._latency, self.backend, op).observe(seconds)
+        self._latency.labels(self.backend, op).observe(seconds)

@@ -291,20 +291,15 @@ class Dispatcher:
         started = time.monotonic()
         try:
             first_event_at = await self._exchange(answer, target, endpoint)
-        except UpstreamTimeout as exc:
+        except UpstreamError as exc:
             now = time.monotonic()
             answer.upstream_s += now - started
-            if answer.deadline and now >= answer.deadline - 0.001:
+            if (isinstance(exc, UpstreamTimeout) and answer.deadline
+                    and now >= answer.deadline - 0.001):
                 # Cut short by the request's deadline, not by the endpoint's timeout.
                 table.cancel(row)
                 raise DeadlineExceeded("the request's deadline passed while waiting for %s"
                                        % target.name) from None
-            table.record(row, now, (now - started) * 1e6, -1.0, True)
-            self.router.breakers.on_failure(row, exc.kind, exc.retry_after)
-            raise
-        except UpstreamError as exc:
-            now = time.monotonic()
-            answer.upstream_s += now - started
             table.record(row, now, (now - started) * 1e6, -1.0, True)
             self.router.breakers.on_failure(
                 row, exc.kind, exc.retry_after,

@@ -11,7 +11,6 @@ from urllib.parse import parse_qs
 import msgspec
 import orjson
 
-from _fastpath import EP_EJECTED, EP_HALF_OPEN, EP_HEALTHY, EP_OPEN
 
 from .accesslog import AccessLog
 from .accounting import ask_for_usage, cost_usd
@@ -54,8 +53,6 @@ _chat_decoder = msgspec.json.Decoder(ChatView)
 _embeddings_decoder = msgspec.json.Decoder(EmbeddingsView)
 
 NO_TAGS: frozenset[str] = frozenset()
-STATE_NAMES = {EP_HEALTHY: "healthy", EP_EJECTED: "ejected", EP_OPEN: "open",
-               EP_HALF_OPEN: "half-open"}
 CHAT_PATH = b"/chat/completions"
 EMBEDDINGS_PATH = b"/embeddings"
 _REQUEST_ID_OK = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
@@ -138,15 +135,16 @@ class Gateway:
     # === endpoints ===
 
     def _get(self, ex: Exchange) -> bool:
-        if ex.method == b"GET":
-            return True
-        self._error(ex, MethodNotAllowed("use GET for this endpoint", code="method_not_allowed"))
-        return False
+        return self._method(ex, b"GET")
 
     def _post(self, ex: Exchange) -> bool:
-        if ex.method == b"POST":
+        return self._method(ex, b"POST")
+
+    def _method(self, ex: Exchange, method: bytes) -> bool:
+        if ex.method == method:
             return True
-        self._error(ex, MethodNotAllowed("use POST for this endpoint", code="method_not_allowed"))
+        self._error(ex, MethodNotAllowed("use %s for this endpoint" % method.decode(),
+                                         code="method_not_allowed"))
         return False
 
     def _reload(self, ex: Exchange) -> None:
@@ -182,16 +180,11 @@ class Gateway:
     def _upstreams(self) -> bytes:
         """The live endpoint table: state, statistics, and why each endpoint is in its state."""
         router = self.router
-        rows = []
-        for target in router.targets.values():
-            for row, endpoint in zip(target.rows, target.endpoints):
-                stats = router.table.stats(row)
-                stats["state"] = STATE_NAMES.get(stats["state"], stats["state"])
-                rows.append({"deployment": target.name, "url": endpoint.url,
-                             "usable": target.unusable is None,
-                             "unusable_reason": target.unusable,
-                             "open_connections": endpoint.open_connections,
-                             **stats, **router.breakers.describe(row)})
+        rows = [{"deployment": target.name, "url": endpoint.url,
+                 "usable": target.unusable is None, "unusable_reason": target.unusable,
+                 "open_connections": endpoint.open_connections,
+                 **stats, **router.breakers.describe(row)}
+                for target, endpoint, row, stats in router.endpoint_stats()]
         return orjson.dumps({"endpoints": rows})
 
     def _ready(self, ex: Exchange) -> None:

@@ -20,7 +20,7 @@ import msgspec
 from .config import Config, ServerSection, load, parse_address
 from .errors import ConfigError, ReloadRejected
 from .accesslog import AccessLog
-from .gateway import STATE_NAMES, Gateway
+from .gateway import Gateway
 from .outlier import OutlierDetector
 from .health import HealthChecker
 from .http.front import HttpFront, Limits
@@ -147,14 +147,8 @@ class Server:
         task.add_done_callback(self._reload_tasks.discard)
 
     def _endpoint_rows(self):
-        router = self.router
-        if router is None:
-            return
-        table = router.table
-        for target in router.targets.values():
-            for row, endpoint in zip(target.rows, target.endpoints):
-                stats = table.stats(row)
-                stats["state"] = STATE_NAMES.get(stats["state"], "healthy")
+        if self.router is not None:
+            for target, endpoint, _, stats in self.router.endpoint_stats():
                 yield target.name, endpoint.url, stats
 
     async def _reload_logged(self) -> None:
@@ -245,14 +239,11 @@ class Server:
         if self.grpc is not None:
             # gRPC health says what /readyz would: a reload can make a route servable or not.
             await self.grpc.set_ready(not router.unready())
-        old_keys = {(t.name, e.url) for t in old_router.targets.values() for e in t.endpoints}
-        new_keys = {(t.name, e.url) for t in router.targets.values() for e in t.endpoints}
+        kept, added, removed = router.changes
         summary = {
             "status": "reloaded", "reloads": self.reloads,
             "routes": sorted(router.routes), "deployments": sorted(router.targets),
-            "endpoints_kept": len(old_keys & new_keys),
-            "endpoints_added": len(new_keys - old_keys),
-            "endpoints_removed": len(old_keys - new_keys),
+            "endpoints_kept": kept, "endpoints_added": added, "endpoints_removed": removed,
         }
         if needs_restart:
             summary["needs_restart"] = needs_restart
@@ -260,8 +251,7 @@ class Server:
                         ", ".join(summary["needs_restart"]))
         log.info("reloaded %s: %d routes, %d deployments; endpoints kept %d, added %d, "
                  "removed %d", self.config_path, len(router.routes), len(router.targets),
-                 summary["endpoints_kept"], summary["endpoints_added"],
-                 summary["endpoints_removed"])
+                 kept, added, removed)
         return summary
 
     def _on_signal(self) -> None:

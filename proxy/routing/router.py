@@ -12,12 +12,12 @@ from __future__ import annotations
 import os
 import random
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import orjson
 import xxhash
 
-from _fastpath import EP_EJECTED, EndpointTable
+from _fastpath import EP_EJECTED, EP_HALF_OPEN, EP_HEALTHY, EP_OPEN, EndpointTable
 
 from ..breaker import Breakers
 from ..config import Config, Deployment, Route, Timeouts
@@ -78,6 +78,10 @@ class Target:
     def close(self) -> None:
         for endpoint in self.endpoints:
             endpoint.close()
+
+
+STATE_NAMES = {EP_HEALTHY: "healthy", EP_EJECTED: "ejected", EP_OPEN: "open",
+               EP_HALF_OPEN: "half-open"}
 
 
 def endpoint_key(deployment: str, url: str, price: float, quality: float) -> tuple:
@@ -232,6 +236,11 @@ class Router:
                         for d in config.deployments}
         # What the previous configuration had and this one does not.
         self.dropped = list(kept.values())
+        reused = (sum(len(t.endpoints) for t in previous.targets.values()) - len(self.dropped)
+                  if previous is not None else 0)
+        # Endpoints kept from, added to and removed from the previous configuration.
+        self.changes = (reused, sum(len(t.endpoints) for t in self.targets.values()) - reused,
+                        len(self.dropped))
         self.routes: dict[str, RoutePlan] = {}
         problems = []
         for i, route in enumerate(config.routes):
@@ -314,8 +323,14 @@ class Router:
             endpoint.retire()
         self.dropped = []
 
-    def endpoint_count(self) -> int:
-        return sum(len(t.endpoints) for t in self.targets.values())
+    def endpoint_stats(self) -> Iterator[tuple[Target, Endpoint, int, dict]]:
+        """Every endpoint with its table row and statistics, the state by name."""
+        table = self.table
+        for target in self.targets.values():
+            for row, endpoint in zip(target.rows, target.endpoints):
+                stats = table.stats(row)
+                stats["state"] = STATE_NAMES.get(stats["state"], stats["state"])
+                yield target, endpoint, row, stats
 
     def close(self) -> None:
         for plan in self.routes.values():
