@@ -8,8 +8,9 @@ asked for, and the metrics still count every token.
 
 from __future__ import annotations
 
+import json
+
 import msgspec
-import orjson
 
 USAGE_MARK = b'"usage":{'
 _ASK = b'"stream_options":{"include_usage":true},'
@@ -52,8 +53,9 @@ def ask_for_usage(body: bytes) -> bytes | None:
         if start >= 0 and not body[:start].strip() and body[start + 1:].lstrip()[:1] != b"}":
             return body[:start + 1] + _ASK + body[start + 1:]
     try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
+        # The standard decoder: it keeps integers beyond 64 bits exact (orjson would not).
+        doc = json.loads(body)
+    except ValueError:
         return None
     options = doc.get("stream_options") if isinstance(doc, dict) else None
     if options is None:
@@ -62,7 +64,7 @@ def ask_for_usage(body: bytes) -> bytes | None:
         doc["stream_options"] = {**options, "include_usage": True}
     else:
         return None
-    return orjson.dumps(doc)
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def take_usage(data: bytes, strip: bool) -> tuple[bytes, Usage | None]:

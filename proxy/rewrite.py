@@ -10,6 +10,8 @@ decode and encode.
 
 from __future__ import annotations
 
+import json
+
 import orjson
 
 _KEY = b'"model"'
@@ -52,6 +54,8 @@ def replace_model(body: bytes, model: str, current: str) -> bytes:
                 # key spelled with escapes ("\u006dodel") would leave only a nested one.
                 if end > 0 and orjson.loads(body[i:end]) == current:
                     return body[:i] + orjson.dumps(model) + body[end:]
-    doc = orjson.loads(body)
+    # The standard decoder here, not orjson: it keeps integers beyond 64 bits exact, and
+    # nothing the client sent may change on the way but the model.
+    doc = json.loads(body)
     doc["model"] = model
-    return orjson.dumps(doc)
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
