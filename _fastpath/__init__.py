@@ -12,7 +12,7 @@ NO_EXTENSIONS = bool(os.environ.get("LLMEDGE_NO_EXTENSIONS")) or sys.implementat
 if not NO_EXTENSIONS:
     try:
         from .cachekey import cache_key, canonical
-        from .classify import LinearModel, features, softmax, train_softmax
+        from .classify import LinearModel, features, log_length, softmax, train_softmax
         from .hashing import HashRing
         from .scoring import (EP_EJECTED, EP_HALF_OPEN, EP_HEALTHY, EP_OPEN, POLICY_COST,
                               POLICY_LATENCY, POLICY_SCORE, EndpointTable)
@@ -22,8 +22,8 @@ if not NO_EXTENSIONS:
 
 if NO_EXTENSIONS:
     from .cachekey_py import cache_key, canonical  # type: ignore[assignment]
-    from .classify_py import (LinearModel, features, softmax,  # type: ignore[assignment]
-                              train_softmax)
+    from .classify_py import (LinearModel, features, log_length,  # type: ignore[assignment]
+                              softmax, train_softmax)
     from .hashing_py import HashRing  # type: ignore[assignment]
     from .scoring_py import (EP_EJECTED, EP_HALF_OPEN, EP_HEALTHY,  # type: ignore[assignment]
                              EP_OPEN, POLICY_COST, POLICY_LATENCY, POLICY_SCORE, EndpointTable)
@@ -34,4 +34,4 @@ IMPLEMENTATION = "py" if NO_EXTENSIONS else "c"
 __all__ = ("EP_EJECTED", "EP_HALF_OPEN", "EP_HEALTHY", "EP_OPEN", "IMPLEMENTATION",
            "NO_EXTENSIONS", "POLICY_COST", "POLICY_LATENCY", "POLICY_SCORE", "EndpointTable",
            "HashRing", "LinearModel", "WeightedOrder", "cache_key", "canonical", "features",
-           "softmax", "train_softmax")
+           "log_length", "softmax", "train_softmax")

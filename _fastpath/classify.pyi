@@ -7,8 +7,8 @@ def features(
     char_hi: int = ...,
     context_weight: float = ...,
     max_bytes: int = ...,
-    length_weight: float = ...,
 ) -> dict[int, float]: ...
+def log_length(turns: Sequence[str | bytes], max_bytes: int = 4096) -> float: ...
 def softmax(logits: Sequence[float], temperature: float = 1.0) -> list[float]: ...
 def train_softmax(
     rows: Sequence[Sequence[tuple[int, float]]],
@@ -19,6 +19,7 @@ def train_softmax(
     l2: float = 1e-4,
     lr: float = 0.5,
     seed: int = 0,
+    weights: Sequence[float] | None = None,
 ) -> tuple[list[float], list[float]]: ...
 
 class LinearModel:
@@ -28,7 +29,9 @@ class LinearModel:
     char_hi: int
     context_weight: float
     max_bytes: int
-    length_weight: float
+    length_coef: list[float]
+    length_scale: float
+    length_offset: float
     default_idf: float
     def __init__(
         self,
@@ -43,7 +46,9 @@ class LinearModel:
         char_hi: int = 5,
         context_weight: float = 0.5,
         max_bytes: int = 4096,
-        length_weight: float = 0.0,
+        length_coef: Sequence[float] = (),
+        length_scale: float = 1.0,
+        length_offset: float = 0.0,
     ) -> None: ...
     def features(self, turns: Sequence[str | bytes]) -> dict[int, float]: ...
     def vector(self, turns: Sequence[str | bytes]) -> list[tuple[int, float]]: ...

@@ -10,14 +10,14 @@ used from the event loop only.
 
 cimport cython
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
-from libc.math cimport exp, sqrt, isfinite
+from libc.math cimport exp, log2, sqrt, isfinite
 from libc.stdint cimport int32_t, uint32_t, uint64_t
 from libc.string cimport memset
 
 import operator
 from array import array
 
-__all__ = ("LinearModel", "features", "softmax", "train_softmax")
+__all__ = ("LinearModel", "features", "log_length", "softmax", "train_softmax")
 
 cdef enum:
     MAX_DIM = 1 << 24
@@ -73,6 +73,7 @@ cdef class _Counter:
     cdef uint32_t* touched    # distinct buckets in first-occurrence order (after finish)
     cdef double* vals         # their weighted counts
     cdef Py_ssize_t n_touched
+    cdef Py_ssize_t last_size # bytes of the last turn counted, after the cut; -1: none
     cdef Py_ssize_t cap       # of keys, touched and vals
     cdef uint32_t mask
     cdef unsigned char* norm  # normalised stream scratch, 10 bytes beyond the text
@@ -93,6 +94,7 @@ cdef class _Counter:
         memset(self.acc, 0, dim * sizeof(double))
         self.n_keys = 0
         self.n_touched = 0
+        self.last_size = -1
 
     def __dealloc__(self):
         PyMem_Free(self.acc)
@@ -224,11 +226,11 @@ cdef class _Counter:
         return 0
 
     cdef int count(self, list turns, Py_ssize_t max_bytes, double context_weight,
-                   int char_lo, int char_hi, double length_weight) except -1:
-        cdef Py_ssize_t t, last = len(turns) - 1, size, last_size = -1
-        cdef int bits
+                   int char_lo, int char_hi) except -1:
+        cdef Py_ssize_t t, last = len(turns) - 1, size
         cdef double weight
         cdef bytes data
+        self.last_size = -1
         cdef uint32_t k
         for t in range(last + 1):
             turn = turns[t]
@@ -245,25 +247,14 @@ cdef class _Counter:
             size = len(data)
             if size > max_bytes:
                 size = max_bytes
-            last_size = size
+            self.last_size = size
             self.add_turn(<const unsigned char*><char*>data, size, weight, char_lo, char_hi)
-        if length_weight > 0.0 and last_size >= 0:
-            # classify_py._length_bucket
-            bits = 0
-            while (last_size >> bits) != 0:
-                bits += 1
-            k = fmix32(0x6C656E00U + <uint32_t>(2 * bits + (((last_size >> (bits - 2)) & 1)
-                                                           if bits >= 2 else 0))) & self.mask
-            self.reserve(1)
-            self.add(k)
-            self.acc[k] += length_weight
         self.finish()
         return 0
 
 
 cdef int _check_options(Py_ssize_t dim, Py_ssize_t char_lo, Py_ssize_t char_hi,
-                        double context_weight, Py_ssize_t max_bytes,
-                        double length_weight) except -1:
+                        double context_weight, Py_ssize_t max_bytes) except -1:
     if dim < 2 or dim > MAX_DIM or dim & (dim - 1):
         raise ValueError("dim must be a power of two between 2 and %d" % MAX_DIM)
     if char_lo < 1 or char_hi < char_lo or char_hi > 7:
@@ -272,8 +263,6 @@ cdef int _check_options(Py_ssize_t dim, Py_ssize_t char_lo, Py_ssize_t char_hi,
         raise ValueError("context_weight must be between 0 and 1")
     if max_bytes < 1:
         raise ValueError("max_bytes must be >= 1")
-    if not (length_weight >= 0.0 and isfinite(length_weight)):
-        raise ValueError("length_weight must be a number >= 0")
     return 0
 
 
@@ -283,22 +272,43 @@ cdef list _turn_list(object turns):
     return list(turns)
 
 
-def features(turns, dim=1 << 18, char_lo=3, char_hi=5, context_weight=0.5, max_bytes=4096,
-             length_weight=0.0):
+def features(turns, dim=1 << 18, char_lo=3, char_hi=5, context_weight=0.5, max_bytes=4096):
     """Bucket -> weighted count, in first-occurrence order."""
     cdef Py_ssize_t d = operator.index(dim), lo = operator.index(char_lo)
     cdef Py_ssize_t hi = operator.index(char_hi), mb = operator.index(max_bytes)
-    cdef double cw = float(context_weight), lw = float(length_weight)
-    _check_options(d, lo, hi, cw, mb, lw)
+    cdef double cw = float(context_weight)
+    _check_options(d, lo, hi, cw, mb)
     cdef list items = _turn_list(turns)
     cdef _Counter counter = _Counter(<uint32_t>d)
-    counter.count(items, mb, cw, <int>lo, <int>hi, lw)
+    counter.count(items, mb, cw, <int>lo, <int>hi)
     cdef dict out = {}
     cdef Py_ssize_t i
     for i in range(counter.n_touched):
         out[counter.touched[i]] = counter.vals[i]
     counter.n_touched = 0
     return out
+
+
+cdef inline double _log_length(Py_ssize_t size) noexcept:
+    return log2(1.0 + <double>size) if size >= 0 else 0.0
+
+
+def log_length(turns, max_bytes=4096):
+    """log2(1 + bytes of the last turn, after the cut); 0.0 without turns."""
+    cdef Py_ssize_t mb = operator.index(max_bytes), size
+    if mb < 1:
+        raise ValueError("max_bytes must be >= 1")
+    cdef list items = _turn_list(turns)
+    if not items:
+        return 0.0
+    turn = items[-1]
+    if isinstance(turn, str):
+        size = len(str.encode(turn, "utf-8", "replace"))
+    elif isinstance(turn, bytes):
+        size = len(<bytes>turn)
+    else:
+        raise TypeError("turns must be str or bytes, not %r" % type(turn).__name__)
+    return _log_length(size if size < mb else mb)
 
 
 cdef void _softmax_into(double* z, Py_ssize_t n, double temperature) noexcept nogil:
@@ -350,13 +360,15 @@ cdef class LinearModel:
     cdef readonly int char_hi
     cdef readonly double context_weight
     cdef readonly Py_ssize_t max_bytes
-    cdef readonly double length_weight
+    cdef readonly double length_scale
+    cdef readonly double length_offset
     cdef readonly double default_idf
     cdef Py_ssize_t n_rows
     cdef int32_t* row_of      # dim entries: the bucket's row, or -1
     cdef float* idf           # n_rows
     cdef float* weights       # n_rows * n_classes, row-major
     cdef double* bias         # n_classes
+    cdef double* lcoef        # length_coef: n_classes, or NULL for no length term
     cdef double* z            # n_classes scratch
     cdef float* zf            # n_classes scratch: float sums vectorise (SSE) where doubles halve the lanes
     cdef _Counter counter
@@ -366,18 +378,26 @@ cdef class LinearModel:
         self.idf = NULL
         self.weights = NULL
         self.bias = NULL
+        self.lcoef = NULL
         self.z = NULL
         self.zf = NULL
 
     def __init__(self, dim, n_classes, buckets, idf, weights, bias, default_idf=1.0,
-                 char_lo=3, char_hi=5, context_weight=0.5, max_bytes=4096, length_weight=0.0):
+                 char_lo=3, char_hi=5, context_weight=0.5, max_bytes=4096, length_coef=(),
+                 length_scale=1.0, length_offset=0.0):
         cdef Py_ssize_t d = operator.index(dim), nc = operator.index(n_classes)
         cdef Py_ssize_t lo = operator.index(char_lo), hi = operator.index(char_hi)
         cdef Py_ssize_t mb = operator.index(max_bytes)
-        cdef double cw = float(context_weight), lw = float(length_weight)
-        _check_options(d, lo, hi, cw, mb, lw)
+        cdef double cw = float(context_weight)
+        cdef double l_scale = float(length_scale), l_offset = float(length_offset)
+        _check_options(d, lo, hi, cw, mb)
         if nc < 1:
             raise ValueError("n_classes must be >= 1")
+        cdef list coef = [float(c) for c in length_coef]
+        if coef and len(coef) != nc:
+            raise ValueError("length_coef needs one value per class, or none")
+        if not (isfinite(l_scale) and isfinite(l_offset)):
+            raise ValueError("length_scale and length_offset must be finite")
         cdef list bucket_list = [operator.index(b) for b in buckets]
         cdef Py_ssize_t n = len(bucket_list), i, row
         if len(idf) != n:
@@ -396,6 +416,12 @@ cdef class LinearModel:
         self.bias = <double*>PyMem_Malloc(nc * sizeof(double))
         self.z = <double*>PyMem_Malloc(nc * sizeof(double))
         self.zf = <float*>PyMem_Malloc(nc * sizeof(float))
+        if coef:
+            self.lcoef = <double*>PyMem_Malloc(nc * sizeof(double))
+            if self.lcoef is NULL:
+                raise MemoryError()
+            for i in range(nc):
+                self.lcoef[i] = coef[i]
         if self.zf is NULL or (self.row_of is NULL or self.idf is NULL or self.weights is NULL
                 or self.bias is NULL or self.z is NULL):
             raise MemoryError()
@@ -420,7 +446,8 @@ cdef class LinearModel:
         self.char_hi = <int>hi
         self.context_weight = cw
         self.max_bytes = mb
-        self.length_weight = lw
+        self.length_scale = l_scale
+        self.length_offset = l_offset
         self.default_idf = default_f[0]
         self.counter = _Counter(<uint32_t>d)
 
@@ -429,16 +456,23 @@ cdef class LinearModel:
         PyMem_Free(self.idf)
         PyMem_Free(self.weights)
         PyMem_Free(self.bias)
+        PyMem_Free(self.lcoef)
         PyMem_Free(self.z)
         PyMem_Free(self.zf)
 
     def features(self, turns):
         return features(turns, self.dim, self.char_lo, self.char_hi, self.context_weight,
-                        self.max_bytes, self.length_weight)
+                        self.max_bytes)
+
+    @property
+    def length_coef(self):
+        if self.lcoef is NULL:
+            return []
+        return [self.lcoef[c] for c in range(self.n_classes)]
 
     cdef int _count(self, object turns) except -1:
         self.counter.count(_turn_list(turns), self.max_bytes, self.context_weight,
-                           self.char_lo, self.char_hi, self.length_weight)
+                           self.char_lo, self.char_hi)
         return 0
 
     def vector(self, turns):
@@ -481,6 +515,7 @@ cdef class LinearModel:
         cdef const float* w
         cdef const float* pending = NULL   # a known row waiting for a partner
         cdef float pending_v = 0.0
+        cdef double length_x
         for c in range(nc):
             zf[c] = 0.0
         for i in range(counter.n_touched):
@@ -512,6 +547,10 @@ cdef class LinearModel:
             norm2 = sqrt(norm2)
             for c in range(nc):
                 z[c] = self.bias[c] + <double>zf[c] / norm2
+        if self.lcoef is not NULL:
+            length_x = self.length_scale * _log_length(counter.last_size) + self.length_offset
+            for c in range(nc):
+                z[c] += self.lcoef[c] * length_x
         return norm2
 
     def logits(self, turns):
@@ -543,7 +582,8 @@ cdef inline uint64_t _xorshift(uint64_t* state) noexcept nogil:
 @cython.boundscheck(False)
 @cython.wraparound(False)
 @cython.cdivision(True)
-def train_softmax(rows, labels, n_rows, n_classes, epochs=30, l2=1e-4, lr=0.5, seed=0):
+def train_softmax(rows, labels, n_rows, n_classes, epochs=30, l2=1e-4, lr=0.5, seed=0,
+                  weights=None):
     """Fit a multinomial logistic regression by SGD; return (weights, bias).
 
     See ``classify_py.train_softmax`` for the algorithm; the arithmetic runs in the same order.
@@ -557,6 +597,12 @@ def train_softmax(rows, labels, n_rows, n_classes, epochs=30, l2=1e-4, lr=0.5, s
         raise ValueError("n_classes must be >= 1 and n_rows >= 0")
     if len(rows) != len(ys):
         raise ValueError("need one label per example")
+    cdef list ws = [1.0] * len(ys) if weights is None else [float(w) for w in weights]
+    if len(ws) != len(ys):
+        raise ValueError("need one weight per example")
+    for w in ws:
+        if not (w >= 0.0 and isfinite(w)):
+            raise ValueError("example weights must be numbers >= 0")
     if n_epochs < 0:
         raise ValueError("epochs must be >= 0")
     if not (c_l2 >= 0.0 and isfinite(c_l2)) or not (c_lr > 0.0 and isfinite(c_lr)):
@@ -581,6 +627,7 @@ def train_softmax(rows, labels, n_rows, n_classes, epochs=30, l2=1e-4, lr=0.5, s
     cdef Py_ssize_t* idx = <Py_ssize_t*>PyMem_Malloc((nnz + 1) * sizeof(Py_ssize_t))
     cdef double* val = <double*>PyMem_Malloc((nnz + 1) * sizeof(double))
     cdef Py_ssize_t* y = <Py_ssize_t*>PyMem_Malloc((n_ex + 1) * sizeof(Py_ssize_t))
+    cdef double* ew = <double*>PyMem_Malloc((n_ex + 1) * sizeof(double))
     cdef Py_ssize_t* order = <Py_ssize_t*>PyMem_Malloc((n_ex + 1) * sizeof(Py_ssize_t))
     cdef double* v = <double*>PyMem_Malloc((nr * nc + 1) * sizeof(double))
     cdef double* bias = <double*>PyMem_Malloc(nc * sizeof(double))
@@ -590,7 +637,8 @@ def train_softmax(rows, labels, n_rows, n_classes, epochs=30, l2=1e-4, lr=0.5, s
     cdef uint64_t state = (seed_v * 0x9E3779B97F4A7C15ULL + 1)
     cdef Py_ssize_t j, tmp, base, ep
     try:
-        if (ptr is NULL or idx is NULL or val is NULL or y is NULL or order is NULL
+        if (ptr is NULL or idx is NULL or val is NULL or y is NULL or ew is NULL
+                or order is NULL
                 or v is NULL or bias is NULL or z is NULL):
             raise MemoryError()
         if state == 0:
@@ -602,6 +650,7 @@ def train_softmax(rows, labels, n_rows, n_classes, epochs=30, l2=1e-4, lr=0.5, s
             val[i] = val_list[i]
         for i in range(n_ex):
             y[i] = ys[i]
+            ew[i] = ws[i]
             order[i] = i
         for i in range(nr * nc):
             v[i] = 0.0
@@ -631,6 +680,8 @@ def train_softmax(rows, labels, n_rows, n_classes, epochs=30, l2=1e-4, lr=0.5, s
                         z[c] = z[c] * scale + bias[c]
                     _softmax_into(z, nc, 1.0)
                     z[y[e]] -= 1.0
+                    for c in range(nc):
+                        z[c] *= ew[e]
                     scale *= 1.0 - eta * c_l2
                     step = eta / scale
                     for pos in range(ptr[e], ptr[e + 1]):
@@ -650,6 +701,7 @@ def train_softmax(rows, labels, n_rows, n_classes, epochs=30, l2=1e-4, lr=0.5, s
         PyMem_Free(idx)
         PyMem_Free(val)
         PyMem_Free(y)
+        PyMem_Free(ew)
         PyMem_Free(order)
         PyMem_Free(v)
         PyMem_Free(bias)

@@ -22,14 +22,16 @@ Text -> features, exactly:
    finalised hash masked to ``dim`` (a power of two).
 5. A feature's count is the sum of its turn weights: 1 for the last turn, ``context_weight``
    for every earlier one (0 leaves earlier turns out).
-6. With ``length_weight`` > 0, one more feature, last: the length of the last turn (bytes,
-   after the cut) as a half-octave bucket ``2 * bit_length(n) + second-highest bit``, hashed
-   as ``fmix32(0x6C656E00 + bucket)``, counted ``length_weight``. How hard a prompt is
-   tracks its length, which normalised n-gram counts cannot see.
+6. Length is not a hashed feature. ``log_length`` is ``log2(1 + n)`` for the last turn's
+   ``n`` bytes after the cut (0.0 without turns); a model with ``length_coef`` adds
+   ``length_coef[c] * (length_scale * log_length + length_offset)`` to class ``c``'s logit,
+   outside the tf-idf norm. How hard a prompt is tracks its length, which normalised n-gram
+   counts cannot see, and a continuous term extrapolates where a length bucket could not.
 
 The model keeps rows only for buckets seen in training, each with an idf; other buckets weigh
 ``default_idf`` and add to the vector's norm but not to any logit. Logits are
-``bias + (sum of count * idf * weight row) / norm``, summed in first-occurrence order.
+``bias + (sum of count * idf * weight row) / norm`` (plus the length term), summed in
+first-occurrence order.
 Weights and idf are stored as float32; everything else is float64.
 """
 
@@ -40,7 +42,7 @@ import operator
 from array import array
 from collections.abc import Sequence
 
-__all__ = ("LinearModel", "features", "softmax", "train_softmax")
+__all__ = ("LinearModel", "features", "log_length", "softmax", "train_softmax")
 
 _M32 = 0xFFFFFFFF
 _PRIME = 0x01000193
@@ -94,13 +96,8 @@ def _normalise(data: bytes) -> bytes:
     return bytes(out)
 
 
-def _length_bucket(n: int) -> int:
-    b = n.bit_length()
-    return 2 * b + ((n >> (b - 2)) & 1 if b >= 2 else 0)
-
-
 def _check_options(dim: int, char_lo: int, char_hi: int, context_weight: float,
-                   max_bytes: int, length_weight: float = 0.0) -> None:
+                   max_bytes: int) -> None:
     if dim < 2 or dim > _MAX_DIM or dim & (dim - 1):
         raise ValueError("dim must be a power of two between 2 and %d" % _MAX_DIM)
     if char_lo < 1 or char_hi < char_lo or char_hi > 7:
@@ -109,8 +106,6 @@ def _check_options(dim: int, char_lo: int, char_hi: int, context_weight: float,
         raise ValueError("context_weight must be between 0 and 1")
     if max_bytes < 1:
         raise ValueError("max_bytes must be >= 1")
-    if not (length_weight >= 0.0 and math.isfinite(length_weight)):
-        raise ValueError("length_weight must be a number >= 0")
 
 
 def _turn_list(turns: object) -> list:
@@ -121,23 +116,20 @@ def _turn_list(turns: object) -> list:
 
 def features(turns: Sequence[str | bytes], dim: int = 1 << 18, char_lo: int = 3,
              char_hi: int = 5, context_weight: float = 0.5,
-             max_bytes: int = 4096, length_weight: float = 0.0) -> dict[int, float]:
+             max_bytes: int = 4096) -> dict[int, float]:
     """Bucket -> weighted count, in first-occurrence order."""
     dim = operator.index(dim)
     char_lo = operator.index(char_lo)
     char_hi = operator.index(char_hi)
     max_bytes = operator.index(max_bytes)
     context_weight = float(context_weight)
-    length_weight = float(length_weight)
-    _check_options(dim, char_lo, char_hi, context_weight, max_bytes, length_weight)
+    _check_options(dim, char_lo, char_hi, context_weight, max_bytes)
     turns = _turn_list(turns)
-    last_size = -1
     mask = dim - 1
     acc: dict[int, float] = {}
     last = len(turns) - 1
     for t, turn in enumerate(turns):
         data = _turn_bytes(turn, max_bytes)
-        last_size = len(data)
         weight = 1.0 if t == last else context_weight
         if weight == 0.0:
             continue
@@ -161,10 +153,18 @@ def features(turns: Sequence[str | bytes], dim: int = 1 << 18, char_lo: int = 3,
                 key = int.from_bytes(stream[i:i + m], "little") | (m << 56)
                 k = _fmix64(key ^ _CHAR_SEED) & mask
                 acc[k] = acc.get(k, 0.0) + weight
-    if length_weight > 0.0 and last_size >= 0:
-        k = _fmix32((0x6C656E00 + _length_bucket(last_size)) & _M32) & mask
-        acc[k] = acc.get(k, 0.0) + length_weight
     return acc
+
+
+def log_length(turns: Sequence[str | bytes], max_bytes: int = 4096) -> float:
+    """log2(1 + bytes of the last turn, after the cut); 0.0 without turns."""
+    max_bytes = operator.index(max_bytes)
+    if max_bytes < 1:
+        raise ValueError("max_bytes must be >= 1")
+    turns = _turn_list(turns)
+    if not turns:
+        return 0.0
+    return math.log2(1.0 + len(_turn_bytes(turns[-1], max_bytes)))
 
 
 def softmax(logits: Sequence[float], temperature: float = 1.0) -> list[float]:
@@ -190,23 +190,30 @@ class LinearModel:
     """
 
     __slots__ = ("dim", "n_classes", "char_lo", "char_hi", "context_weight", "max_bytes",
-                 "length_weight",
+                 "length_coef", "length_scale", "length_offset",
                  "default_idf", "_rows", "_idf", "_weights", "_bias")
 
     def __init__(self, dim: int, n_classes: int, buckets: Sequence[int], idf: Sequence[float],
                  weights: Sequence[float], bias: Sequence[float], default_idf: float = 1.0,
                  char_lo: int = 3, char_hi: int = 5, context_weight: float = 0.5,
-                 max_bytes: int = 4096, length_weight: float = 0.0) -> None:
+                 max_bytes: int = 4096, length_coef: Sequence[float] = (),
+                 length_scale: float = 1.0, length_offset: float = 0.0) -> None:
         dim = operator.index(dim)
         n_classes = operator.index(n_classes)
         char_lo = operator.index(char_lo)
         char_hi = operator.index(char_hi)
         max_bytes = operator.index(max_bytes)
         context_weight = float(context_weight)
-        length_weight = float(length_weight)
-        _check_options(dim, char_lo, char_hi, context_weight, max_bytes, length_weight)
+        length_scale = float(length_scale)
+        length_offset = float(length_offset)
+        _check_options(dim, char_lo, char_hi, context_weight, max_bytes)
         if n_classes < 1:
             raise ValueError("n_classes must be >= 1")
+        coef = [float(c) for c in length_coef]
+        if coef and len(coef) != n_classes:
+            raise ValueError("length_coef needs one value per class, or none")
+        if not (math.isfinite(length_scale) and math.isfinite(length_offset)):
+            raise ValueError("length_scale and length_offset must be finite")
         buckets = [operator.index(b) for b in buckets]
         if len(idf) != len(buckets):
             raise ValueError("idf needs one value per bucket")
@@ -227,7 +234,9 @@ class LinearModel:
         self.char_hi = char_hi
         self.context_weight = context_weight
         self.max_bytes = max_bytes
-        self.length_weight = length_weight
+        self.length_coef = coef
+        self.length_scale = length_scale
+        self.length_offset = length_offset
         self.default_idf = float(array("f", [default_idf])[0])
         self._rows = rows
         self._idf = array("f", idf)
@@ -236,7 +245,7 @@ class LinearModel:
 
     def features(self, turns: Sequence[str | bytes]) -> dict[int, float]:
         return features(turns, self.dim, self.char_lo, self.char_hi, self.context_weight,
-                        self.max_bytes, self.length_weight)
+                        self.max_bytes)
 
     def _weighted(self, turns: Sequence[str | bytes]) -> list[tuple[int, int, float]]:
         out = []
@@ -269,9 +278,14 @@ class LinearModel:
                 for c in range(nc):
                     z[c] += v * w[base + c]
         if norm2 == 0.0:
-            return list(self._bias)
-        norm = math.sqrt(norm2)
-        return [self._bias[c] + z[c] / norm for c in range(nc)]
+            out = list(self._bias)
+        else:
+            norm = math.sqrt(norm2)
+            out = [self._bias[c] + z[c] / norm for c in range(nc)]
+        if self.length_coef:
+            x = self.length_scale * log_length(turns, self.max_bytes) + self.length_offset
+            out = [out[c] + self.length_coef[c] * x for c in range(nc)]
+        return out
 
     def proba(self, turns: Sequence[str | bytes], temperature: float = 1.0) -> list[float]:
         """Class probabilities: softmax of the logits divided by ``temperature``."""
@@ -295,11 +309,17 @@ def _rng(seed: int):
 
 
 def _check_training(rows: Sequence, labels: Sequence[int], n_rows: int, n_classes: int,
-                    epochs: int, l2: float, lr: float) -> list[list[tuple[int, float]]]:
+                    epochs: int, l2: float, lr: float,
+                    weights: list[float]) -> list[list[tuple[int, float]]]:
     if n_classes < 1 or n_rows < 0:
         raise ValueError("n_classes must be >= 1 and n_rows >= 0")
     if len(rows) != len(labels):
         raise ValueError("need one label per example")
+    if len(weights) != len(labels):
+        raise ValueError("need one weight per example")
+    for w in weights:
+        if not (w >= 0.0 and math.isfinite(w)):
+            raise ValueError("example weights must be numbers >= 0")
     if epochs < 0:
         raise ValueError("epochs must be >= 0")
     if not (l2 >= 0.0 and math.isfinite(l2)) or not (lr > 0.0 and math.isfinite(lr)):
@@ -320,10 +340,13 @@ def _check_training(rows: Sequence, labels: Sequence[int], n_rows: int, n_classe
 
 def train_softmax(rows: Sequence[Sequence[tuple[int, float]]], labels: Sequence[int],
                   n_rows: int, n_classes: int, epochs: int = 30, l2: float = 1e-4,
-                  lr: float = 0.5, seed: int = 0) -> tuple[list[float], list[float]]:
+                  lr: float = 0.5, seed: int = 0,
+                  weights: Sequence[float] | None = None) -> tuple[list[float], list[float]]:
     """Fit a multinomial logistic regression by SGD; return (weights, bias).
 
-    Examples are sparse ``(row, value)`` lists. Each epoch visits them in an order shuffled
+    Examples are sparse ``(row, value)`` lists; ``weights`` (default all 1) scales each
+    example's loss, so one text listed under two labels with weights summing to 1 is a soft
+    target. Each epoch visits them in an order shuffled
     by a seeded xorshift64* (Fisher-Yates from the end), so training is deterministic. The
     step size follows ``lr / (1 + lr * l2 * t)`` (Bottou); L2 decay applies to the weights
     through one shared scale factor, which keeps every update sparse. The bias is not decayed.
@@ -334,7 +357,9 @@ def train_softmax(rows: Sequence[Sequence[tuple[int, float]]], labels: Sequence[
     labels = [operator.index(y) for y in labels]
     l2 = float(l2)
     lr = float(lr)
-    data = _check_training(rows, labels, n_rows, n_classes, epochs, l2, lr)
+    example_weights = ([1.0] * len(labels) if weights is None
+                       else [float(w) for w in weights])
+    data = _check_training(rows, labels, n_rows, n_classes, epochs, l2, lr, example_weights)
     nc = n_classes
     v = [0.0] * (n_rows * nc)
     bias = [0.0] * nc
@@ -361,6 +386,9 @@ def train_softmax(rows: Sequence[Sequence[tuple[int, float]]], labels: Sequence[
                 z[c] = z[c] * scale + bias[c]
             p = softmax(z)
             p[labels[index]] -= 1.0
+            we = example_weights[index]
+            for c in range(nc):
+                p[c] *= we
             scale *= 1.0 - eta * l2
             step = eta / scale
             for row, x in example:

@@ -54,7 +54,8 @@ def _twin(clf: TextClassifier, impl):
     o = clf.options
     return impl.LinearModel(o.dim, len(clf.labels), p["buckets"], p["idf"], p["weights"],
                             p["bias"], p["default_idf"], o.char_lo, o.char_hi,
-                            o.context_weight, o.max_bytes, o.length_weight)
+                            o.context_weight, o.max_bytes, p["length_coef"],
+                            p["length_scale"], p["length_offset"])
 
 
 def main() -> int:

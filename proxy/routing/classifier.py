@@ -17,9 +17,11 @@ from typing import Protocol
 
 import msgspec
 
-from _fastpath import LinearModel, train_softmax
+from _fastpath import LinearModel, log_length, train_softmax
 
-FORMAT = "llmedge-classifier/1"
+FORMAT = "llmedge-classifier/2"
+# Version 1 files had a hashed length bucket; without a length feature they read the same.
+_FORMAT_1 = "llmedge-classifier/1"
 
 
 class Signal(Protocol):
@@ -37,7 +39,8 @@ class Options(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     char_hi: int = 3
     context_weight: float = 0.5     # earlier turns count this much of the last one
     max_bytes: int = 4096           # of each turn
-    length_weight: float = 0.0      # > 0: the last turn's length is a feature too
+    length_weight: float = 0.0      # > 0: the last turn's log-length, standardised on the
+                                    # training set and scaled by this, is a feature too
     epochs: int = 30
     l2: float = 1e-4
     lr: float = 0.5
@@ -55,6 +58,9 @@ class _ModelFile(msgspec.Struct, forbid_unknown_fields=True):
     weights: str                    # base64 of little-endian float32, row-major
     bias: list[float]
     examples: int = 0
+    length_coef: list[float] = []
+    length_scale: float = 1.0
+    length_offset: float = 0.0
 
 
 def _b64(values: array) -> str:
@@ -92,18 +98,23 @@ class TextClassifier:
 
     @classmethod
     def fit(cls, texts: Sequence[str | Sequence[str]], labels: Sequence[str],
-            options: Options | None = None) -> TextClassifier:
-        """Train from examples (a text, or a conversation as a list of turns) and labels."""
+            options: Options | None = None,
+            weights: Sequence[float] | None = None) -> TextClassifier:
+        """Train from examples (a text, or a conversation as a list of turns) and labels;
+        ``weights`` scales each example's say (a text listed under two labels with weights
+        summing to 1 teaches a soft target)."""
         options = options or Options()
         if len(texts) != len(labels):
             raise ValueError("need one label per example")
+        if weights is not None and len(weights) != len(labels):
+            raise ValueError("need one weight per example")
         if not texts:
             raise ValueError("no training examples")
         names = sorted(set(labels))
         index = {name: i for i, name in enumerate(names)}
         o = options
         probe = LinearModel(o.dim, 1, [], [], [], [0.0], 1.0, o.char_lo, o.char_hi,
-                            o.context_weight, o.max_bytes, o.length_weight)
+                            o.context_weight, o.max_bytes)
         turns = [_as_turns(t) for t in texts]
         counts = [probe.features(t) for t in turns]
         df: dict[int, int] = {}
@@ -117,17 +128,38 @@ class TextClassifier:
         default_idf = math.log(1 + n) + 1.0
         nc = len(names)
         zero = LinearModel(o.dim, nc, buckets, idf, [0.0] * (len(buckets) * nc), [0.0] * nc,
-                           default_idf, o.char_lo, o.char_hi, o.context_weight, o.max_bytes,
-                           o.length_weight)
+                           default_idf, o.char_lo, o.char_hi, o.context_weight, o.max_bytes)
         row = {b: i for i, b in enumerate(buckets)}
         rows = [[(row[b], v) for b, v in zero.vector(t)] for t in turns]
+        n_rows = len(buckets)
+        length = {"length_coef": [], "length_scale": 1.0, "length_offset": 0.0}
+        if o.length_weight > 0.0:
+            # One more row: the log-length, standardised so that length_weight means the
+            # same on any data, and kept outside the tf-idf norm.
+            logs = [log_length(t, o.max_bytes) for t in turns]
+            mean = sum(logs) / n
+            sd = math.sqrt(sum((x - mean) ** 2 for x in logs) / n)
+            scale = o.length_weight / sd if sd > 0.0 else 0.0
+            length.update(length_scale=scale, length_offset=-mean * scale)
+            for r, x in zip(rows, logs):
+                r.append((n_rows, scale * x - mean * scale))
+            n_rows += 1
         ys = [index[label] for label in labels]
-        weights, bias = train_softmax(rows, ys, len(buckets), nc, o.epochs, o.l2, o.lr, o.seed)
-        parts = {"buckets": buckets, "idf": idf, "weights": weights, "bias": bias,
-                 "default_idf": default_idf}
-        model = LinearModel(o.dim, nc, buckets, idf, weights, bias, default_idf, o.char_lo,
-                            o.char_hi, o.context_weight, o.max_bytes, o.length_weight)
-        return cls(names, model, options, parts, n)
+        fitted, bias = train_softmax(rows, ys, n_rows, nc, o.epochs, o.l2, o.lr, o.seed,
+                                     weights)
+        if o.length_weight > 0.0:
+            length["length_coef"] = fitted[len(buckets) * nc:]
+            fitted = fitted[:len(buckets) * nc]
+        parts = {"buckets": buckets, "idf": idf, "weights": fitted, "bias": bias,
+                 "default_idf": default_idf, **length}
+        return cls(names, cls._model(o, nc, parts), options, parts, n)
+
+    @staticmethod
+    def _model(o: Options, n_classes: int, parts: dict) -> LinearModel:
+        return LinearModel(o.dim, n_classes, parts["buckets"], parts["idf"], parts["weights"],
+                           parts["bias"], parts["default_idf"], o.char_lo, o.char_hi,
+                           o.context_weight, o.max_bytes, parts["length_coef"],
+                           parts["length_scale"], parts["length_offset"])
 
     # === prediction ===
 
@@ -147,7 +179,8 @@ class TextClassifier:
             format=FORMAT, labels=self.labels, options=self.options,
             default_idf=p["default_idf"], buckets=_b64(array("I", p["buckets"])),
             idf=_b64(array("f", p["idf"])), weights=_b64(array("f", p["weights"])),
-            bias=list(p["bias"]), examples=self.examples))
+            bias=list(p["bias"]), examples=self.examples, length_coef=list(p["length_coef"]),
+            length_scale=p["length_scale"], length_offset=p["length_offset"]))
 
     def save(self, path: str) -> None:
         with open(path, "wb") as f:
@@ -159,7 +192,10 @@ class TextClassifier:
             doc = msgspec.json.decode(data, type=_ModelFile)
         except msgspec.MsgspecError as exc:
             raise ValueError("not a classifier model file: %s" % exc) from None
-        if doc.format != FORMAT:
+        if doc.format == _FORMAT_1 and doc.options.length_weight > 0.0:
+            raise ValueError("model format %r with a length feature is no longer read; "
+                             "train the model again" % _FORMAT_1)
+        if doc.format not in (FORMAT, _FORMAT_1):
             raise ValueError("unknown model format %r (expected %r)" % (doc.format, FORMAT))
         try:
             buckets = list(_unb64(doc.buckets, "I"))
@@ -167,13 +203,11 @@ class TextClassifier:
             weights = list(_unb64(doc.weights, "f"))
         except ValueError as exc:
             raise ValueError("corrupt model file: %s" % exc) from None
-        o = doc.options
-        model = LinearModel(o.dim, len(doc.labels), buckets, idf, weights, doc.bias,
-                            doc.default_idf, o.char_lo, o.char_hi, o.context_weight, o.max_bytes,
-                            o.length_weight)
         parts = {"buckets": buckets, "idf": idf, "weights": weights, "bias": doc.bias,
-                 "default_idf": doc.default_idf}
-        return cls(doc.labels, model, o, parts, doc.examples)
+                 "default_idf": doc.default_idf, "length_coef": doc.length_coef,
+                 "length_scale": doc.length_scale, "length_offset": doc.length_offset}
+        model = cls._model(doc.options, len(doc.labels), parts)
+        return cls(doc.labels, model, doc.options, parts, doc.examples)
 
     @classmethod
     def load(cls, path: str) -> TextClassifier:

@@ -26,7 +26,6 @@ options_st = st.fixed_dictionaries({
     "char_hi": st.integers(3, 6),
     "context_weight": st.sampled_from([0.0, 0.25, 0.5, 1.0]),
     "max_bytes": st.integers(1, 80),
-    "length_weight": st.sampled_from([0.0, 0.5, 8.0]),
 })
 
 
@@ -58,12 +57,22 @@ def test_features_c_matches_py(turns, opts):
     assert list(c.items()) == list(py.items())
 
 
+length_st = st.one_of(st.just({}), st.fixed_dictionaries({
+    "length_coef": st.lists(st.floats(-3, 3, allow_nan=False), min_size=3, max_size=3),
+    "length_scale": st.floats(-2, 2, allow_nan=False),
+    "length_offset": st.floats(-10, 10, allow_nan=False),
+    "max_bytes": st.integers(1, 80),
+}))
+
+
 @needs_c
 @settings(max_examples=200, deadline=None)
-@given(turns=turns_st, seed=st.integers(0, 5), temperature=st.sampled_from([0.5, 1.0, 3.0]))
-def test_model_c_matches_py(turns, seed, temperature):
-    c = _model(classify, seed=seed)
-    py = _model(classify_py, seed=seed)
+@given(turns=turns_st, seed=st.integers(0, 5), temperature=st.sampled_from([0.5, 1.0, 3.0]),
+       length=length_st)
+def test_model_c_matches_py(turns, seed, temperature, length):
+    c = _model(classify, seed=seed, **length)
+    py = _model(classify_py, seed=seed, **length)
+    assert c.length_coef == py.length_coef
     vc, vp = c.vector(turns), py.vector(turns)
     assert [b for b, _ in vc] == [b for b, _ in vp]
     assert [v for _, v in vc] == pytest.approx([v for _, v in vp], rel=1e-12, abs=1e-15)
@@ -79,12 +88,13 @@ def test_model_c_matches_py(turns, seed, temperature):
                                          max_size=6),
                                st.integers(0, 3)), max_size=12),
        epochs=st.integers(0, 4), l2=st.sampled_from([0.0, 1e-4, 0.1]),
-       seed=st.integers(0, 2**70))
-def test_training_c_matches_py(data, epochs, l2, seed):
+       seed=st.integers(0, 2**70), weighted=st.booleans())
+def test_training_c_matches_py(data, epochs, l2, seed, weighted):
     rows = [r for r, _ in data]
     ys = [y for _, y in data]
-    c = classify.train_softmax(rows, ys, 20, 4, epochs, l2, 0.5, seed)
-    py = classify_py.train_softmax(rows, ys, 20, 4, epochs, l2, 0.5, seed)
+    weights = [(i % 3) / 2 for i in range(len(ys))] if weighted else None
+    c = classify.train_softmax(rows, ys, 20, 4, epochs, l2, 0.5, seed, weights)
+    py = classify_py.train_softmax(rows, ys, 20, 4, epochs, l2, 0.5, seed, weights)
     # Same operations in the same order on IEEE doubles: identical, not merely close.
     assert c == py
 
@@ -97,7 +107,16 @@ def test_training_c_matches_py(data, epochs, l2, seed):
     (lambda m: m.features(["x"], 64, 4, 3), "need 1 <= char_lo <= char_hi <= 7"),
     (lambda m: m.features(["x"], 64, 3, 5, 1.5), "context_weight must be between 0 and 1"),
     (lambda m: m.features(["x"], 64, 3, 5, 0.5, 0), "max_bytes must be >= 1"),
-    (lambda m: m.features(["x"], 64, 3, 5, 0.5, 9, -1.0), "length_weight must be a number"),
+    (lambda m: m.log_length(["x"], 0), "max_bytes must be >= 1"),
+    (lambda m: m.log_length([3]), "turns must be str or bytes, not 'int'"),
+    (lambda m: m.LinearModel(8, 2, [], [], [], [0, 0], length_coef=[1.0]),
+     "length_coef needs one value per class"),
+    (lambda m: m.LinearModel(8, 2, [], [], [], [0, 0], length_scale=math.inf),
+     "length_scale and length_offset must be finite"),
+    (lambda m: m.train_softmax([[(0, 1.0)]], [0], 5, 2, weights=[1.0, 2.0]),
+     "need one weight per example"),
+    (lambda m: m.train_softmax([[(0, 1.0)]], [0], 5, 2, weights=[-1.0]),
+     "example weights must be numbers >= 0"),
     (lambda m: m.softmax([1.0], 0.0), "temperature must be > 0"),
     (lambda m: m.LinearModel(64, 2, [1], [1.0], [1.0], [0.0, 0.0]), "weights needs"),
     (lambda m: m.LinearModel(64, 1, [64], [1.0], [1.0], [0.0]), "bucket 64 is outside"),
@@ -138,15 +157,30 @@ def test_earlier_turns_weigh_less(impl):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_length_feature_separates_lengths(impl):
-    short = impl.features(["abc"], 1 << 16, length_weight=2.0)
-    plain = impl.features(["abc"], 1 << 16)
-    (extra,) = set(short) - set(plain)
-    assert short[extra] == 2.0 and list(short)[-1] == extra
-    # 3 bytes and 200 bytes fall in different half-octaves; 200 and 210 in the same one.
-    bucket = lambda text: list(impl.features([text], 1 << 16, 3, 3, 0.5, 4096, 1.0))[-1]
-    assert bucket("abc") != bucket("a" * 200)
-    assert bucket("a" * 200) == bucket("b" * 210)
+def test_length_term_moves_logits_with_the_last_turn_length(impl):
+    assert impl.log_length(["abc"]) == 2.0  # log2(1 + 3)
+    assert impl.log_length(["a" * 500, "abc"]) == 2.0  # the last turn only
+    assert impl.log_length(["é" * 100], max_bytes=7) == 3.0  # bytes, after the cut
+    assert impl.log_length([]) == 0.0
+    plain = impl.LinearModel(8, 2, [], [], [], [0.1, -0.1])
+    longer = impl.LinearModel(8, 2, [], [], [], [0.1, -0.1], length_coef=[0.0, 1.0],
+                              length_scale=0.5, length_offset=-1.0)
+    assert plain.length_coef == [] and longer.length_coef == [0.0, 1.0]
+    # x = 0.5 * log2(1 + n) - 1: 0 at 3 bytes, 2.5 at 127 bytes; added even with no known
+    # bucket, outside the tf-idf norm.
+    assert longer.logits(["abc"]) == pytest.approx([0.1, -0.1])
+    assert longer.logits(["a" * 127]) == pytest.approx([0.1, -0.1 + 2.5])
+    assert plain.logits(["a" * 127]) == pytest.approx([0.1, -0.1])
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_example_weights_scale_each_loss(impl):
+    rows = [[(0, 1.0)], [(0, 1.0)]]
+    # Weight 0 leaves an example out; two half-weight opposite labels learn nothing.
+    assert impl.train_softmax(rows, [0, 1], 1, 2, 5, 0.0, 0.5, 1, [1.0, 0.0]) == \
+        impl.train_softmax(rows[:1], [0], 1, 2, 5, 0.0, 0.5, 1)
+    w, b = impl.train_softmax([[(0, 1.0)]] * 2, [0, 1], 1, 2, 5, 0.0, 0.5, 1, [0.5, 0.5])
+    assert impl.softmax([w[0] + b[0], w[1] + b[1]]) == pytest.approx([0.5, 0.5], abs=0.05)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
