@@ -10,7 +10,8 @@ and the baseline (scikit-learn ``TfidfVectorizer`` on words 1-2 + ``char_wb`` 2-
 prompt, as a router sees them: ``TextClassifier.predict`` against the baseline pipeline's
 ``predict_proba`` on a one-item list. ``--validate`` holds out 20 examples per intent from
 train.jsonl as the test set instead. GSM8K outcomes: 5-fold cross-validated scores (each
-fold's model never saw the fold), then APGR and CPT(50%).
+fold's model never saw the fold), then APGR and CPT(50%); the complexity options are chosen
+on one half of the prompts and measured on the other.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from _fastpath import IMPLEMENTATION  # noqa: E402
 import msgspec  # noqa: E402
 
 from proxy.evaluate import (OUTCOME_OPTIONS, cost_quality_curve,  # noqa: E402
-                            cross_validated_scores, outcome_rows, strong_needed)
+                            cross_validated_scores, outcome_rows)
 from proxy.routing.classifier import (Options, TextClassifier, few_shot,  # noqa: E402
                                       labelled, read_jsonl)
 
@@ -108,32 +109,42 @@ def hwu64(args, options: Options) -> list[dict]:
     return results
 
 
+# The grid searched on the tuning half; OUTCOME_OPTIONS holds the choice.
+_GRID = [{"length_weight": lw, "l2": l2} for lw in (0.0, 0.5, 1.0) for l2 in (1e-3, 3e-3, 1e-2)]
+_CV_SEEDS = (0, 1, 2)
+
+
 def gsm8k(args) -> dict:
-    """APGR of the complexity router, cross-validated, plus how its length weight was chosen:
-    by 5-fold CV on one half of the prompts, then measured by 5-fold CV on the other half."""
+    """APGR of the complexity router, cross-validated (mean over three fold shuffles), and how
+    its options were chosen: by CV on one half of the prompts, then measured on the other."""
     rows = read_jsonl(os.path.join(args.data, "routing-outcomes", "gsm8k.jsonl"))
     prompts, weak, strong = outcome_rows(rows)
-    labels = strong_needed(weak, strong)
     order = list(range(len(prompts)))
     random.Random(5).shuffle(order)
     halves = (order[:len(order) // 2], order[len(order) // 2:])
 
-    def apgr(idx, weight):
-        opts = msgspec.structs.replace(OUTCOME_OPTIONS, length_weight=weight)
-        scores = cross_validated_scores([prompts[i] for i in idx], [labels[i] for i in idx],
-                                        folds=5, options=opts)
-        return cost_quality_curve(scores, [weak[i] for i in idx],
-                                  [strong[i] for i in idx])["apgr"]
+    def apgr(idx, options):
+        p, w, s = ([xs[i] for i in idx] for xs in (prompts, weak, strong))
+        return statistics.mean(
+            cost_quality_curve(cross_validated_scores(p, w, s, 5, seed, options), w, s)["apgr"]
+            for seed in _CV_SEEDS)
 
-    tuning = {w: apgr(halves[0], w) for w in (0.0, 8.0, 32.0)}
-    chosen = max(tuning, key=tuning.get)
-    scores = cross_validated_scores(prompts, labels, folds=5)
-    curve = cost_quality_curve(scores, weak, strong)
-    return {"apgr": curve["apgr"], "cpt50": curve["cpt50"], "n": curve["n"],
-            "length_weight": OUTCOME_OPTIONS.length_weight,
-            "tuning_half_apgr": tuning, "chosen_length_weight": chosen,
-            "held_out_half_apgr": apgr(halves[1], chosen),
-            "held_out_half_apgr_text_only": apgr(halves[1], 0.0),
+    def options(cell):
+        return msgspec.structs.replace(OUTCOME_OPTIONS, **cell)
+
+    tuning = [(cell, apgr(halves[0], options(cell))) for cell in _GRID]
+    chosen, _ = max(tuning, key=lambda item: item[1])
+    full = [cost_quality_curve(cross_validated_scores(prompts, weak, strong, 5, seed), weak,
+                               strong) for seed in _CV_SEEDS]
+    return {"apgr": statistics.mean(c["apgr"] for c in full),
+            "apgr_by_seed": [c["apgr"] for c in full],
+            "cpt50": statistics.mean(c["cpt50"] for c in full), "n": full[0]["n"],
+            "options": {"length_weight": OUTCOME_OPTIONS.length_weight,
+                        "l2": OUTCOME_OPTIONS.l2, "epochs": OUTCOME_OPTIONS.epochs},
+            "tuning_half": [{**cell, "apgr": a} for cell, a in tuning], "chosen": chosen,
+            "held_out_half_apgr": apgr(halves[1], options(chosen)),
+            "held_out_half_apgr_text_only": apgr(halves[1],
+                                                 options({**chosen, "length_weight": 0.0})),
             "length_only_apgr": cost_quality_curve([len(p) for p in prompts], weak,
                                                    strong)["apgr"]}
 
@@ -172,13 +183,17 @@ def main() -> int:
             r["train_s"]))
     if not args.no_gsm8k:
         g = out["gsm8k"] = gsm8k(args)
-        print("GSM8K outcomes, 5-fold cross-validated, length_weight %g: APGR %.4f, "
-              "CPT(50%%) %.1f%%" % (g["length_weight"], g["apgr"], 100 * g["cpt50"]))
-        print("  length weight by CV on one half: %s -> %g; on the other half: APGR %.4f "
-              "(text only: %.4f); prompt length alone, no training: %.4f" % (
-                  ", ".join("%g: %.4f" % kv for kv in g["tuning_half_apgr"].items()),
-                  g["chosen_length_weight"], g["held_out_half_apgr"],
-                  g["held_out_half_apgr_text_only"], g["length_only_apgr"]))
+        print("GSM8K outcomes, 5-fold cross-validated (mean of %d shuffles), options %s: "
+              "APGR %.4f (%s), CPT(50%%) %.1f%%" % (
+                  len(_CV_SEEDS), g["options"], g["apgr"],
+                  " ".join("%.4f" % a for a in g["apgr_by_seed"]), 100 * g["cpt50"]))
+        print("  tuning half: %s" % ", ".join(
+            "lw %g l2 %g: %.4f" % (t["length_weight"], t["l2"], t["apgr"])
+            for t in g["tuning_half"]))
+        print("  chosen %s; on the other half: APGR %.4f (text only: %.4f); prompt length "
+              "alone, no training: %.4f" % (g["chosen"], g["held_out_half_apgr"],
+                                            g["held_out_half_apgr_text_only"],
+                                            g["length_only_apgr"]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)

@@ -74,19 +74,42 @@ def outcome_rows(rows: Sequence[dict], where: str = "data") -> tuple[list[str], 
     return prompts, weak, strong
 
 
-def strong_needed(weak: Sequence[bool], strong: Sequence[bool]) -> list[str]:
-    """The binary label a complexity router learns: ``strong`` when only the strong model
-    answered correctly — the prompts where paying for it changes the outcome. (Labelling
-    every prompt the weak model fails did worse: prompts both fail look hard but gain
-    nothing from the strong model.)"""
-    return ["strong" if s and not w else "weak" for w, s in zip(weak, strong)]
+def outcome_examples(prompts: Sequence[str], weak: Sequence[bool],
+                     strong: Sequence[bool]) -> tuple[list[str], list[str], list[float]]:
+    """Training examples for a complexity router: (texts, labels, weights).
+
+    The target for P(strong) is ``(1 + gain) / 2`` with ``gain = strong_correct -
+    weak_correct``: 1 where only the strong model answered correctly, 0 where only the weak
+    one did, and one half where they agree (the prompt is listed under both labels at weight
+    1/2). So P(strong) - 1/2 estimates half the expected quality gained by paying for the
+    strong model, and prompts both models fail teach nothing about which to pick. (A hard
+    label, strong only where it alone was right, ranked prompts worse.)"""
+    texts, labels, weights = [], [], []
+    for prompt, w, s in zip(prompts, weak, strong):
+        if w == s:
+            texts += [prompt, prompt]
+            labels += ["strong", "weak"]
+            weights += [0.5, 0.5]
+        else:
+            texts.append(prompt)
+            labels.append("strong" if s else "weak")
+            weights.append(1.0)
+    return texts, labels, weights
 
 
-# Complexity routing: the last turn's length is a feature too (how hard a prompt is tracks
-# its length, which normalised n-gram counts cannot see). The weight was chosen among
-# 0, 8 and 32 by cross-validated APGR on one half of the GSM8K outcomes and measured on
-# the other half (bench/classify_eval.py).
-OUTCOME_OPTIONS = Options(length_weight=8.0)
+# Complexity routing: the last turn's log-length is a feature too (how hard a prompt is tracks
+# its length, which normalised n-gram counts cannot see), with stronger regularisation than
+# intent classification needs, as outcome labels are noisy. length_weight and l2 were chosen
+# by cross-validated APGR on one half of the GSM8K outcomes and measured on the other half
+# (bench/classify_eval.py).
+OUTCOME_OPTIONS = Options(length_weight=0.5, l2=3e-3, epochs=60)
+
+
+def fit_outcomes(prompts: Sequence[str], weak: Sequence[bool], strong: Sequence[bool],
+                 options: Options | None = None) -> TextClassifier:
+    """A complexity classifier (classes ``strong`` and ``weak``) from outcome data."""
+    texts, labels, weights = outcome_examples(prompts, weak, strong)
+    return TextClassifier.fit(texts, labels, options or OUTCOME_OPTIONS, weights)
 
 
 def cost_quality_curve(scores: Sequence[float], weak: Sequence[bool],
@@ -115,22 +138,19 @@ def cost_quality_curve(scores: Sequence[float], weak: Sequence[bool],
             "pgr": pgrs, "apgr": apgr, "cpt50": cpt50}
 
 
-def cross_validated_scores(prompts: Sequence[str], labels: Sequence[str], folds: int = 5,
-                           seed: int = 0, options: Options | None = None,
-                           positive: str = "strong") -> list[float]:
-    """P(``positive``) for every prompt from a model trained on the other folds only."""
-    options = options or OUTCOME_OPTIONS
+def cross_validated_scores(prompts: Sequence[str], weak: Sequence[bool],
+                           strong: Sequence[bool], folds: int = 5, seed: int = 0,
+                           options: Options | None = None) -> list[float]:
+    """P(strong) for every prompt from a complexity classifier trained on the other folds."""
     order = list(range(len(prompts)))
     random.Random(seed).shuffle(order)
     scores = [0.0] * len(prompts)
     for fold in range(folds):
         held = set(order[fold::folds])
         train = [i for i in order if i not in held]
-        clf = TextClassifier.fit([prompts[i] for i in train], [labels[i] for i in train],
-                                 options)
-        if positive not in clf.labels:
-            continue
-        k = clf.labels.index(positive)
+        clf = fit_outcomes([prompts[i] for i in train], [weak[i] for i in train],
+                           [strong[i] for i in train], options)
+        k = clf.labels.index("strong")
         for i in held:
             scores[i] = clf.proba([prompts[i]])[k]
     return scores

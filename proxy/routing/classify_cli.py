@@ -57,20 +57,20 @@ def cmd_route(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     import msgspec
 
-    from ..evaluate import OUTCOME_OPTIONS, outcome_rows, strong_needed
+    from ..evaluate import OUTCOME_OPTIONS, outcome_examples, outcome_rows
     from .classifier import Options, TextClassifier, labelled, read_jsonl
 
     try:
         rows = read_jsonl(args.data)
         options = Options()
+        weights = None
         if args.outcomes:
-            prompts, weak, strong = outcome_rows(rows, args.data)
-            texts, labels = prompts, strong_needed(weak, strong)
+            texts, labels, weights = outcome_examples(*outcome_rows(rows, args.data))
             options = OUTCOME_OPTIONS
         else:
             texts, labels = labelled(rows, args.data)
         options = msgspec.structs.replace(options, temperature=args.temperature)
-        clf = TextClassifier.fit(texts, labels, options)
+        clf = TextClassifier.fit(texts, labels, options, weights)
         clf.save(args.output)
     except (OSError, ValueError) as exc:
         print("llmedge train: %s" % exc, file=sys.stderr)
@@ -84,7 +84,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from ..evaluate import (classification_report, cost_quality_curve,
                             cross_validated_scores, format_curve, format_report,
-                            outcome_rows, plot_curve, strong_needed)
+                            outcome_rows, plot_curve)
     from .classifier import TextClassifier, labelled, read_jsonl
 
     try:
@@ -99,8 +99,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 scores = [clf.proba([p])[k] for p in prompts]
                 how = "model %s" % args.model
             else:
-                scores = cross_validated_scores(prompts, strong_needed(weak, strong),
-                                                folds=args.folds)
+                scores = cross_validated_scores(prompts, weak, strong, folds=args.folds)
                 how = "%d-fold cross-validation (each prompt scored by a model that never " \
                       "saw it)" % args.folds
             report = cost_quality_curve(scores, weak, strong)

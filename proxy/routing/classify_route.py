@@ -16,7 +16,7 @@ from collections import OrderedDict
 import msgspec
 
 from ..config import Config, Route
-from ..evaluate import OUTCOME_OPTIONS, outcome_rows, strong_needed
+from ..evaluate import OUTCOME_OPTIONS, outcome_examples, outcome_rows
 from .audit import AuditLog
 from .classifier import TextClassifier, labelled, read_jsonl
 from .policies import POLICIES, Ordered, Policy
@@ -274,17 +274,19 @@ def _train(route: Route) -> TextClassifier:
         return TextClassifier.load(route.model_file)
     texts: list[str] = []
     labels: list[str] = []
+    weights: list[float] = []
     if route.examples_file is not None:
         texts, labels = labelled(read_jsonl(route.examples_file), route.examples_file)
     elif route.outcomes_file is not None:
-        prompts, weak, strong = outcome_rows(read_jsonl(route.outcomes_file),
-                                             route.outcomes_file)
-        texts, labels = prompts, strong_needed(weak, strong)
+        texts, labels, weights = outcome_examples(*outcome_rows(
+            read_jsonl(route.outcomes_file), route.outcomes_file))
     for label, spec in route.classes.items():
         texts += spec.examples
         labels += [label] * len(spec.examples)
+    weights += [1.0] * (len(texts) - len(weights))
     return TextClassifier.fit(texts, labels,
-                              OUTCOME_OPTIONS if route.outcomes_file is not None else None)
+                              OUTCOME_OPTIONS if route.outcomes_file is not None else None,
+                              weights)
 
 
 def _strong_cut(route: Route, clf: TextClassifier) -> float | None:
