@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT))
 from _fastpath import IMPLEMENTATION  # noqa: E402
 import msgspec  # noqa: E402
 
-from proxy.evaluate import (OUTCOME_OPTIONS, cost_quality_curve,  # noqa: E402
-                            cross_validated_scores, outcome_rows)
+from proxy.evaluate import (OUTCOME_OPTIONS, calibration_error,  # noqa: E402
+                            cost_quality_curve, cross_validated_scores, outcome_rows)
 from proxy.routing.classifier import (Options, TextClassifier, few_shot,  # noqa: E402
                                       labelled, read_jsonl)
 
@@ -85,13 +85,20 @@ def hwu64(args, options: Options) -> list[dict]:
     results = []
     for k in args.shots:
         ours, base, ours_us, base_us, train_s = [], [], [], [], []
+        ece, ece_t1, temps = [], [], []
         for draw in range(args.draws):
             texts, labels = few_shot(train_t, train_l, k, seed=1000 * k + draw)
             t0 = time.perf_counter()
             clf = TextClassifier.fit(texts, labels, options)
             train_s.append(time.perf_counter() - t0)
-            pred = [clf.predict([t])[0] for t in test_t]
+            decided = [clf.predict([t]) for t in test_t]
+            pred = [label for label, _ in decided]
             ours.append(sum(p == y for p, y in zip(pred, test_l)) / len(test_l))
+            correct = [p == y for p, y in zip(pred, test_l)]
+            ece.append(calibration_error([p for _, p in decided], correct))
+            ece_t1.append(calibration_error([max(clf.model.proba([t], 1.0)) for t in test_t],
+                                            correct))
+            temps.append(clf.temperature)
             ours_us.append(_per_call_us(lambda t: clf.predict([t]), test_t))
             if not args.no_baseline:
                 model = _baseline(texts, labels)
@@ -100,7 +107,9 @@ def hwu64(args, options: Options) -> list[dict]:
                 base_us.append(_per_call_us(lambda t: model.predict_proba([t]), test_t))
         row = {"shots": k, "draws": args.draws, "llmedge_accuracy": statistics.mean(ours),
                "llmedge_accuracy_sd": statistics.pstdev(ours),
-               "llmedge_us": statistics.median(ours_us), "train_s": statistics.mean(train_s)}
+               "llmedge_us": statistics.median(ours_us), "train_s": statistics.mean(train_s),
+               "temperature": statistics.mean(temps), "ece": statistics.mean(ece),
+               "ece_temperature_1": statistics.mean(ece_t1)}
         if base:
             row.update(baseline_accuracy=statistics.mean(base),
                        baseline_accuracy_sd=statistics.pstdev(base),
@@ -171,7 +180,7 @@ def main() -> int:
     print("HWU64 (%s split), mean over %d draws, implementation %s" % (
         out["split"], args.draws, IMPLEMENTATION))
     print("| shots | llmedge acc | baseline acc | llmedge µs/decision | baseline µs/decision "
-          "| speed-up | llmedge train s |")
+          "| speed-up | llmedge train s (with calibration) |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for r in out["hwu64"]:
         base = r.get("baseline_accuracy")
@@ -181,6 +190,9 @@ def main() -> int:
             r["llmedge_us"], "-" if base is None else "%.0f" % r["baseline_us"],
             "-" if base is None else "%.0fx" % (r["baseline_us"] / r["llmedge_us"]),
             r["train_s"]))
+    for r in out["hwu64"]:
+        print("%d-shot calibration: fitted temperature %.2f, ECE %.3f (temperature 1: %.3f)"
+              % (r["shots"], r["temperature"], r["ece"], r["ece_temperature_1"]))
     if not args.no_gsm8k:
         g = out["gsm8k"] = gsm8k(args)
         print("GSM8K outcomes, 5-fold cross-validated (mean of %d shuffles), options %s: "

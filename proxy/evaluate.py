@@ -13,13 +13,17 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
+import msgspec
+
 from .routing.classifier import Options, TextClassifier
 
 # === labelled data ===
 
 
-def classification_report(truth: Sequence[str], predicted: Sequence[str]) -> dict:
-    """Accuracy, macro-F1 and the confusion matrix (rows: truth, columns: prediction)."""
+def classification_report(truth: Sequence[str], predicted: Sequence[str],
+                          confidences: Sequence[float] | None = None) -> dict:
+    """Accuracy, macro-F1 and the confusion matrix (rows: truth, columns: prediction); with
+    the predicted class's probabilities, the expected calibration error too."""
     labels = sorted(set(truth) | set(predicted))
     index = {label: i for i, label in enumerate(labels)}
     matrix = [[0] * len(labels) for _ in labels]
@@ -34,13 +38,33 @@ def classification_report(truth: Sequence[str], predicted: Sequence[str]) -> dic
     truth_labels = sorted(set(truth))
     macro = sum(f1s[index[label]] for label in truth_labels) / max(1, len(truth_labels))
     correct = sum(1 for t, p in zip(truth, predicted) if t == p)
-    return {"n": len(truth), "accuracy": correct / max(1, len(truth)), "macro_f1": macro,
-            "labels": labels, "confusion": matrix}
+    report = {"n": len(truth), "accuracy": correct / max(1, len(truth)), "macro_f1": macro,
+              "labels": labels, "confusion": matrix}
+    if confidences is not None:
+        report["calibration_error"] = calibration_error(
+            confidences, [t == p for t, p in zip(truth, predicted)])
+    return report
+
+
+def calibration_error(confidences: Sequence[float], correct: Sequence[bool],
+                      bins: int = 10) -> float:
+    """Expected calibration error: over equal-width confidence bins, the gap between mean
+    confidence and accuracy, weighted by the bin's share of predictions."""
+    sums = [[0, 0.0, 0] for _ in range(bins)]
+    for p, ok in zip(confidences, correct):
+        b = sums[min(bins - 1, max(0, int(p * bins)))]
+        b[0] += 1
+        b[1] += p
+        b[2] += ok
+    n = max(1, len(confidences))
+    return sum(abs(b[1] - b[2]) for b in sums) / n
 
 
 def format_report(report: dict, max_labels: int = 12) -> str:
     lines = ["examples: %d" % report["n"], "accuracy: %.4f" % report["accuracy"],
              "macro-F1: %.4f" % report["macro_f1"]]
+    if "calibration_error" in report:
+        lines.append("calibration error (ECE, 10 bins): %.4f" % report["calibration_error"])
     labels = report["labels"]
     if len(labels) <= max_labels:
         width = max(len(label) for label in labels)
@@ -148,8 +172,10 @@ def cross_validated_scores(prompts: Sequence[str], weak: Sequence[bool],
     for fold in range(folds):
         held = set(order[fold::folds])
         train = [i for i in order if i not in held]
+        # Only the order of the scores counts here, which the temperature does not change.
         clf = fit_outcomes([prompts[i] for i in train], [weak[i] for i in train],
-                           [strong[i] for i in train], options)
+                           [strong[i] for i in train],
+                           msgspec.structs.replace(options or OUTCOME_OPTIONS, calibrate=False))
         k = clf.labels.index("strong")
         for i in held:
             scores[i] = clf.proba([prompts[i]])[k]

@@ -45,7 +45,8 @@ class Options(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     l2: float = 1e-4
     lr: float = 0.5
     seed: int = 0
-    temperature: float = 1.0
+    temperature: float = 1.0        # logits are divided by this
+    calibrate: bool = True          # fit temperature by cross-validation when training
 
 
 class _ModelFile(msgspec.Struct, forbid_unknown_fields=True):
@@ -110,6 +111,9 @@ class TextClassifier:
             raise ValueError("need one weight per example")
         if not texts:
             raise ValueError("no training examples")
+        if options.calibrate:
+            temperature = fit_temperature(texts, labels, options, weights)
+            options = msgspec.structs.replace(options, temperature=temperature)
         names = sorted(set(labels))
         index = {name: i for i, name in enumerate(names)}
         o = options
@@ -213,6 +217,89 @@ class TextClassifier:
     def load(cls, path: str) -> TextClassifier:
         with open(path, "rb") as f:
             return cls.loads(f.read())
+
+
+# === calibration ===
+
+CALIBRATION_FOLDS = 5
+# Held-out texts needed to fit a temperature: a dozen examples that all land on the right
+# side would drive it to zero and every probability to 1.
+MIN_CALIBRATION_TEXTS = 50
+_BETA_RANGE = (0.25, 4.0)   # 1 / temperature
+
+
+def fit_temperature(texts: Sequence[str | Sequence[str]], labels: Sequence[str],
+                    options: Options, weights: Sequence[float] | None = None) -> float:
+    """The temperature that minimises the log-loss of held-out predictions.
+
+    Each example is predicted by a model trained on the other folds (stratified by label; a
+    text listed more than once stays in one fold), and the weighted negative log-likelihood
+    of those logits is minimised over 1/temperature (where it is convex), within 1/4..4.
+    Returns 1.0 when the data is too small to say (fewer than MIN_CALIBRATION_TEXTS texts,
+    or no label with two)."""
+    weights = [1.0] * len(texts) if weights is None else list(weights)
+    groups: dict[object, list[int]] = {}
+    for i, text in enumerate(texts):
+        groups.setdefault(text if isinstance(text, str) else tuple(text), []).append(i)
+    counts: dict[str, int] = {}
+    for members in groups.values():
+        counts[labels[members[0]]] = counts.get(labels[members[0]], 0) + 1
+    if len(counts) < 2 or max(counts.values()) < 2 or len(groups) < MIN_CALIBRATION_TEXTS:
+        return 1.0
+    folds = min(CALIBRATION_FOLDS, max(counts.values()))
+    fold_of: list[int] = [0] * len(texts)
+    seen: dict[str, int] = {}
+    for members in sorted(groups.values(), key=lambda m: (labels[m[0]], m[0])):
+        label = labels[members[0]]
+        fold = seen.get(label, 0) % folds
+        seen[label] = seen.get(label, 0) + 1
+        for i in members:
+            fold_of[i] = fold
+    plain = msgspec.structs.replace(options, calibrate=False, temperature=1.0)
+    held: list[tuple[list[float], int, float]] = []   # (logits, true class, weight)
+    for fold in range(folds):
+        train = [i for i in range(len(texts)) if fold_of[i] != fold]
+        test = [i for i in range(len(texts)) if fold_of[i] == fold]
+        if not test or len({labels[i] for i in train}) < 2:
+            continue
+        model = TextClassifier.fit([texts[i] for i in train], [labels[i] for i in train],
+                                   plain, [weights[i] for i in train])
+        index = {label: k for k, label in enumerate(model.labels)}
+        for i in test:
+            k = index.get(labels[i])
+            if k is not None and weights[i] > 0.0:
+                held.append((model.model.logits(_as_turns(texts[i])), k, weights[i]))
+    if not held:
+        return 1.0
+    return 1.0 / _minimise_convex(lambda beta: _log_loss(held, beta), *_BETA_RANGE)
+
+
+def _log_loss(held: list[tuple[list[float], int, float]], beta: float) -> float:
+    total = weight = 0.0
+    for logits, k, w in held:
+        top = max(logits)
+        log_sum = math.log(sum(math.exp(beta * (z - top)) for z in logits))
+        total -= w * (beta * (logits[k] - top) - log_sum)
+        weight += w
+    return total / weight
+
+
+def _minimise_convex(f, lo: float, hi: float, steps: int = 40) -> float:
+    """Golden-section search: a convex function's minimum on [lo, hi]."""
+    ratio = (math.sqrt(5.0) - 1.0) / 2.0
+    a, b = lo, hi
+    c, d = b - ratio * (b - a), a + ratio * (b - a)
+    fc, fd = f(c), f(d)
+    for _ in range(steps):
+        if fc <= fd:
+            b, d, fd = d, c, fc
+            c = b - ratio * (b - a)
+            fc = f(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + ratio * (b - a)
+            fd = f(d)
+    return (a + b) / 2.0
 
 
 # === data ===

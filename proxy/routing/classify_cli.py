@@ -69,7 +69,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             options = OUTCOME_OPTIONS
         else:
             texts, labels = labelled(rows, args.data)
-        options = msgspec.structs.replace(options, temperature=args.temperature)
+        if args.temperature is not None:
+            if not args.temperature > 0.0:
+                raise ValueError("--temperature must be > 0")
+            options = msgspec.structs.replace(options, temperature=args.temperature,
+                                              calibrate=False)
         clf = TextClassifier.fit(texts, labels, options, weights)
         clf.save(args.output)
     except (OSError, ValueError) as exc:
@@ -117,8 +121,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 return FAILED
             clf = TextClassifier.load(args.model)
             texts, labels = labelled(rows, args.data)
-            predicted = [clf.predict([t])[0] for t in texts]
-            report = classification_report(labels, predicted)
+            decided = [clf.predict([t]) for t in texts]
+            report = classification_report(labels, [label for label, _ in decided],
+                                           [p for _, p in decided])
             print(format_report(report))
     except (OSError, ValueError) as exc:
         print("llmedge eval: %s" % exc, file=sys.stderr)
@@ -147,7 +152,8 @@ def add_commands(sub) -> None:
     train.add_argument("--outcomes", action="store_true",
                        help='data is {"prompt", "weak_correct", "strong_correct"}: '
                             "learn whether the strong model is needed")
-    train.add_argument("--temperature", type=float, default=1.0)
+    train.add_argument("--temperature", type=float,
+                       help="divide logits by this instead of fitting it by cross-validation")
     train.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("eval", help="evaluate a classifier or a complexity router")

@@ -8,9 +8,9 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from proxy.evaluate import (OUTCOME_OPTIONS, cost_quality_curve, fit_outcomes,
-                            outcome_examples, outcome_rows)
-from proxy.routing.classifier import FORMAT, Options, TextClassifier
+from proxy.evaluate import (OUTCOME_OPTIONS, calibration_error, cost_quality_curve,
+                            fit_outcomes, outcome_examples, outcome_rows)
+from proxy.routing.classifier import FORMAT, Options, TextClassifier, few_shot, labelled
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
@@ -61,6 +61,32 @@ def test_version_1_files_load_unless_they_had_a_length_bucket(tmp_path):
         TextClassifier.loads(json.dumps(doc).encode())
 
 
+def test_fitted_temperature_calibrates_few_shot_probabilities():
+    rows = [json.loads(line) for line in
+            (DATA / "hwu64" / "train.jsonl").read_text().splitlines()]
+    texts, labels = labelled(rows)
+    train_t, train_l = few_shot(texts, labels, 8, seed=3)
+    test = [json.loads(line) for line in
+            (DATA / "hwu64" / "test.jsonl").read_text().splitlines()][:400]
+    fitted = TextClassifier.fit(train_t, train_l)
+    fixed = TextClassifier.fit(train_t, train_l, Options(calibrate=False))
+    assert fixed.temperature == 1.0 and fitted.temperature != 1.0
+
+    def error(clf):
+        decided = [clf.predict([row["text"]]) for row in test]
+        return calibration_error([p for _, p in decided],
+                                 [label == row["label"] for (label, _), row in
+                                  zip(decided, test)])
+
+    # Softmax over 64 barely trained classes is far too unsure; the fitted temperature
+    # brings confidence close to accuracy (the bench has the figures).
+    assert error(fitted) < 0.1 < 0.25 < error(fixed)
+    # The same model otherwise: the temperature never changes the predicted class.
+    assert [fitted.predict([r["text"]])[0] for r in test[:50]] == \
+        [fixed.predict([r["text"]])[0] for r in test[:50]]
+    assert TextClassifier.fit(["a", "b"], ["x", "y"]).temperature == 1.0  # nothing to hold out
+
+
 def test_outcome_examples_teach_the_expected_gain():
     texts, labels, weights = outcome_examples(
         ["only strong", "only weak", "both", "neither"],
@@ -76,7 +102,8 @@ def test_complexity_classifier_beats_random_routing_on_unseen_prompts():
             (DATA / "routing-outcomes" / "gsm8k.jsonl").read_text().splitlines()]
     prompts, weak, strong = outcome_rows(rows)
     clf = fit_outcomes(prompts[:800], weak[:800], strong[:800])
-    assert clf.options == OUTCOME_OPTIONS and clf.labels == ["strong", "weak"]
+    assert clf.labels == ["strong", "weak"]
+    assert msgspec.structs.replace(clf.options, temperature=1.0) == OUTCOME_OPTIONS
     k = clf.labels.index("strong")
     scores = [clf.proba([p])[k] for p in prompts[800:]]
     curve = cost_quality_curve(scores, weak[800:], strong[800:])
