@@ -101,6 +101,9 @@ def check_classify(where: str, route: Route, deployments: set[str], routes: list
             problems.append("%s.llm.timeout_s: must be a positive number of seconds" % where)
         if llm.cache_size < 0:
             problems.append("%s.llm.cache_size: must be >= 0" % where)
+        if llm.mode == "vote" and route.strong_share is not None:
+            problems.append("%s.llm.mode: strong_share sets its cut on the classifier alone; "
+                            "an LLM vote would move every score past it" % where)
     if not 0.0 <= route.hysteresis <= 1.0:
         problems.append("%s.hysteresis: must be between 0 and 1" % where)
     if route.audit is not None:

@@ -21,6 +21,7 @@ from .audit import AuditLog
 from .classifier import TextClassifier, labelled, read_jsonl
 from .policies import POLICIES, Ordered, Policy
 from .router import Decision, RoutePlan
+from .share_cut import ShareCut
 from .llm_router import LlmRouter
 from .signals import Ensemble, RequestView, read_request
 
@@ -67,13 +68,13 @@ class _Classify(Policy):
 class ClassifyPlan(RoutePlan):
     """A route whose first decision is the prompt's class."""
 
-    __slots__ = ("classifier", "classes", "thresholds", "default", "audit", "strong_cut",
+    __slots__ = ("classifier", "classes", "thresholds", "default", "audit", "share_cut",
                  "hysteresis", "sessions", "ensemble", "llm", "llm_mode", "llm_below",
                  "llm_weight", "asynchronous")
 
     def __init__(self, route: Route, targets, fallbacks, classifier: TextClassifier,
                  classes: dict[str, RoutePlan], default: RoutePlan | None,
-                 audit: AuditLog | None, strong_cut: float | None,
+                 audit: AuditLog | None, share_cut: ShareCut | None,
                  llm: LlmRouter | None = None) -> None:
         super().__init__(route.name, targets, fallbacks, _Classify(), route)
         self.classifier = classifier
@@ -81,7 +82,7 @@ class ClassifyPlan(RoutePlan):
         self.thresholds = {label: spec.threshold for label, spec in route.classes.items()}
         self.default = default
         self.audit = audit
-        self.strong_cut = strong_cut
+        self.share_cut = share_cut
         self.hysteresis = route.hysteresis
         self.sessions = SessionClasses() if route.hysteresis > 0 else None
         self.ensemble = (Ensemble(classifier.labels, route.signals)
@@ -96,12 +97,12 @@ class ClassifyPlan(RoutePlan):
         self.asynchronous = llm is not None or any(
             p.asynchronous for p in [*classes.values(), default] if p is not None)
 
-    def _pick(self, probs: list[float]) -> tuple[str, float]:
+    def _pick(self, probs: list[float], cut: float | None = None) -> tuple[str, float]:
         labels = self.classifier.labels
-        if self.strong_cut is not None:
+        if cut is not None:
             # Complexity routing: the knob moves the cut on P(strong), not the argmax.
             p = probs[labels.index("strong")]
-            return ("strong", p) if p >= self.strong_cut else ("weak", 1.0 - p)
+            return ("strong", p) if p >= cut else ("weak", 1.0 - p)
         best = max(range(len(probs)), key=probs.__getitem__)
         return labels[best], probs[best]
 
@@ -110,7 +111,12 @@ class ClassifyPlan(RoutePlan):
         votes: list[dict] = []
         if self.ensemble is not None:
             probs, votes = self.ensemble.combine(probs, request)
-        label, confidence = self._pick(probs)
+        if self.share_cut is not None:
+            cut = self.share_cut.observe(probs[self.classifier.labels.index("strong")])
+            votes = [{"signal": "strong_share", **self.share_cut.describe(cut)}]
+            label, confidence = self._pick(probs, cut[0])
+        else:
+            label, confidence = self._pick(probs)
         return label, confidence, probs, votes
 
     def decide(self, table, rnd, request_tags, session, body: bytes = b"") -> Decision:
@@ -198,7 +204,9 @@ class ClassifyPlan(RoutePlan):
                    "path": [self.name, *inner_explain["path"]]}
         if self.sessions is not None and session is not None:
             explain["session_kept_over"] = kept
-        if self.ensemble is not None or (llm_note and llm_note["mode"] == "vote"):
+        if self.share_cut is not None:
+            explain["strong_share"] = votes[0]
+        elif self.ensemble is not None or (llm_note and llm_note["mode"] == "vote"):
             explain["votes"] = votes
         if self.llm is not None:
             explain["llm"] = llm_note or {"mode": self.llm_mode, "class": None,
@@ -289,9 +297,9 @@ def _train(route: Route) -> TextClassifier:
                               weights)
 
 
-def _strong_cut(route: Route, clf: TextClassifier) -> float | None:
-    """The P(strong) above which a request goes to 'strong' so that about ``strong_share``
-    of the training prompts would (the training prompts stand in for traffic)."""
+def _share_cut(route: Route, clf: TextClassifier) -> ShareCut | None:
+    """The cut that sends about ``strong_share`` of live requests to 'strong'; the training
+    prompts stand in for traffic until enough requests have been seen."""
     if route.strong_share is None:
         return None
     if route.outcomes_file is not None:
@@ -301,11 +309,7 @@ def _strong_cut(route: Route, clf: TextClassifier) -> float | None:
             t for label, spec in route.classes.items() if label != "strong"
             for t in spec.examples]
     k = clf.labels.index("strong")
-    scores = sorted((clf.proba([p])[k] for p in prompts), reverse=True)
-    n = round(route.strong_share * len(scores))
-    if n <= 0:
-        return 1.0 + 1e-9
-    return scores[n - 1]
+    return ShareCut(route.strong_share, [clf.proba([p])[k] for p in prompts])
 
 
 def build_classify_plans(router, config: Config) -> list[str]:
@@ -371,7 +375,7 @@ def build_classify_plans(router, config: Config) -> list[str]:
                             {label: spec.examples for label, spec in route.classes.items()},
                             route.llm.timeout_s, route.llm.cache_size)
         plan = ClassifyPlan(route, targets, fallbacks, clf, classes, default, audit,
-                            _strong_cut(route, clf), llm)
+                            _share_cut(route, clf), llm)
         router.routes[name] = plan
         return plan
 

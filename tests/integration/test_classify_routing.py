@@ -5,6 +5,7 @@ complexity routing from outcome data, and config errors that name their path."""
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -222,6 +223,37 @@ def test_complexity_route_strong_share_knob(start_edge, sims, tmp_path):
     assert 50 <= strong <= 70, strong
 
 
+def test_strong_share_follows_live_traffic(start_edge, sims, tmp_path):
+    rows = [json.loads(r) for r in
+            (DATA / "routing-outcomes" / "gsm8k.jsonl").read_text().splitlines()]
+    outcomes = tmp_path / "outcomes.jsonl"
+    outcomes.write_text("".join(json.dumps(r) + "\n" for r in rows[:300]))
+    edge = start_edge(_config(sims, f"""\
+  - name: auto
+    policy: classify
+    outcomes_file: {outcomes}
+    strong_share: 0.3
+    classes:
+      strong: {{deployments: [alpha]}}
+      weak: {{deployments: [beta]}}
+"""))
+    # Traffic unlike the training prompts: the longest of the unseen ones, which the
+    # complexity model scores high.
+    traffic = sorted((r["prompt"] for r in rows[300:]), key=len, reverse=True)[:300]
+    random.Random(1).shuffle(traffic)
+    decided = [_explain(edge, p) for p in traffic]
+    first, last = decided[:100], decided[-150:]
+    assert all(d["classification"]["strong_share"]["from"] == "the training prompts"
+               for d in first)
+    assert decided[-1]["classification"]["strong_share"]["from"] == "the last 299 requests"
+    strong_first = sum(d["deployments"][0] == "alpha" for d in first)
+    strong_last = sum(d["deployments"][0] == "alpha" for d in last)
+    # The training prompts' cut would send most of these to the strong model; the live cut
+    # brings the share back to about 30%.
+    assert strong_first > 50, strong_first
+    assert 25 <= strong_last <= 65, strong_last
+
+
 def test_llmedge_eval_on_outcomes_reports_the_curve(tmp_path):
     done = _llmedge("eval", "--outcomes", "--data",
                     str(DATA / "routing-outcomes" / "gsm8k.jsonl"), "--limit", "300",
@@ -352,6 +384,18 @@ def test_bad_signals_name_the_path(sims, tmp_path):
     assert "routes[0].signals.rules[1].class: 'nope' is not one of the route's classes" in err
     assert "routes[0].signals.rules[1].weight: must be > 0" in err
     assert "routes[0].signals.features[0].when: unknown feature 'moon_phase'" in err
+    config.write_text(_config(sims, """\
+  - name: auto
+    policy: classify
+    strong_share: 0.3
+    llm: {deployment: gamma, mode: vote}
+    classes:
+      strong: {deployments: [alpha], examples: [prove it]}
+      weak: {deployments: [beta], examples: [say hi]}
+"""))
+    done = _llmedge("check", "-c", str(config), cwd=tmp_path)
+    assert done.returncode == 2
+    assert "routes[0].llm.mode: strong_share sets its cut on the classifier alone" in done.stderr
 
 
 def _llm_route(sims, mode: str, extra: str = "") -> str:

@@ -1,0 +1,49 @@
+"""The live cut of a complexity route's strong_share."""
+
+from __future__ import annotations
+
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxy.routing.share_cut import ShareCut, top_share_cut
+
+scores_st = st.lists(st.floats(0.0, 1.0), max_size=60)
+
+
+@settings(max_examples=200, deadline=None)
+@given(training=scores_st, traffic=scores_st, share=st.floats(0.0, 1.0),
+       window=st.integers(1, 20), warmup=st.integers(0, 25))
+def test_cut_is_the_top_share_of_the_window_once_warm(training, traffic, share, window,
+                                                      warmup):
+    cut = ShareCut(share, training, window=window, warmup=warmup)
+    seen: list[float] = []
+    for score in traffic:
+        value, source = cut.observe(score)
+        if len(seen) >= min(warmup, window):
+            recent = seen[-window:]
+            assert source == len(recent)
+            assert value == top_share_cut(recent, share)
+        else:
+            assert (value, source) == (top_share_cut(training, share), 0)
+        seen.append(score)
+
+
+def test_top_share_cut_selects_about_the_share():
+    scores = [i / 100 for i in range(100)]
+    assert sum(s >= top_share_cut(scores, 0.3) for s in scores) == 30
+    assert sum(s >= top_share_cut(scores, 1.0) for s in scores) == 100
+    assert top_share_cut(scores, 0.0) == math.inf and top_share_cut([], 0.5) == math.inf
+
+
+def test_a_shift_in_traffic_moves_the_cut_and_nan_is_ignored():
+    cut = ShareCut(0.25, [0.1, 0.2, 0.3, 0.4], window=8, warmup=4)
+    assert cut.observe(0.9) == (0.4, 0)
+    for score in (0.8, 0.85, 0.95, math.nan):
+        cut.observe(score)
+    value, source = cut.observe(0.7)
+    assert source == 4 and value == 0.95   # the top quarter of 0.8, 0.85, 0.9, 0.95
+    assert cut.describe((value, source)) == {"share": 0.25, "cut": 0.95,
+                                             "from": "the last 4 requests"}
+    assert cut.describe((math.inf, 0))["cut"] is None
