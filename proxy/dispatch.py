@@ -18,15 +18,15 @@ from .budget import RetryBudget
 from .cache import new_entry
 from .caching import ResponseCache, Ticket
 from .config import RetryConfig
-from .errors import (DeadlineExceeded, ProxyError, UpstreamError, UpstreamReset,
-                     UpstreamSaturated, UpstreamStatus, UpstreamTimeout, UpstreamUnavailable)
+from .errors import (DeadlineExceeded, ProxyError, UpstreamError, UpstreamSaturated,
+                     UpstreamStatus, UpstreamTimeout, UpstreamUnavailable)
 from .http import wire
 from .http.front import Exchange
 from .rewrite import replace_model
 from .metrics import Metrics
 from .routing.router import RoutePlan, Router, Target
 from .sse_assemble import assemble
-from .upstream.conn import ResponseHead, UpstreamConn
+from .upstream.conn import ResponseHead, UpstreamConn, failed_status, status_error
 from .upstream.pool import Endpoint
 
 log = logging.getLogger("llmedge.dispatch")
@@ -36,16 +36,6 @@ USER_AGENT = b"user-agent: llmedge/0.1\r\n"
 # upstream is not speaking SSE and the bytes are passed on as they are.
 MAX_PENDING_EVENT = 1024 * 1024
 DEFAULT_RETRY_AFTER_S = 1.0
-
-
-def _retry_after(headers: dict[bytes, bytes]) -> float | None:
-    value = headers.get(b"retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None  # an HTTP-date: rare from LLM APIs, and no worse than no hint
 
 
 class Answer:
@@ -286,8 +276,8 @@ class Dispatcher:
                        endpoint: Endpoint) -> None:
         """One try at one deployment's chosen replica, and what the try taught about that
         replica recorded back into the endpoint table and its breaker."""
-        table = self.router.table
-        table.start(row)
+        router = self.router
+        router.attempt_started(row)
         started = time.monotonic()
         try:
             first_event_at = await self._exchange(answer, target, endpoint)
@@ -297,23 +287,18 @@ class Dispatcher:
             if (isinstance(exc, UpstreamTimeout) and answer.deadline
                     and now >= answer.deadline - 0.001):
                 # Cut short by the request's deadline, not by the endpoint's timeout.
-                table.cancel(row)
+                router.attempt_dropped(row)
                 raise DeadlineExceeded("the request's deadline passed while waiting for %s"
                                        % target.name) from None
-            table.record(row, now, (now - started) * 1e6, -1.0, True)
-            self.router.breakers.on_failure(
-                row, exc.kind, exc.retry_after,
-                rate_limited=isinstance(exc, UpstreamStatus) and exc.upstream_status == 429)
+            router.attempt_failed(row, started, now, exc)
             raise
         except BaseException:
             answer.upstream_s += time.monotonic() - started
-            table.cancel(row)
+            router.attempt_dropped(row)
             raise
         now = time.monotonic()
         answer.upstream_s += now - started
-        table.record(row, now, (answer.head_at - started) * 1e6,
-                     (first_event_at - started) * 1e6 if first_event_at else -1.0, False)
-        self.router.breakers.on_success(row)
+        router.attempt_succeeded(row, started, now, answer.head_at, first_event_at)
 
     async def _exchange(self, answer: Answer, target: Target, endpoint: Endpoint) -> float:
         """Send the request to one endpoint and answer the client from it; returns when the
@@ -325,30 +310,12 @@ class Dispatcher:
             connect_s, first_byte_s = min(connect_s, left), min(first_byte_s, left)
         body = answer.body_for(target)
         request = [self._request_head(answer, target, endpoint, len(body)), body]
-        conn = endpoint.take_idle()
-        if conn is None:
-            conn = await endpoint.connect(connect_s)
+        conn, head = await endpoint.send(request, connect_s, first_byte_s, timeouts.idle_s)
         try:
-            conn.send(request, first_byte_s, timeouts.idle_s)
-            try:
-                head = await conn.head()
-            except UpstreamReset:
-                if not (conn.reused and not conn.received_any):
-                    raise
-                # The server closed an idle keep-alive connection as we reused it: nothing
-                # was processed, so the same endpoint gets one more go on a fresh one.
-                conn.abort()
-                conn = await endpoint.connect(connect_s)
-                conn.send(request, first_byte_s, timeouts.idle_s)
-                head = await conn.head()
             answer.head_at = time.monotonic()
             status = head.status
-            if status == 429 or status >= 500:
-                payload = await conn.read_whole()
-                raise UpstreamStatus(
-                    "upstream answered %d" % status, upstream_status=status, body=payload,
-                    content_type=head.headers.get(b"content-type"),
-                    retry_after=_retry_after(head.headers))
+            if failed_status(status):
+                raise status_error(head, await conn.read_whole())
             content_type = head.headers.get(b"content-type", wire.JSON)
             ticket = answer.ticket
             storing = ticket is not None and ticket.store and status == 200

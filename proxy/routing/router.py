@@ -21,7 +21,8 @@ from _fastpath import EP_EJECTED, EP_HALF_OPEN, EP_HEALTHY, EP_OPEN, EndpointTab
 
 from ..breaker import Breakers
 from ..config import Config, Deployment, Route, Timeouts
-from ..errors import BadRequest, ConfigError, NoHealthyUpstream, NotFound
+from ..errors import (BadRequest, ConfigError, NoHealthyUpstream, NotFound, UpstreamError,
+                      UpstreamStatus)
 from ..upstream.pool import Endpoint
 from .affinity import SessionAffinity
 from .policies import POLICIES, Direct, Policy
@@ -299,6 +300,34 @@ class Router:
         if k < 0:
             return None
         return target.rows[k], target.endpoints[k]
+
+    # === what one call to an endpoint teaches about it ===
+    # Every call llmedge makes to an upstream goes through these (proxied requests and the
+    # LLM router tier's questions alike), so the endpoint's load, latency, error rate,
+    # circuit and outlier tally see all of its traffic. Times are time.monotonic().
+
+    def attempt_started(self, row: int) -> None:
+        self.table.start(row)
+
+    def attempt_succeeded(self, row: int, started: float, now: float, head_at: float,
+                          first_event_at: float = 0.0) -> None:
+        """The endpoint answered (any status that is not a failure): latency is to the
+        response head, time to first token to the first streamed event (0: none)."""
+        self.table.record(row, now, (head_at - started) * 1e6,
+                          (first_event_at - started) * 1e6 if first_event_at else -1.0, False)
+        self.breakers.on_success(row)
+
+    def attempt_failed(self, row: int, started: float, now: float,
+                       exc: UpstreamError) -> None:
+        self.table.record(row, now, (now - started) * 1e6, -1.0, True)
+        self.breakers.on_failure(
+            row, exc.kind, exc.retry_after,
+            rate_limited=isinstance(exc, UpstreamStatus) and exc.upstream_status == 429)
+
+    def attempt_dropped(self, row: int) -> None:
+        """The call ended without teaching anything about the endpoint (the caller left, or
+        its own deadline passed): only the in-flight count goes back."""
+        self.table.cancel(row)
 
     def unready(self) -> list[str]:
         """Why some route has no usable deployment (empty when every route can serve)."""

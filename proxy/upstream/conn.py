@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import httptools
 
-from ..errors import UpstreamError, UpstreamReset, UpstreamTimeout
+from ..errors import UpstreamError, UpstreamReset, UpstreamStatus, UpstreamTimeout
 
 # Whole (non-streamed) upstream bodies above this are refused rather than buffered.
 MAX_WHOLE_BODY = 64 * 1024 * 1024
@@ -26,6 +26,29 @@ class ResponseHead:
     def __init__(self, status: int, headers: dict[bytes, bytes]) -> None:
         self.status = status
         self.headers = headers
+
+
+def retry_after(headers: dict[bytes, bytes]) -> float | None:
+    value = headers.get(b"retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP-date: rare from LLM APIs, and no worse than no hint
+
+
+def failed_status(status: int) -> bool:
+    """An answer that counts as a failure of the endpoint (and may be retried elsewhere)."""
+    return status == 429 or status >= 500
+
+
+def status_error(head: ResponseHead, body: bytes) -> UpstreamStatus:
+    """The failure a 429 or 5xx answer stands for, with the upstream's body and its
+    Retry-After hint."""
+    return UpstreamStatus("upstream answered %d" % head.status, upstream_status=head.status,
+                          body=body, content_type=head.headers.get(b"content-type"),
+                          retry_after=retry_after(head.headers))
 
 
 class UpstreamConn(asyncio.Protocol):

@@ -6,8 +6,8 @@ import asyncio
 import ssl
 from urllib.parse import urlsplit
 
-from ..errors import UpstreamConnectError, UpstreamTimeout
-from .conn import UpstreamConn
+from ..errors import UpstreamConnectError, UpstreamReset, UpstreamTimeout
+from .conn import ResponseHead, UpstreamConn
 
 
 class Endpoint:
@@ -59,6 +59,30 @@ class Endpoint:
         conn.on_close = self._forget
         self._all.add(conn)
         return conn
+
+    async def send(self, request: list[bytes], connect_s: float, first_byte_s: float,
+                   idle_s: float) -> tuple[UpstreamConn, ResponseHead]:
+        """Send ``request`` on an idle connection (or a new one) and wait for the response
+        head; on failure the connection is aborted before the error propagates."""
+        conn = self.take_idle()
+        if conn is None:
+            conn = await self.connect(connect_s)
+        try:
+            conn.send(request, first_byte_s, idle_s)
+            try:
+                return conn, await conn.head()
+            except UpstreamReset:
+                if not (conn.reused and not conn.received_any):
+                    raise
+                # The server closed an idle keep-alive connection as we reused it: nothing
+                # was processed, so the same endpoint gets one more go on a fresh one.
+                conn.abort()
+                conn = await self.connect(connect_s)
+                conn.send(request, first_byte_s, idle_s)
+                return conn, await conn.head()
+        except BaseException:
+            conn.abort()
+            raise
 
     def release(self, conn: UpstreamConn) -> None:
         if conn.alive and len(self._idle) < self.max_idle:
