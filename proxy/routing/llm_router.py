@@ -5,6 +5,13 @@ alone. The answer is parsed strictly — after trimming whitespace, quotes, back
 final period it must equal a class name (any case) — and cached by the prompt's hash. The
 call is bounded by a short timeout; on a timeout, an error or an answer that is no class,
 the caller falls back to the compiled classifier.
+
+The call is traffic like any other on the router deployment's endpoint: it counts in flight
+there and its outcome goes to the endpoint table, the breaker and the outlier tally through
+the same ``Router.attempt_*`` calls as a proxied request. A timeout, a connection failure,
+a 429 or a 5xx is the endpoint's failure; an answer that is no class is not. So a router
+deployment that keeps failing gets its circuit opened, and while it is open the tier is
+skipped at once instead of costing every request its timeout.
 """
 
 from __future__ import annotations
@@ -12,12 +19,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from collections import OrderedDict
 
 import orjson
 import xxhash
 
-from ..errors import UpstreamError
+from ..errors import UpstreamError, UpstreamTimeout
+from ..upstream.conn import failed_status, status_error
 
 log = logging.getLogger("llmedge.llm_router")
 
@@ -63,8 +72,7 @@ class LlmRouter:
             self.cache.move_to_end(key)
             return cached, "cached"
         try:
-            async with asyncio.timeout(self.timeout_s):
-                content = await self._call(text)
+            content = await self._call(text)
         except TimeoutError:
             return None, "no answer within %gs" % self.timeout_s
         except (UpstreamError, OSError, ssl.SSLError, ValueError) as exc:
@@ -78,13 +86,18 @@ class LlmRouter:
         return label, "answered"
 
     async def _call(self, text: str) -> object:
+        """The router model's answer; TimeoutError past ``timeout_s``."""
         target = self.target
         if target.unusable:
             raise ValueError(target.unusable)
-        picked = self.router.pick_endpoint(target, None, 0.25)
+        if target.max_inflight and target.inflight >= target.max_inflight:
+            # As the dispatcher does: a full deployment is skipped, not queued on.
+            raise ValueError("%s is at max_inflight %d" % (target.name, target.max_inflight))
+        router = self.router
+        picked = router.pick_endpoint(target, None, 0.25)
         if picked is None:
-            raise ValueError("no usable endpoint of %s" % target.name)
-        _, endpoint = picked
+            raise ValueError("every endpoint of %s is out of service" % target.name)
+        row, endpoint = picked
         body = orjson.dumps({"model": target.upstream_model, "temperature": 0, "max_tokens": 16,
                              "messages": [{"role": "system", "content": self.system},
                                           {"role": "user", "content": text}]})
@@ -92,21 +105,48 @@ class LlmRouter:
                 b"content-type: application/json\r\ncontent-length: %d\r\n%s"
                 b"accept: application/json\r\nuser-agent: llmedge-router\r\n\r\n" % (
                     endpoint.base_path, endpoint.host_header, len(body), target.auth_header))
-        conn = endpoint.take_idle() or await endpoint.connect(self.timeout_s)
+        timeout_s = self.timeout_s
         self.calls += 1
+        target.inflight += 1
+        router.attempt_started(row)
+        started = time.monotonic()
         try:
-            conn.send([head, body], self.timeout_s, self.timeout_s)
-            response = await conn.head()
-            data = await conn.read_whole()
-        except BaseException:
-            conn.abort()
+            async with asyncio.timeout(timeout_s):
+                conn, response = await endpoint.send([head, body], timeout_s, timeout_s,
+                                                     timeout_s)
+                head_at = time.monotonic()
+                try:
+                    data = await conn.read_whole()
+                except BaseException:
+                    conn.abort()
+                    raise
+        except TimeoutError:
+            router.attempt_failed(row, started, time.monotonic(), UpstreamTimeout(
+                "no answer within %gs" % timeout_s))
             raise
+        except UpstreamError as exc:
+            router.attempt_failed(row, started, time.monotonic(), exc)
+            raise
+        except BaseException:
+            # Cancelled with the request (client gone, shutdown): nothing learned.
+            router.attempt_dropped(row)
+            raise
+        finally:
+            target.inflight -= 1
         if conn.reusable(response):
             endpoint.release(conn)
         else:
             conn.close()
-        if response.status != 200:
-            raise ValueError("answered HTTP %d" % response.status)
+        status = response.status
+        if failed_status(status):
+            failure = status_error(response, data)
+            router.attempt_failed(row, started, time.monotonic(), failure)
+            raise failure
+        # Whatever the endpoint said, it answered: only 429 and 5xx count against it, as
+        # for proxied requests, and an answer that is no class is the router model's fault.
+        router.attempt_succeeded(row, started, time.monotonic(), head_at)
+        if status != 200:
+            raise ValueError("answered HTTP %d" % status)
         try:
             return orjson.loads(data)["choices"][0]["message"]["content"]
         except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):

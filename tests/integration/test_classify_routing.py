@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from procs import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -499,3 +500,96 @@ def test_drain_waits_for_a_request_still_waiting_on_the_llm_tier(start_edge, sim
     resp = result["resp"]
     assert resp.status == 200, resp
     assert resp.headers["x-llmedge-upstream"] == "alpha"   # the LLM tier's class, then served
+
+
+def _endpoint(edge, deployment: str) -> dict:
+    rows = edge.call("GET", "/admin/upstreams").json()["endpoints"]
+    return next(r for r in rows if r["deployment"] == deployment)
+
+
+def test_llm_tier_calls_count_on_the_router_endpoint(start_edge, sims):
+    import threading
+
+    from procs import metric_value
+
+    sims.gamma.configure(reply="code", chunks=1, ttft_ms=1000)
+    edge = start_edge(_llm_route(sims, "always", ", timeout_s: 5.0"))
+    before = _endpoint(edge, "gamma")
+    assert before["inflight"] == 0 and before["rtt_us"] < 0.1e6
+    result = {}
+    worker = threading.Thread(target=lambda: result.setdefault(
+        "resp", _chat(edge, "tell me a joke")))
+    worker.start()
+    try:
+        sims.gamma.wait_stat("chat", 1)
+        # While the router model thinks, its question is in flight on gamma's endpoint,
+        # so load-aware picks see it; the proxied request has not been sent yet.
+        assert _endpoint(edge, "gamma")["inflight"] == 1
+        assert metric_value(edge.metrics(), "llmedge_endpoint_inflight", deployment="gamma") == 1
+        assert sims.alpha.stats()["chat"] == 0
+    finally:
+        worker.join(timeout=30)
+    resp = result["resp"]
+    assert resp.status == 200 and resp.headers["x-llmedge-upstream"] == "alpha", resp
+    after = _endpoint(edge, "gamma")
+    # Its latency was learned (about the 1 s the simulator took), as a success.
+    assert after["inflight"] == 0 and after["rtt_us"] >= 0.9e6, after
+    assert after["error_rate"] == 0.0 and after["circuit"] == "closed"
+    metrics = edge.metrics()
+    assert metric_value(metrics, "llmedge_endpoint_latency_seconds", deployment="gamma") >= 0.9
+    assert metric_value(metrics, "llmedge_endpoint_inflight", deployment="gamma") == 0
+    # An answer that is no class is the router model's fault, not the endpoint's.
+    sims.gamma.configure(reply="I think it is code!", ttft_ms=0)
+    for text in ("good morning friend", "do you like music", "what's your favourite movie"):
+        out = _explain(edge, text)
+        assert "not a class" in out["classification"]["llm"]["status"], out
+    after = _endpoint(edge, "gamma")
+    assert after["error_rate"] == 0.0 and after["consecutive_failures"] == 0, after
+    assert after["circuit"] == "closed" and after["state"] == "healthy", after
+    assert sims.gamma.stats()["chat"] == 4
+
+
+@pytest.mark.parametrize("failure", ["timeout", "connect"])
+def test_a_failing_router_deployment_opens_its_circuit(start_edge, sims, failure):
+    import time
+
+    from procs import free_port, metric_value
+
+    config = _llm_route(sims, "always", ", timeout_s: 1.0").replace("deployments:\n", """\
+upstream:
+  health: {enabled: false}
+  breaker: {consecutive_failures: 2, open_s: 60, max_open_s: 60, jitter: 0}
+deployments:
+""", 1)
+    if failure == "timeout":
+        sims.gamma.configure(reply="code", chunks=1, ttft_ms=10000)
+        status = "no answer within 1s"
+    else:
+        config = config.replace(sims.gamma.url, "http://127.0.0.1:%d/v1" % free_port())
+        status = "failed: cannot connect to"
+    edge = start_edge(config)
+    for text in ("tell me a joke", "good morning friend"):
+        out = _explain(edge, text)
+        assert out["classification"]["llm"]["status"].startswith(status), out
+        assert out["deployments"] == ["beta"]      # the classifier decided
+    gamma = _endpoint(edge, "gamma")
+    assert gamma["circuit"] == "open" and gamma["state"] == "open", gamma
+    assert gamma["reason"] == "2 consecutive failures (last: %s)" % failure, gamma
+    assert gamma["error_rate"] > 0 and gamma["inflight"] == 0, gamma
+    metrics = edge.metrics()
+    assert metric_value(metrics, "llmedge_endpoint_state", deployment="gamma",
+                        state="open") == 1
+    assert metric_value(metrics, "llmedge_endpoint_error_rate", deployment="gamma") > 0
+    # Open: the tier skips gamma without asking it, and the classifier decides at once
+    # instead of after the tier's timeout.
+    started = time.monotonic()
+    out = _explain(edge, "do you like music")
+    assert time.monotonic() - started < 1.0
+    assert out["classification"]["llm"]["status"] == \
+        "failed: every endpoint of gamma is out of service", out
+    assert out["deployments"] == ["beta"]
+    resp = _chat(edge, "let's talk about the weather")
+    assert resp.status == 200 and resp.headers["x-llmedge-upstream"] == "beta", resp
+    assert "(LLM router)" not in resp.headers["x-llmedge-decision"]
+    if failure == "timeout":
+        assert sims.gamma.stats()["chat"] == 2
