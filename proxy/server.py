@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import signal
@@ -27,6 +26,7 @@ from .http.front import HttpFront, Limits
 from .metrics import Metrics
 from .routing.classify_route import prepare as prepare_classifiers
 from .routing.router import Router
+from .upstream.pool import ssl_context as upstream_ssl_context
 
 log = logging.getLogger("llmedge")
 
@@ -323,11 +323,8 @@ class Server:
 
 
 async def _ssl_context(config: Config) -> ssl.SSLContext | None:
-    if not any(u.startswith("https:") for d in config.deployments for u in d.urls):
-        return None
     # Loading CA certificates reads files: not on the loop.
-    return await asyncio.get_running_loop().run_in_executor(
-        None, functools.partial(ssl.create_default_context, cafile=config.upstream.ca_file))
+    return await asyncio.get_running_loop().run_in_executor(None, upstream_ssl_context, config)
 
 
 async def serve(config: Config, *, reuse_port: bool = False, ready_line: bool = True,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import ssl
 import sys
 
 import orjson
@@ -17,16 +19,21 @@ CONFIG_ERROR = 2
 
 def cmd_route(args: argparse.Namespace) -> int:
     from ..config import load
+    from ..upstream.pool import ssl_context
     from .explain import explain_body
     from .router import Router, parse_tags
 
     try:
-        router = Router(load(args.config), None)
+        config = load(args.config)
+        router = Router(config, ssl_context(config) if args.llm else None)
     except ConfigError as exc:
         print("llmedge: %s is not a valid configuration:" % args.config, file=sys.stderr)
         for problem in exc.problems:
             print("  " + problem, file=sys.stderr)
         return CONFIG_ERROR
+    except (OSError, ssl.SSLError) as exc:   # upstream.ca_file, needed by --llm
+        print("llmedge: cannot set up TLS for the upstreams: %s" % exc, file=sys.stderr)
+        return FAILED
     try:
         model = args.model or next(iter(router.routes), None)
         if model is None:
@@ -38,13 +45,20 @@ def cmd_route(args: argparse.Namespace) -> int:
             {"role": "user", "content": args.prompt}]})
         try:
             plan = router.plan(model)
-            decision = plan.decide(router.table, router.rnd,
-                                   parse_tags(args.tags.encode()) if args.tags else frozenset(),
-                                   args.session, body)
+            decide_args = (router.table, router.rnd,
+                           parse_tags(args.tags.encode()) if args.tags else frozenset(),
+                           args.session, body)
+            if args.llm and plan.asynchronous:
+                decision = _decide_asking(router, plan, decide_args)
+            else:
+                decision = plan.decide(*decide_args)
         except ProxyError as exc:
             print("llmedge: %s" % exc.message, file=sys.stderr)
             return FAILED
         print(json.dumps(json.loads(explain_body(router, plan, decision)), indent=2))
+        if not args.llm and _llm_not_asked(decision.explain):
+            print("llmedge route: the LLM router tier was not asked; --llm asks it (a real "
+                  "call to the router deployment)", file=sys.stderr)
         return OK
     finally:
         router.close()
@@ -52,6 +66,35 @@ def cmd_route(args: argparse.Namespace) -> int:
             audit = getattr(plan, "audit", None)
             if audit is not None:
                 audit.join(5.0)  # the process ends next: let the last lines reach the file
+
+
+def _decide_asking(router, plan, decide_args):
+    """The decision ``POST /v1/route`` gives: the LLM tier really asks its deployment, within
+    its timeout, and a failure or a useless answer leaves the decision to the classifier."""
+    from ..loops import loop_factory
+
+    async def decide():
+        try:
+            return await plan.decide_async(*decide_args)
+        finally:
+            # Connections and breaker timers belong to this loop: closed while it runs.
+            for target in router.targets.values():
+                target.close()
+            router.breakers.aclose()
+
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        return runner.run(decide())
+
+
+def _llm_not_asked(explain: dict | None) -> bool:
+    """Whether some classify route on the decision's path would have asked its LLM tier."""
+    from .classify_route import LLM_NOT_ASKED
+
+    while explain:
+        if explain.get("llm", {}).get("status") == LLM_NOT_ASKED:
+            return True
+        explain = explain.get("next")
+    return False
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -143,6 +186,10 @@ def add_commands(sub) -> None:
                        help="an earlier user turn (repeatable, oldest first)")
     route.add_argument("--session")
     route.add_argument("--tags", help="k=v,k=v as in x-llmedge-tags")
+    route.add_argument("--llm", action="store_true",
+                       help="ask the route's LLM router tier (a real call to its deployment, "
+                            "within its timeout) as a request would; without it the tier is "
+                            "not asked and nothing calls an upstream")
     route.set_defaults(func=cmd_route)
 
     train = sub.add_parser("train", help="train a prompt classifier from JSONL")

@@ -28,6 +28,8 @@ from .signals import Ensemble, RequestView, read_request
 TOP_K = 5               # probabilities shown in an explanation
 SESSION_TTL_S = 1800.0  # a session's class is forgotten after this long without a request
 MAX_SESSIONS = 10_000   # remembered at once; the least recently seen go first
+# The LLM tier's status in an explanation decided without upstream calls.
+LLM_NOT_ASKED = "not asked: decided without calling an upstream"
 
 
 class SessionClasses:
@@ -119,13 +121,24 @@ class ClassifyPlan(RoutePlan):
             label, confidence = self._pick(probs)
         return label, confidence, probs, votes
 
+    def _asks_llm(self, request: RequestView, confidence: float) -> bool:
+        return self.llm is not None and bool(request.turns) and (
+            self.llm_mode != "cascade" or confidence < self.llm_below)
+
     def decide(self, table, rnd, request_tags, session, body: bytes = b"") -> Decision:
+        """The decision without the LLM tier: nothing here calls an upstream (llmedge route
+        without --llm); ``decide_async`` is what requests get."""
         request = read_request(body)
         label, confidence, probs, votes = self.classify(request)
         choice = self._choose(request, session, label, confidence, probs)
         inner = choice[0].decide(table, rnd, request_tags, session, body)
-        return self._compose(request, session, request_tags, choice, label, confidence, probs,
-                             votes, inner, None)
+        decision = self._compose(request, session, request_tags, choice, label, confidence,
+                                 probs, votes, inner, None)
+        if self._asks_llm(request, confidence) and decision.explain is not None:
+            # Unlike "not consulted" (the classifier was sure enough), a request would have
+            # asked the tier here, and its answer might have changed the decision.
+            decision.explain["llm"]["status"] = LLM_NOT_ASKED
+        return decision
 
     async def decide_async(self, table, rnd, request_tags, session,
                            body: bytes = b"") -> Decision:
@@ -134,8 +147,7 @@ class ClassifyPlan(RoutePlan):
         label, confidence, probs, votes = self.classify(request)
         llm_note = None
         llm = self.llm
-        if llm is not None and request.turns and (
-                self.llm_mode != "cascade" or confidence < self.llm_below):
+        if llm is not None and self._asks_llm(request, confidence):
             answer, what = await llm.ask(request.turns)
             llm_note = {"mode": self.llm_mode, "class": answer, "status": what}
             if answer is not None:

@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from ..errors import UpstreamConnectError, UpstreamReset, UpstreamTimeout
 from .conn import ResponseHead, UpstreamConn
+
+if TYPE_CHECKING:
+    from ..config import Config
+
+
+def ssl_context(config: Config) -> ssl.SSLContext | None:
+    """The TLS context for https upstreams, None when there are none. Reads CA files:
+    blocking, so not on a running loop."""
+    if not any(u.startswith("https:") for d in config.deployments for u in d.urls):
+        return None
+    return ssl.create_default_context(cafile=config.upstream.ca_file)
 
 
 class Endpoint:

@@ -593,3 +593,58 @@ deployments:
     assert "(LLM router)" not in resp.headers["x-llmedge-decision"]
     if failure == "timeout":
         assert sims.gamma.stats()["chat"] == 2
+
+
+def _llmedge_asking(*args: str) -> subprocess.CompletedProcess:
+    """``llmedge ... --llm``, failing on a connection or timer left open past its loop."""
+    done = subprocess.run([sys.executable, "-X", "dev", "-W", "error::ResourceWarning", "-m",
+                           "proxy", *args, "--llm"], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert "ResourceWarning" not in done.stderr and "Exception ignored" not in done.stderr, \
+        done.stderr
+    return done
+
+
+def test_llmedge_route_asks_the_llm_tier_only_with_llm(start_edge, sims, tmp_path):
+    from proxy.routing.classify_route import LLM_NOT_ASKED
+
+    sims.gamma.configure(reply="code", chunks=1)
+    config = tmp_path / "llm.yaml"
+    config.write_text(_llm_route(sims, "always"))
+    args = ("route", "-c", str(config), "tell me a joke")
+    done = _llmedge(*args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["deployments"] == ["beta"]      # the classifier's class: chat
+    assert out["classification"]["llm"] == {"mode": "always", "class": None,
+                                            "status": LLM_NOT_ASKED}
+    assert "the LLM router tier was not asked; --llm asks it" in done.stderr
+    assert sims.gamma.stats()["chat"] == 0
+    done = _llmedge_asking(*args)
+    assert "not asked" not in done.stderr
+    asked = json.loads(done.stdout)
+    assert asked["deployments"] == ["alpha"] and "(LLM router)" in asked["reason"]
+    assert asked["classification"]["llm"] == {"mode": "always", "class": "code",
+                                              "status": "answered"}
+    stats = sims.gamma.stats()
+    assert stats["chat"] == 1
+    cli_question = stats["last_body"]
+    # The same as the server's explanation, and the same question to the router model.
+    edge = start_edge(_llm_route(sims, "always"))
+    served = _explain(edge, "tell me a joke")
+    assert sims.gamma.stats()["last_body"] == cli_question
+    assert {k: v for k, v in served.items() if k != "scores"} == \
+        {k: v for k, v in asked.items() if k != "scores"}
+    # A router model that does not answer in time leaves the decision to the classifier.
+    sims.gamma.configure(ttft_ms=10000)
+    config.write_text(_llm_route(sims, "always", ", timeout_s: 0.5"))
+    late = json.loads(_llmedge_asking(*args).stdout)
+    assert late["deployments"] == ["beta"]
+    assert late["classification"]["llm"]["status"] == "no answer within 0.5s"
+    # Cascade with a sure classifier: the tier would not be asked anyway, and says so.
+    config.write_text(_llm_route(sims, "cascade", ", below: 0.6"))
+    done = _llmedge(*args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["classification"]["llm"]["status"] == "not consulted"
+    assert "not asked" not in done.stderr
