@@ -241,6 +241,7 @@ class SignalsConfig(msgspec.Struct, forbid_unknown_fields=True):
     classifier: float = 1.0             # weight of the compiled classifier's probabilities
     rules: list[RuleSignal] = []
     features: list[FeatureSignal] = []
+    combine: str = "vote"               # vote: weights add up | confidence: the surest decides
 
 
 class LlmTier(msgspec.Struct, forbid_unknown_fields=True):

@@ -86,6 +86,10 @@ def check_classify(where: str, route: Route, deployments: set[str], routes: list
         if route.strong_share is not None:
             problems.append("%s.signals: strong_share sets its cut on the classifier alone; "
                             "use a threshold on 'strong' with signals" % where)
+        if route.signals.combine == "confidence" and route.llm is not None \
+                and route.llm.mode == "vote":
+            problems.append("%s.llm.mode: a vote has no confidence to compare; with combine: "
+                            "confidence use mode cascade or always" % where)
     llm = route.llm
     if llm is not None:
         if llm.deployment not in deployments:

@@ -1,9 +1,14 @@
 """Ensemble signals of a ``classify`` route: regex rules and request features voting beside
 the compiled classifier.
 
-Each signal adds weight to one class; the classifier adds ``weight x probability`` to every
-class. The class scores, divided by their sum, are the route's probabilities, so a decision
-can be explained signal by signal. Request features are read from the body: ``code_block``
+``combine: vote`` (the default): each signal adds weight to one class; the classifier adds
+``weight x probability`` to every class. The class scores, divided by their sum, are the
+route's probabilities, so a decision can be explained signal by signal.
+
+``combine: confidence``: each signal's weight is its confidence (0..1], the classifier's is
+``weight x`` its top probability, and the surest signal decides. Its confidence ``c`` is mixed
+into the classifier's probabilities, ``c`` on its class plus ``1 - c`` times the classifier's,
+so the class it names comes out on top with at least ``c`` and thresholds still apply. Request features are read from the body: ``code_block``
 (a fenced block in the last user turn), ``tools`` (the request offers tools), ``images``
 (an image, audio or file part) and ``long`` (a last turn of at least ``min_chars``).
 """
@@ -19,6 +24,7 @@ if TYPE_CHECKING:
     from ..config import SignalsConfig
 
 FEATURES = ("code_block", "tools", "images", "long")
+COMBINE = ("vote", "confidence")
 MEDIA_PARTS = frozenset(("image_url", "input_image", "input_audio", "file"))
 MAX_EARLIER_TURNS = 3   # earlier user turns that inform the class, besides the last one
 
@@ -77,6 +83,13 @@ def check_signals(where: str, signals: SignalsConfig, classes: set[str],
                   problems: list[str]) -> None:
     if not signals.classifier >= 0:
         problems.append("%s.classifier: must be >= 0" % where)
+    confidence = signals.combine == "confidence"
+    if signals.combine not in COMBINE:
+        problems.append("%s.combine: unknown way %r (known: %s)"
+                        % (where, signals.combine, ", ".join(COMBINE)))
+    elif confidence and signals.classifier > 1:
+        problems.append("%s.classifier: a confidence, at most 1 with combine: confidence"
+                        % where)
     for j, rule in enumerate(signals.rules):
         at = "%s.rules[%d]" % (where, j)
         try:
@@ -85,8 +98,7 @@ def check_signals(where: str, signals: SignalsConfig, classes: set[str],
             problems.append("%s.pattern: not a regular expression: %s" % (at, exc))
         if rule.class_ not in classes:
             problems.append("%s.class: %r is not one of the route's classes" % (at, rule.class_))
-        if not rule.weight > 0:
-            problems.append("%s.weight: must be > 0" % at)
+        _check_weight(at, rule.weight, confidence, problems)
     for j, feature in enumerate(signals.features):
         at = "%s.features[%d]" % (where, j)
         if feature.when not in FEATURES:
@@ -95,10 +107,16 @@ def check_signals(where: str, signals: SignalsConfig, classes: set[str],
         if feature.class_ not in classes:
             problems.append("%s.class: %r is not one of the route's classes"
                             % (at, feature.class_))
-        if not feature.weight > 0:
-            problems.append("%s.weight: must be > 0" % at)
+        _check_weight(at, feature.weight, confidence, problems)
         if feature.min_chars < 1:
             problems.append("%s.min_chars: must be >= 1" % at)
+
+
+def _check_weight(at: str, weight: float, confidence: bool, problems: list[str]) -> None:
+    if not weight > 0:
+        problems.append("%s.weight: must be > 0" % at)
+    elif confidence and weight > 1:
+        problems.append("%s.weight: a confidence, at most 1 with combine: confidence" % at)
 
 
 class Ensemble:
@@ -106,6 +124,7 @@ class Ensemble:
         self.labels = labels
         self.index = {label: i for i, label in enumerate(labels)}
         self.classifier = signals.classifier
+        self.by_confidence = signals.combine == "confidence"
         # Case-insensitive: rules are written for how people type, not for exact case.
         self.rules = [(re.compile(r.pattern, re.IGNORECASE), self.index[r.class_], r.weight,
                        "rule %r" % r.pattern) for r in signals.rules]
@@ -115,20 +134,40 @@ class Ensemble:
     def combine(self, probs: list[float], request: RequestView) -> tuple[list[float],
                                                                          list[dict]]:
         """The combined probabilities and the votes that made them."""
-        scores = [self.classifier * p for p in probs]
         votes: list[dict] = []
+        hits: list[tuple[int, float]] = []
         last = request.turns[-1] if request.turns else ""
         for pattern, k, weight, name in self.rules:
             if pattern.search(last):
-                scores[k] += weight
+                hits.append((k, weight))
                 votes.append({"signal": name, "class": self.labels[k], "weight": weight})
         for when, min_chars, k, weight in self.features:
             if ((when == "code_block" and "```" in last) or (when == "tools" and request.tools)
                     or (when == "images" and request.media)
                     or (when == "long" and len(last) >= min_chars)):
-                scores[k] += weight
+                hits.append((k, weight))
                 votes.append({"signal": when, "class": self.labels[k], "weight": weight})
+        if self.by_confidence:
+            return self._surest(probs, hits, votes), votes
+        scores = [self.classifier * p for p in probs]
+        for k, weight in hits:
+            scores[k] += weight
         total = sum(scores)
         if total <= 0:
             return probs, votes
         return [s / total for s in scores], votes
+
+    def _surest(self, probs: list[float], hits: list[tuple[int, float]],
+                votes: list[dict]) -> list[float]:
+        # The classifier first, so that it keeps a tie; then the signals in config order.
+        best, surest = -1, self.classifier * max(probs) if probs else 0.0
+        for j, (_, confidence) in enumerate(hits):
+            if confidence > surest:
+                best, surest = j, confidence
+        if best < 0:
+            return probs
+        votes[best]["decided"] = True
+        k = hits[best][0]
+        mixed = [(1.0 - surest) * p for p in probs]
+        mixed[k] += surest
+        return mixed

@@ -366,6 +366,30 @@ def test_rules_and_request_features_vote_with_the_classifier(start_edge, sims):
     assert votes == [{"signal": "images", "class": "chat", "weight": 2.0}]
 
 
+def test_the_surest_signal_decides_with_combine_confidence(start_edge, sims):
+    edge = start_edge(_config(sims, """\
+  - name: auto
+    policy: classify
+    signals:
+      combine: confidence
+      rules:
+        - {pattern: '\\bselect\\b.*\\bfrom\\b', class: code, weight: 0.97}
+        - {pattern: 'friend', class: code, weight: 0.05}
+""" + _classes(chat_target="deployments: [beta]")))
+    text = "how are you today, my friend"
+    plain = _explain(edge, text)["classification"]
+    # The weak rule matched but the classifier was surer: it decides, probabilities as is.
+    assert plain["class"] == "chat" and plain["votes"] == [
+        {"signal": "rule 'friend'", "class": "code", "weight": 0.05}]
+    sure = _explain(edge, "SELECT name FROM friends: " + text)
+    assert sure["deployments"] == ["alpha"]
+    votes = sure["classification"]["votes"]
+    assert votes[0]["decided"] is True and "decided" not in votes[1]
+    assert sure["classification"]["confidence"] >= 0.97
+    resp = _chat(edge, "SELECT name FROM friends: " + text)
+    assert resp.status == 200 and resp.headers["x-llmedge-upstream"] == "alpha"
+
+
 def test_bad_signals_name_the_path(sims, tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text(_config(sims, """\
@@ -397,6 +421,16 @@ def test_bad_signals_name_the_path(sims, tmp_path):
     done = _llmedge("check", "-c", str(config), cwd=tmp_path)
     assert done.returncode == 2
     assert "routes[0].llm.mode: strong_share sets its cut on the classifier alone" in done.stderr
+    config.write_text(_config(sims, """\
+  - name: auto
+    policy: classify
+    signals: {combine: confidence, rules: [{pattern: x, class: code, weight: 2}]}
+    llm: {deployment: gamma, mode: vote}
+""" + _classes(chat_target="deployments: [beta]")))
+    done = _llmedge("check", "-c", str(config), cwd=tmp_path)
+    assert done.returncode == 2
+    assert "routes[0].signals.rules[0].weight: a confidence, at most 1" in done.stderr
+    assert "routes[0].llm.mode: a vote has no confidence to compare" in done.stderr
 
 
 def _llm_route(sims, mode: str, extra: str = "") -> str:
