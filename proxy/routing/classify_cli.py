@@ -122,9 +122,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print("llmedge train: %s" % exc, file=sys.stderr)
         return FAILED
-    print("%s: %d examples, %d classes (%s)" % (args.output, len(texts), len(clf.labels),
-                                                ", ".join(clf.labels[:8])
-                                                + (", ..." if len(clf.labels) > 8 else "")))
+    # Outcome prompts the two models agree on are listed once per class at half weight.
+    count = "%d prompts" % len(set(texts)) if args.outcomes else "%d examples" % len(texts)
+    print("%s: %s, %d classes (%s), temperature %.3g" % (
+        args.output, count, len(clf.labels),
+        ", ".join(clf.labels[:8]) + (", ..." if len(clf.labels) > 8 else ""),
+        clf.temperature))
     return OK
 
 

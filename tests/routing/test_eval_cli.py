@@ -54,7 +54,7 @@ def test_eval_outcomes_with_a_trained_model_and_a_plot(tmp_path):
     done = _llmedge("train", "--outcomes", "--data", str(train), "-o", str(model),
                     cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "2 classes (strong, weak)" in done.stdout
+    assert "400 prompts, 2 classes (strong, weak)" in done.stdout
     plot = tmp_path / "curve.png"
     done = _llmedge("eval", "--outcomes", "--data", str(test), "--model", str(model),
                     "--plot", str(plot), cwd=tmp_path)
