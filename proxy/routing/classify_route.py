@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 import msgspec
 
@@ -99,24 +100,23 @@ class ClassifyPlan(RoutePlan):
         self.asynchronous = llm is not None or any(
             p.asynchronous for p in [*classes.values(), default] if p is not None)
 
-    def _pick(self, probs: list[float], cut: float | None = None) -> tuple[str, float]:
+    def _pick(self, probs: list[float]) -> tuple[str, float]:
         labels = self.classifier.labels
-        if cut is not None:
-            # Complexity routing: the knob moves the cut on P(strong), not the argmax.
-            p = probs[labels.index("strong")]
-            return ("strong", p) if p >= cut else ("weak", 1.0 - p)
         best = max(range(len(probs)), key=probs.__getitem__)
         return labels[best], probs[best]
 
-    def classify(self, request: RequestView) -> tuple[str, float, list[float], list[dict]]:
+    def classify(self, request: RequestView,
+                 rnd: Callable[[], float]) -> tuple[str, float, list[float], list[dict]]:
         probs = self.classifier.proba(request.turns)
         votes: list[dict] = []
         if self.ensemble is not None:
             probs, votes = self.ensemble.combine(probs, request)
         if self.share_cut is not None:
-            cut = self.share_cut.observe(probs[self.classifier.labels.index("strong")])
+            # Complexity routing: the knob moves the cut on P(strong), not the argmax.
+            p = probs[self.classifier.labels.index("strong")]
+            strong, cut = self.share_cut.decide(p, rnd)
             votes = [{"signal": "strong_share", **self.share_cut.describe(cut)}]
-            label, confidence = self._pick(probs, cut[0])
+            label, confidence = ("strong", p) if strong else ("weak", 1.0 - p)
         else:
             label, confidence = self._pick(probs)
         return label, confidence, probs, votes
@@ -129,7 +129,7 @@ class ClassifyPlan(RoutePlan):
         """The decision without the LLM tier: nothing here calls an upstream (llmedge route
         without --llm); ``decide_async`` is what requests get."""
         request = read_request(body)
-        label, confidence, probs, votes = self.classify(request)
+        label, confidence, probs, votes = self.classify(request, rnd)
         choice = self._choose(request, session, label, confidence, probs)
         inner = choice[0].decide(table, rnd, request_tags, session, body)
         decision = self._compose(request, session, request_tags, choice, label, confidence,
@@ -144,7 +144,7 @@ class ClassifyPlan(RoutePlan):
                            body: bytes = b"") -> Decision:
         """``decide``, consulting the LLM tier (and any asynchronous inner route)."""
         request = read_request(body)
-        label, confidence, probs, votes = self.classify(request)
+        label, confidence, probs, votes = self.classify(request, rnd)
         llm_note = None
         llm = self.llm
         if llm is not None and self._asks_llm(request, confidence):

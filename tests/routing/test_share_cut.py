@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -20,13 +21,18 @@ def test_cut_is_the_top_share_of_the_window_once_warm(training, traffic, share, 
     cut = ShareCut(share, training, window=window, warmup=warmup)
     seen: list[float] = []
     for score in traffic:
-        value, source = cut.observe(score)
+        strong, (value, _, source) = cut.decide(score, random.random)
         if len(seen) >= min(warmup, window):
             recent = seen[-window:]
             assert source == len(recent)
             assert value == top_share_cut(recent, share)
         else:
             assert (value, source) == (top_share_cut(training, share), 0)
+        # Above the cut: always strong; below: never.
+        if score > value:
+            assert strong
+        elif score < value:
+            assert not strong
         seen.append(score)
 
 
@@ -37,13 +43,27 @@ def test_top_share_cut_selects_about_the_share():
     assert top_share_cut(scores, 0.0) == math.inf and top_share_cut([], 0.5) == math.inf
 
 
+def test_identical_scores_still_get_the_share():
+    # A burst of one templated prompt: every score ties at the cut.
+    cut = ShareCut(0.3, [0.5] * 10, window=200, warmup=10)
+    rnd = random.Random(7).random
+    decided = [cut.decide(0.8, rnd)[0] for _ in range(1000)]
+    assert 240 <= sum(decided[200:]) <= 360   # 30% of 800, give or take
+    # Ties with higher scores above them: only the rest of the share is drawn among them.
+    cut = ShareCut(0.3, [], window=10, warmup=10)
+    for score in (0.9, 0.9, 0.5, 0.5, 0.5, 0.5, 0.1, 0.1, 0.1, 0.1):
+        cut.decide(score, rnd)
+    value, tie_chance, seen = cut.cut()
+    assert (value, seen) == (0.5, 10) and tie_chance == 0.25   # 3 of 10: 2 above, 1 of 4 ties
+
+
 def test_a_shift_in_traffic_moves_the_cut_and_nan_is_ignored():
     cut = ShareCut(0.25, [0.1, 0.2, 0.3, 0.4], window=8, warmup=4)
-    assert cut.observe(0.9) == (0.4, 0)
+    strong, first = cut.decide(0.9, random.random)
+    assert strong and first == (0.4, 1.0, 0)
     for score in (0.8, 0.85, 0.95, math.nan):
-        cut.observe(score)
-    value, source = cut.observe(0.7)
-    assert source == 4 and value == 0.95   # the top quarter of 0.8, 0.85, 0.9, 0.95
-    assert cut.describe((value, source)) == {"share": 0.25, "cut": 0.95,
-                                             "from": "the last 4 requests"}
-    assert cut.describe((math.inf, 0))["cut"] is None
+        cut.decide(score, random.random)
+    strong, used = cut.decide(0.7, random.random)
+    assert not strong and used == (0.95, 1.0, 4)   # the top quarter of 0.8, 0.85, 0.9, 0.95
+    assert cut.describe(used) == {"share": 0.25, "cut": 0.95, "from": "the last 4 requests"}
+    assert cut.describe((math.inf, 0.0, 0))["cut"] is None
