@@ -106,14 +106,17 @@ class LlmRouter:
                 b"accept: application/json\r\nuser-agent: llmedge-router\r\n\r\n" % (
                     endpoint.base_path, endpoint.host_header, len(body), target.auth_header))
         timeout_s = self.timeout_s
+        own = target.timeouts
         self.calls += 1
         target.inflight += 1
         router.attempt_started(row)
         started = time.monotonic()
         try:
             async with asyncio.timeout(timeout_s):
-                conn, response = await endpoint.send([head, body], timeout_s, timeout_s,
-                                                     timeout_s)
+                # The endpoint's own timeouts, where shorter, fail it as they would a request.
+                conn, response = await endpoint.send(
+                    [head, body], min(timeout_s, own.connect_s),
+                    min(timeout_s, own.first_byte_s), min(timeout_s, own.idle_s))
                 head_at = time.monotonic()
                 try:
                     data = await conn.read_whole()
@@ -121,8 +124,13 @@ class LlmRouter:
                     conn.abort()
                     raise
         except TimeoutError:
-            router.attempt_failed(row, started, time.monotonic(), UpstreamTimeout(
-                "no answer within %gs" % timeout_s))
+            if timeout_s < own.first_byte_s:
+                # The tier's short budget ran out, not the endpoint's patience: a slow but
+                # healthy deployment that also serves requests keeps its circuit.
+                router.attempt_dropped(row)
+            else:
+                router.attempt_failed(row, started, time.monotonic(), UpstreamTimeout(
+                    "no answer within %gs" % timeout_s))
             raise
         except UpstreamError as exc:
             router.attempt_failed(row, started, time.monotonic(), exc)

@@ -596,8 +596,12 @@ upstream:
 deployments:
 """, 1)
     if failure == "timeout":
+        # gamma's own first-byte timeout is shorter than the tier's: its timeout fails it.
+        config = config.replace("base_url: %s" % sims.gamma.url,
+                                "base_url: %s\n    timeouts: {first_byte_s: 0.5}"
+                                % sims.gamma.url)
         sims.gamma.configure(reply="code", chunks=1, ttft_ms=10000)
-        status = "no answer within 1s"
+        status = "failed: upstream did not answer within the first-byte timeout"
     else:
         config = config.replace(sims.gamma.url, "http://127.0.0.1:%d/v1" % free_port())
         status = "failed: cannot connect to"
@@ -627,6 +631,25 @@ deployments:
     assert "(LLM router)" not in resp.headers["x-llmedge-decision"]
     if failure == "timeout":
         assert sims.gamma.stats()["chat"] == 2
+
+
+def test_the_tiers_own_short_timeout_does_not_fail_the_endpoint(start_edge, sims):
+    config = _llm_route(sims, "always", ", timeout_s: 0.3").replace("deployments:\n", """\
+upstream:
+  health: {enabled: false}
+  breaker: {consecutive_failures: 2, open_s: 60, max_open_s: 60, jitter: 0}
+deployments:
+""", 1)
+    sims.gamma.configure(reply="code", chunks=1, ttft_ms=3000)
+    edge = start_edge(config)
+    for text in ("tell me a joke", "good morning friend", "do you like music"):
+        out = _explain(edge, text)
+        assert out["classification"]["llm"]["status"] == "no answer within 0.3s", out
+    # gamma is slow, not broken: its first-byte timeout (120 s) never ran out.
+    gamma = wait_for(lambda: (lambda g: g if g["inflight"] == 0 else None)(
+        _endpoint(edge, "gamma")))
+    assert gamma["circuit"] == "closed" and gamma["error_rate"] == 0, gamma
+    assert sims.gamma.stats()["chat"] == 3
 
 
 def _llmedge_asking(*args: str) -> subprocess.CompletedProcess:
