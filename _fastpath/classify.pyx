@@ -396,6 +396,8 @@ cdef class LinearModel:
         cdef list coef = [float(c) for c in length_coef]
         if coef and len(coef) != nc:
             raise ValueError("length_coef needs one value per class, or none")
+        if not all(isfinite(c) for c in coef):
+            raise ValueError("length_coef must be finite")
         if not (isfinite(l_scale) and isfinite(l_offset)):
             raise ValueError("length_scale and length_offset must be finite")
         cdef list bucket_list = [operator.index(b) for b in buckets]
@@ -416,6 +418,9 @@ cdef class LinearModel:
         self.bias = <double*>PyMem_Malloc(nc * sizeof(double))
         self.z = <double*>PyMem_Malloc(nc * sizeof(double))
         self.zf = <float*>PyMem_Malloc(nc * sizeof(float))
+        # __init__ may run again on the same object: nothing of a previous call survives.
+        PyMem_Free(self.lcoef)
+        self.lcoef = NULL
         if coef:
             self.lcoef = <double*>PyMem_Malloc(nc * sizeof(double))
             if self.lcoef is NULL:

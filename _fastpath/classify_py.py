@@ -212,6 +212,8 @@ class LinearModel:
         coef = [float(c) for c in length_coef]
         if coef and len(coef) != n_classes:
             raise ValueError("length_coef needs one value per class, or none")
+        if not all(math.isfinite(c) for c in coef):
+            raise ValueError("length_coef must be finite")
         if not (math.isfinite(length_scale) and math.isfinite(length_offset)):
             raise ValueError("length_scale and length_offset must be finite")
         buckets = [operator.index(b) for b in buckets]

@@ -10,6 +10,7 @@ that recovers half the gap. Random routing has APGR 0.5 in expectation.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 
@@ -50,8 +51,12 @@ def calibration_error(confidences: Sequence[float], correct: Sequence[bool],
                       bins: int = 10) -> float:
     """Expected calibration error: over equal-width confidence bins, the gap between mean
     confidence and accuracy, weighted by the bin's share of predictions."""
+    if len(confidences) != len(correct):
+        raise ValueError("need one confidence per prediction")
     sums = [[0, 0.0, 0] for _ in range(bins)]
     for p, ok in zip(confidences, correct):
+        if not math.isfinite(p):
+            raise ValueError("confidence %r is not a probability" % p)
         b = sums[min(bins - 1, max(0, int(p * bins)))]
         b[0] += 1
         b[1] += p
@@ -176,6 +181,8 @@ def cross_validated_scores(prompts: Sequence[str], weak: Sequence[bool],
         clf = fit_outcomes([prompts[i] for i in train], [weak[i] for i in train],
                            [strong[i] for i in train],
                            msgspec.structs.replace(options or OUTCOME_OPTIONS, calibrate=False))
+        if "strong" not in clf.labels:
+            continue   # no training prompt needed the strong model: no signal, score 0
         k = clf.labels.index("strong")
         for i in held:
             scores[i] = clf.proba([prompts[i]])[k]

@@ -49,6 +49,19 @@ class Options(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     calibrate: bool = True          # fit temperature by cross-validation when training
 
 
+def check_options(o: Options) -> None:
+    """ValueError naming the first setting out of range (the feature settings are checked
+    by the model itself)."""
+    if not (o.length_weight >= 0.0 and math.isfinite(o.length_weight)):
+        raise ValueError("length_weight must be a number >= 0")
+    if not (o.temperature > 0.0 and math.isfinite(o.temperature)):
+        raise ValueError("temperature must be a number > 0")
+    if not (o.l2 >= 0.0 and math.isfinite(o.l2)) or not (o.lr > 0.0 and math.isfinite(o.lr)):
+        raise ValueError("need l2 >= 0 and lr > 0")
+    if o.epochs < 0:
+        raise ValueError("epochs must be >= 0")
+
+
 class _ModelFile(msgspec.Struct, forbid_unknown_fields=True):
     format: str
     labels: list[str]
@@ -105,6 +118,7 @@ class TextClassifier:
         ``weights`` scales each example's say (a text listed under two labels with weights
         summing to 1 teaches a soft target)."""
         options = options or Options()
+        check_options(options)
         if len(texts) != len(labels):
             raise ValueError("need one label per example")
         if weights is not None and len(weights) != len(labels):
@@ -201,6 +215,7 @@ class TextClassifier:
                              "train the model again" % _FORMAT_1)
         if doc.format not in (FORMAT, _FORMAT_1):
             raise ValueError("unknown model format %r (expected %r)" % (doc.format, FORMAT))
+        check_options(doc.options)
         try:
             buckets = list(_unb64(doc.buckets, "I"))
             idf = list(_unb64(doc.idf, "f"))

@@ -111,6 +111,8 @@ def test_training_c_matches_py(data, epochs, l2, seed, weighted):
     (lambda m: m.log_length([3]), "turns must be str or bytes, not 'int'"),
     (lambda m: m.LinearModel(8, 2, [], [], [], [0, 0], length_coef=[1.0]),
      "length_coef needs one value per class"),
+    (lambda m: m.LinearModel(8, 2, [], [], [], [0, 0], length_coef=[0.0, math.nan]),
+     "length_coef must be finite"),
     (lambda m: m.LinearModel(8, 2, [], [], [], [0, 0], length_scale=math.inf),
      "length_scale and length_offset must be finite"),
     (lambda m: m.train_softmax([[(0, 1.0)]], [0], 5, 2, weights=[1.0, 2.0]),
@@ -171,6 +173,13 @@ def test_length_term_moves_logits_with_the_last_turn_length(impl):
     assert longer.logits(["abc"]) == pytest.approx([0.1, -0.1])
     assert longer.logits(["a" * 127]) == pytest.approx([0.1, -0.1 + 2.5])
     assert plain.logits(["a" * 127]) == pytest.approx([0.1, -0.1])
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_init_again_forgets_the_length_term(impl):
+    m = impl.LinearModel(8, 2, [], [], [], [0.0, 0.0], length_coef=[0.0, 1.0])
+    m.__init__(8, 2, [], [], [], [0.0, 0.0])
+    assert m.length_coef == [] and m.logits(["a" * 100]) == [0.0, 0.0]
 
 
 @pytest.mark.parametrize("impl", IMPLS)

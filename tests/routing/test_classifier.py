@@ -87,6 +87,31 @@ def test_fitted_temperature_calibrates_few_shot_probabilities():
     assert TextClassifier.fit(["a", "b"], ["x", "y"]).temperature == 1.0  # nothing to hold out
 
 
+@pytest.mark.parametrize("bad, message", [
+    ({"length_weight": -1.0}, "length_weight must be a number >= 0"),
+    ({"length_weight": float("nan")}, "length_weight must be a number >= 0"),
+    ({"temperature": 0.0, "calibrate": False}, "temperature must be a number > 0"),
+    ({"l2": -1.0}, "need l2 >= 0 and lr > 0"),
+])
+def test_bad_options_are_refused_when_training_and_loading(bad, message):
+    with pytest.raises(ValueError, match=message):
+        TextClassifier.fit(TEXTS, LABELS, Options(**bad))
+    doc = msgspec.json.decode(TextClassifier.fit(TEXTS, LABELS).dumps())
+    doc["options"].update(bad)
+    # JSON has no NaN: such a file is refused as not a model file at all.
+    with pytest.raises(ValueError, match=message + "|not a classifier model file"):
+        TextClassifier.loads(json.dumps(doc).encode())
+
+
+def test_calibration_error_refuses_what_is_no_probability():
+    assert calibration_error([0.9, 0.9, 0.1], [True, False, False]) == pytest.approx(
+        (abs(1.8 - 1) + abs(0.1 - 0)) / 3)
+    with pytest.raises(ValueError, match="not a probability"):
+        calibration_error([float("nan")], [True])
+    with pytest.raises(ValueError, match="one confidence per prediction"):
+        calibration_error([0.5], [True, False])
+
+
 def test_outcome_examples_teach_the_expected_gain():
     texts, labels, weights = outcome_examples(
         ["only strong", "only weak", "both", "neither"],
