@@ -118,7 +118,11 @@ class ClassifyPlan(RoutePlan):
             votes = [{"signal": "strong_share", **self.share_cut.describe(cut)}]
             label, confidence = ("strong", p) if strong else ("weak", 1.0 - p)
         else:
-            label, confidence = self._pick(probs)
+            decided = next((v["class"] for v in votes if v.get("decided")), None)
+            if decided is not None:   # combine: confidence, and a signal was surest
+                label, confidence = decided, probs[self.classifier.labels.index(decided)]
+            else:
+                label, confidence = self._pick(probs)
         return label, confidence, probs, votes
 
     def _asks_llm(self, request: RequestView, confidence: float) -> bool:

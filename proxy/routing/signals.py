@@ -6,9 +6,9 @@ the compiled classifier.
 route's probabilities, so a decision can be explained signal by signal.
 
 ``combine: confidence``: each signal's weight is its confidence (0..1], the classifier's is
-``weight x`` its top probability, and the surest signal decides. Its confidence ``c`` is mixed
-into the classifier's probabilities, ``c`` on its class plus ``1 - c`` times the classifier's,
-so the class it names comes out on top with at least ``c`` and thresholds still apply. Request features are read from the body: ``code_block``
+``weight x`` its top probability, and the surest signal decides (its vote is marked
+``decided``). A deciding rule or feature gives its class its confidence ``c``; the other
+classes share ``1 - c`` as the classifier weighs them, so thresholds apply to ``c``. Request features are read from the body: ``code_block``
 (a fenced block in the last user turn), ``tools`` (the request offers tools), ``images``
 (an image, audio or file part) and ``long`` (a last turn of at least ``min_chars``).
 """
@@ -168,6 +168,7 @@ class Ensemble:
             return probs
         votes[best]["decided"] = True
         k = hits[best][0]
-        mixed = [(1.0 - surest) * p for p in probs]
-        mixed[k] += surest
+        rest = sum(probs) - probs[k]
+        mixed = [(1.0 - surest) * p / rest if rest > 0.0 else 0.0 for p in probs]
+        mixed[k] = surest
         return mixed

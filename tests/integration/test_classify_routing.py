@@ -385,9 +385,25 @@ def test_the_surest_signal_decides_with_combine_confidence(start_edge, sims):
     assert sure["deployments"] == ["alpha"]
     votes = sure["classification"]["votes"]
     assert votes[0]["decided"] is True and "decided" not in votes[1]
-    assert sure["classification"]["confidence"] >= 0.97
+    assert sure["classification"]["confidence"] == 0.97
     resp = _chat(edge, "SELECT name FROM friends: " + text)
     assert resp.status == 200 and resp.headers["x-llmedge-upstream"] == "alpha"
+    edge.stop()
+    # A quiet classifier (0.2 x its top probability) loses to a 0.3 rule: the rule's class
+    # is routed even though the rest of the probability (0.7) sits on one other class.
+    edge = start_edge(_config(sims, """\
+  - name: auto
+    policy: classify
+    signals:
+      combine: confidence
+      classifier: 0.2
+      rules: [{pattern: 'friend', class: code, weight: 0.3}]
+""" + _classes(chat_target="deployments: [beta]")))
+    out = _explain(edge, text)
+    assert out["deployments"] == ["alpha"], out
+    assert out["classification"]["class"] == "code"
+    probs = out["classification"]["probabilities"]
+    assert probs["code"] == 0.3 and abs(probs["chat"] - 0.7) < 1e-12, probs
 
 
 def test_bad_signals_name_the_path(sims, tmp_path):

@@ -33,8 +33,8 @@ def test_confidence_lets_the_surest_signal_decide():
     ensemble = _ensemble("confidence")
     # The rule (0.9) is surer than the classifier (0.6): code, with at least 0.9.
     probs, votes = ensemble.combine([0.6, 0.3, 0.1], _view("select the sum"))
-    assert probs == pytest.approx([0.06, 0.93, 0.01])
-    assert max(range(3), key=probs.__getitem__) == 1 and sum(probs) == pytest.approx(1.0)
+    assert probs == pytest.approx([0.1 * 6 / 7, 0.9, 0.1 * 1 / 7])
+    assert sum(probs) == pytest.approx(1.0)
     assert [v.get("decided", False) for v in votes] == [True, False]
     # The classifier (0.95) is surer than the tools feature (0.5): unchanged.
     probs, votes = ensemble.combine([0.95, 0.03, 0.02], _view("hello", tools=True))
@@ -42,12 +42,15 @@ def test_confidence_lets_the_surest_signal_decide():
     # A tie keeps the classifier; its weight scales its confidence.
     probs, _ = ensemble.combine([0.1, 0.0, 0.9], _view("select"))
     assert probs == [0.1, 0.0, 0.9]
-    probs, _ = _ensemble("confidence", classifier=0.5).combine([0.1, 0.0, 0.9],
+    # The "sum" rule (0.3, math) against a classifier sure of chat (0.9).
+    probs, _ = _ensemble("confidence", classifier=0.5).combine([0.9, 0.0, 0.1],
                                                               _view("sum"))
-    assert max(range(3), key=probs.__getitem__) == 2   # 0.3 < 0.45: still the classifier
-    probs, _ = _ensemble("confidence", classifier=0.2).combine([0.1, 0.0, 0.9],
-                                                              _view("sum"))
-    assert probs == pytest.approx([0.07, 0.0, 0.93])   # the rule (0.3) beats 0.18
+    assert probs == [0.9, 0.0, 0.1]   # 0.3 < 0.5 x 0.9: still the classifier
+    probs, votes = _ensemble("confidence", classifier=0.2).combine([0.9, 0.0, 0.1],
+                                                                  _view("sum"))
+    # The rule (0.3) beats 0.2 x 0.9: math gets 0.3, chat and code share the rest. The route
+    # takes the class from the deciding vote, not from the (here lower) arg-max.
+    assert probs == pytest.approx([0.7, 0.0, 0.3]) and votes[0]["decided"] is True
 
 
 def test_confidence_weights_are_checked():
