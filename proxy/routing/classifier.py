@@ -134,12 +134,14 @@ class TextClassifier:
         probe = LinearModel(o.dim, 1, [], [], [], [0.0], 1.0, o.char_lo, o.char_hi,
                             o.context_weight, o.max_bytes)
         turns = [_as_turns(t) for t in texts]
-        counts = [probe.features(t) for t in turns]
+        # Document statistics count each distinct text once: a text listed under two labels
+        # (a soft target) is still one document.
+        distinct = list({tuple(t): t for t in turns}.values())
         df: dict[int, int] = {}
-        for feats in counts:
+        for feats in map(probe.features, distinct):
             for bucket in feats:
                 df[bucket] = df.get(bucket, 0) + 1
-        n = len(turns)
+        n = len(distinct)
         buckets = sorted(df)
         # Smoothed idf, as in the usual tf-idf: a bucket seen nowhere weighs the most.
         idf = [math.log((1 + n) / (1 + df[b])) + 1.0 for b in buckets]
@@ -154,9 +156,10 @@ class TextClassifier:
         if o.length_weight > 0.0:
             # One more row: the log-length, standardised so that length_weight means the
             # same on any data, and kept outside the tf-idf norm.
-            logs = [log_length(t, o.max_bytes) for t in turns]
+            logs = [log_length(t, o.max_bytes) for t in distinct]
             mean = sum(logs) / n
             sd = math.sqrt(sum((x - mean) ** 2 for x in logs) / n)
+            logs = [log_length(t, o.max_bytes) for t in turns]
             scale = o.length_weight / sd if sd > 0.0 else 0.0
             length.update(length_scale=scale, length_offset=-mean * scale)
             for r, x in zip(rows, logs):
@@ -237,6 +240,10 @@ class TextClassifier:
 # === calibration ===
 
 CALIBRATION_FOLDS = 5
+# Past this many texts one held-out fold is plenty, and at most this many of its
+# predictions are scored: calibration stays a fraction of the training time.
+CALIBRATION_ONE_FOLD = 1000
+CALIBRATION_MAX_HELD = 2000
 # Held-out texts needed to fit a temperature: a dozen examples that all land on the right
 # side would drive it to zero and every probability to 1.
 MIN_CALIBRATION_TEXTS = 50
@@ -271,10 +278,11 @@ def fit_temperature(texts: Sequence[str | Sequence[str]], labels: Sequence[str],
         for i in members:
             fold_of[i] = fold
     plain = msgspec.structs.replace(options, calibrate=False, temperature=1.0)
-    held: list[tuple[list[float], int, float]] = []   # (logits, true class, weight)
-    for fold in range(folds):
+    held: list[tuple[list[float], int, float]] = []   # (logits - max, true class, weight)
+    for fold in range(1 if len(groups) >= CALIBRATION_ONE_FOLD else folds):
         train = [i for i in range(len(texts)) if fold_of[i] != fold]
         test = [i for i in range(len(texts)) if fold_of[i] == fold]
+        test = test[::-(-len(test) // CALIBRATION_MAX_HELD)]
         if not test or len({labels[i] for i in train}) < 2:
             continue
         model = TextClassifier.fit([texts[i] for i in train], [labels[i] for i in train],
@@ -283,7 +291,9 @@ def fit_temperature(texts: Sequence[str | Sequence[str]], labels: Sequence[str],
         for i in test:
             k = index.get(labels[i])
             if k is not None and weights[i] > 0.0:
-                held.append((model.model.logits(_as_turns(texts[i])), k, weights[i]))
+                logits = model.model.logits(_as_turns(texts[i]))
+                top = max(logits)
+                held.append(([z - top for z in logits], k, weights[i]))
     if not held:
         return 1.0
     return 1.0 / _minimise_convex(lambda beta: _log_loss(held, beta), *_BETA_RANGE)
@@ -291,15 +301,15 @@ def fit_temperature(texts: Sequence[str | Sequence[str]], labels: Sequence[str],
 
 def _log_loss(held: list[tuple[list[float], int, float]], beta: float) -> float:
     total = weight = 0.0
-    for logits, k, w in held:
-        top = max(logits)
-        log_sum = math.log(sum(math.exp(beta * (z - top)) for z in logits))
-        total -= w * (beta * (logits[k] - top) - log_sum)
+    exp = math.exp
+    for shifted, k, w in held:
+        log_sum = math.log(sum([exp(beta * z) for z in shifted]))
+        total -= w * (beta * shifted[k] - log_sum)
         weight += w
     return total / weight
 
 
-def _minimise_convex(f, lo: float, hi: float, steps: int = 40) -> float:
+def _minimise_convex(f, lo: float, hi: float, steps: int = 24) -> float:
     """Golden-section search: a convex function's minimum on [lo, hi]."""
     ratio = (math.sqrt(5.0) - 1.0) / 2.0
     a, b = lo, hi

@@ -44,6 +44,17 @@ def test_length_term_extrapolates_to_longer_prompts():
     assert p_long > 0.5 > p_short
 
 
+def test_a_stored_version_1_file_gives_the_probabilities_it_gave_then():
+    # Written by the version-1 code (no length feature) from TEXTS and LABELS, dim 1024; the
+    # probabilities below are what that code computed.
+    old = TextClassifier.load(str(Path(__file__).with_name("model_v1.json")))
+    assert old.labels == ["music", "restaurant", "weather"] and old.temperature == 1.0
+    assert old.proba(["a table for four"]) == pytest.approx(
+        [0.07135230699973173, 0.8371800790281166, 0.09146761397215167], rel=1e-6)
+    assert old.proba(["will it rain"]) == pytest.approx(
+        [0.057030480228918684, 0.041829233480913296, 0.901140286290168], rel=1e-6)
+
+
 def test_version_1_files_load_unless_they_had_a_length_bucket(tmp_path):
     clf = TextClassifier.fit(TEXTS, LABELS)
     doc = msgspec.json.decode(clf.dumps())
