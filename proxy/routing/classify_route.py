@@ -328,8 +328,10 @@ def _share_cut(route: Route, clf: TextClassifier) -> ShareCut | None:
     return ShareCut(route.strong_share, [clf.proba([p])[k] for p in prompts])
 
 
-def build_classify_plans(router, config: Config) -> list[str]:
-    """Add a ClassifyPlan to ``router.routes`` for every classify route; return problems."""
+def build_classify_plans(router, config: Config, previous=None) -> list[str]:
+    """Add a ClassifyPlan to ``router.routes`` for every classify route; return problems.
+    A route whose classifier a reload kept (``previous``: the router being replaced) keeps
+    what it learned from traffic too: the strong_share window and the sessions' classes."""
     problems: list[str] = []
     routes = {r.name: (i, r) for i, r in enumerate(config.routes) if r.policy == "classify"}
     building: set[str] = set()
@@ -390,8 +392,14 @@ def build_classify_plans(router, config: Config) -> list[str]:
                             {label: spec.description for label, spec in route.classes.items()},
                             {label: spec.examples for label, spec in route.classes.items()},
                             route.llm.timeout_s, route.llm.cache_size)
+        old = previous.routes.get(name) if previous is not None else None
+        kept = isinstance(old, ClassifyPlan) and old.classifier is clf
+        share_cut = (old.share_cut if kept and old.share_cut is not None
+                     and old.share_cut.share == route.strong_share else _share_cut(route, clf))
         plan = ClassifyPlan(route, targets, fallbacks, clf, classes, default, audit,
-                            _share_cut(route, clf), llm)
+                            share_cut, llm)
+        if kept and plan.sessions is not None and old.sessions is not None:
+            plan.sessions = old.sessions
         router.routes[name] = plan
         return plan
 

@@ -263,7 +263,7 @@ class Router:
                         for name, t in self.targets.items()}
         if any(route.policy == "classify" for route in config.routes):
             from .classify_route import build_classify_plans
-            problems += build_classify_plans(self, config)
+            problems += build_classify_plans(self, config, previous)
             # Keep the configured order: /v1/models lists routes as the file does.
             self.routes = {r.name: self.routes[r.name] for r in config.routes
                            if r.name in self.routes}

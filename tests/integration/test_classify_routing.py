@@ -531,6 +531,39 @@ def test_reload_retrains_and_a_rejected_reload_keeps_serving(start_edge, sims, t
     assert len(lines) >= 4 and all(json.loads(line)["route"] == "auto" for line in lines)
 
 
+def test_a_reload_keeps_the_live_strong_share_window_of_an_unchanged_route(start_edge, sims,
+                                                                          tmp_path):
+    rows = (DATA / "routing-outcomes" / "gsm8k.jsonl").read_text().splitlines()
+    outcomes = tmp_path / "outcomes.jsonl"
+    outcomes.write_text("\n".join(rows[:200]) + "\n")
+    edge = start_edge(_config(sims, f"""\
+  - name: auto
+    policy: classify
+    outcomes_file: {outcomes}
+    strong_share: 0.3
+    classes:
+      strong: {{deployments: [alpha]}}
+      weak: {{deployments: [beta]}}
+"""))
+    prompts = [json.loads(r)["prompt"] for r in rows[200:320]]
+    for p in prompts:
+        _explain(edge, p)
+
+    def source() -> str:
+        return _explain(edge, prompts[0])["classification"]["strong_share"]["from"]
+
+    assert source() == "the last 120 requests"
+    # Another route's change: this one's classifier and window stay.
+    text = edge.config_path.read_text()
+    edge.config_path.write_text(text + "  - name: other\n    deployments: [gamma]\n")
+    assert edge.call("POST", "/admin/reload").status == 200
+    assert source() == "the last 121 requests"
+    # New training data: a new classifier, whose scores the old window does not describe.
+    outcomes.write_text("\n".join(rows[:250]) + "\n")
+    assert edge.call("POST", "/admin/reload").status == 200
+    assert source() == "the training prompts"
+
+
 def test_drain_waits_for_a_request_still_waiting_on_the_llm_tier(start_edge, sims):
     import signal
     import threading
