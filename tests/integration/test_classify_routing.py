@@ -195,14 +195,9 @@ def test_model_file_from_llmedge_train(start_edge, sims, tmp_path):
     assert "accuracy: 1.0000" in done.stdout and "macro-F1: 1.0000" in done.stdout
 
 
-def test_complexity_route_strong_share_knob(start_edge, sims, tmp_path):
-    rows = (DATA / "routing-outcomes" / "gsm8k.jsonl").read_text().splitlines()[:200]
-    outcomes = tmp_path / "outcomes.jsonl"
-    outcomes.write_text("\n".join(rows) + "\n")
-    prompts = [json.loads(r)["prompt"] for r in rows[:20]]
-
-    def route(share: float) -> str:
-        return _config(sims, f"""\
+def _complexity_config(sims, outcomes: Path, share: float) -> str:
+    """A complexity route trained from ``outcomes``: strong -> alpha, weak -> beta."""
+    return _config(sims, f"""\
   - name: auto
     policy: classify
     outcomes_file: {outcomes}
@@ -211,6 +206,16 @@ def test_complexity_route_strong_share_knob(start_edge, sims, tmp_path):
       strong: {{deployments: [alpha]}}
       weak: {{deployments: [beta]}}
 """)
+
+
+def test_complexity_route_strong_share_knob(start_edge, sims, tmp_path):
+    rows = (DATA / "routing-outcomes" / "gsm8k.jsonl").read_text().splitlines()[:200]
+    outcomes = tmp_path / "outcomes.jsonl"
+    outcomes.write_text("\n".join(rows) + "\n")
+    prompts = [json.loads(r)["prompt"] for r in rows[:20]]
+
+    def route(share: float) -> str:
+        return _complexity_config(sims, outcomes, share)
 
     for share, expected in ((0.0, {"beta"}), (1.0, {"alpha"})):
         edge = start_edge(route(share))
@@ -229,15 +234,7 @@ def test_strong_share_follows_live_traffic(start_edge, sims, tmp_path):
             (DATA / "routing-outcomes" / "gsm8k.jsonl").read_text().splitlines()]
     outcomes = tmp_path / "outcomes.jsonl"
     outcomes.write_text("".join(json.dumps(r) + "\n" for r in rows[:300]))
-    edge = start_edge(_config(sims, f"""\
-  - name: auto
-    policy: classify
-    outcomes_file: {outcomes}
-    strong_share: 0.3
-    classes:
-      strong: {{deployments: [alpha]}}
-      weak: {{deployments: [beta]}}
-"""))
+    edge = start_edge(_complexity_config(sims, outcomes, 0.3))
     # Traffic unlike the training prompts: the longest of the unseen ones, which the
     # complexity model scores high.
     traffic = sorted((r["prompt"] for r in rows[300:]), key=len, reverse=True)[:300]
@@ -536,15 +533,7 @@ def test_a_reload_keeps_the_live_strong_share_window_of_an_unchanged_route(start
     rows = (DATA / "routing-outcomes" / "gsm8k.jsonl").read_text().splitlines()
     outcomes = tmp_path / "outcomes.jsonl"
     outcomes.write_text("\n".join(rows[:200]) + "\n")
-    edge = start_edge(_config(sims, f"""\
-  - name: auto
-    policy: classify
-    outcomes_file: {outcomes}
-    strong_share: 0.3
-    classes:
-      strong: {{deployments: [alpha]}}
-      weak: {{deployments: [beta]}}
-"""))
+    edge = start_edge(_complexity_config(sims, outcomes, 0.3))
     prompts = [json.loads(r)["prompt"] for r in rows[200:320]]
     for p in prompts:
         _explain(edge, p)
