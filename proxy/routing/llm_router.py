@@ -8,8 +8,9 @@ the caller falls back to the compiled classifier.
 
 The call is traffic like any other on the router deployment's endpoint: it counts in flight
 there and its outcome goes to the endpoint table, the breaker and the outlier tally through
-the same ``Router.attempt_*`` calls as a proxied request. A timeout, a connection failure,
-a 429 or a 5xx is the endpoint's failure; an answer that is no class is not. So a router
+the same ``Router.attempt_*`` calls as a proxied request. A connection failure, a 429, a
+5xx or one of the endpoint's own timeouts is the endpoint's failure; the tier's shorter
+budget running out, or an answer that is no class, is not. So a router
 deployment that keeps failing gets its circuit opened, and while it is open the tier is
 skipped at once instead of costing every request its timeout.
 """
