@@ -281,8 +281,10 @@ def fit_temperature(texts: Sequence[str | Sequence[str]], labels: Sequence[str],
     held: list[tuple[list[float], int, float]] = []   # (logits - max, true class, weight)
     for fold in range(1 if len(groups) >= CALIBRATION_ONE_FOLD else folds):
         train = [i for i in range(len(texts)) if fold_of[i] != fold]
-        test = [i for i in range(len(texts)) if fold_of[i] == fold]
-        test = test[::-(-len(test) // CALIBRATION_MAX_HELD)]
+        # Every copy of a text or none: a soft target's labels are scored together.
+        held_groups = [m for m in groups.values() if fold_of[m[0]] == fold]
+        test = [i for m in held_groups[::-(-len(held_groups) // CALIBRATION_MAX_HELD)]
+                for i in m]
         if not test or len({labels[i] for i in train}) < 2:
             continue
         model = TextClassifier.fit([texts[i] for i in train], [labels[i] for i in train],
