@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
@@ -146,8 +146,29 @@ class Metrics:
         step on the request path, and a reload changes what they report at once."""
         self.registry.register(_EndpointCollector(rows))
 
+    def watch_llm_router(self, counts: Callable[[], dict[tuple[str, str], int]]) -> None:
+        """What classify routes' LLM tiers answered, read from the live router at scrape."""
+        self.registry.register(_LlmRouterCollector(counts))
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _LlmRouterCollector(Collector):
+    def __init__(self, counts: Callable[[], dict[tuple[str, str], int]]) -> None:
+        self._counts = counts
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        calls = CounterMetricFamily(
+            "llmedge_llm_router_calls", "Questions to classify routes' LLM router tiers, by "
+            "route and result (answered, cached, not_a_class, timeout, failed).",
+            labels=["route", "result"])
+        for (route, result), n in sorted(self._counts().items()):
+            calls.add_metric([route, result], n)
+        yield calls
 
 
 class _EndpointCollector(Collector):

@@ -86,6 +86,7 @@ class Server:
         self.gateway.max_inflight = config.server.max_inflight
         self.gateway.deadline_s = config.upstream.deadline_s
         self.metrics.watch_endpoints(self._endpoint_rows)
+        self.metrics.watch_llm_router(lambda: self.router.llm_outcomes)
         if config.server.access_log:
             self.access_log = AccessLog(config.server.access_log)
             self.gateway.access_log = self.access_log

@@ -391,7 +391,7 @@ def build_classify_plans(router, config: Config, previous=None) -> list[str]:
             llm = LlmRouter(router, router.targets[route.llm.deployment], clf.labels,
                             {label: spec.description for label, spec in route.classes.items()},
                             {label: spec.examples for label, spec in route.classes.items()},
-                            route.llm.timeout_s, route.llm.cache_size)
+                            route.llm.timeout_s, route.llm.cache_size, route.name)
         old = previous.routes.get(name) if previous is not None else None
         kept = isinstance(old, ClassifyPlan) and old.classifier is clf
         share_cut = (old.share_cut if kept and old.share_cut is not None

@@ -37,8 +37,10 @@ MAX_EXAMPLES = 5            # per class, in the router prompt
 
 class LlmRouter:
     def __init__(self, router, target, labels: list[str], descriptions: dict[str, str],
-                 examples: dict[str, list[str]], timeout_s: float, cache_size: int) -> None:
+                 examples: dict[str, list[str]], timeout_s: float, cache_size: int,
+                 route: str = "") -> None:
         self.router = router
+        self.route = route
         self.target = target
         self.labels = labels
         self.by_name = {label.casefold(): label for label in labels}
@@ -71,20 +73,31 @@ class LlmRouter:
         cached = self.cache.get(key)
         if cached is not None:
             self.cache.move_to_end(key)
+            self._count("cached")
             return cached, "cached"
         try:
             content = await self._call(text)
         except TimeoutError:
+            self._count("timeout")
             return None, "no answer within %gs" % self.timeout_s
         except (UpstreamError, OSError, ssl.SSLError, ValueError) as exc:
+            self._count("failed")
             return None, "failed: %s" % (getattr(exc, "message", None) or exc)
         label = self.parse(content)
         if label is None:
+            self._count("not_a_class")
             return None, "answered %r, not a class" % (str(content)[:60],)
         self.cache[key] = label
         while len(self.cache) > self.cache_size:
             self.cache.popitem(last=False)
+        self._count("answered")
         return label, "answered"
+
+    def _count(self, result: str) -> None:
+        # Kept on the router, which hands them to its successor: counters survive reloads.
+        counts = self.router.llm_outcomes
+        key = (self.route, result)
+        counts[key] = counts.get(key, 0) + 1
 
     async def _call(self, text: str) -> object:
         """The router model's answer; TimeoutError past ``timeout_s``."""

@@ -216,6 +216,10 @@ class Router:
         the breakers are shared with it, so requests still running on the old routes
         record into the same rows; nothing of ``previous`` changes until ``adopt``."""
         self.rnd = rnd
+        # (route, result) -> how often a classify route's LLM tier ended so; shared with the
+        # router this one replaces, like the table, so the exported counters never go back.
+        self.llm_outcomes: dict[tuple[str, str], int] = (
+            previous.llm_outcomes if previous is not None else {})
         kept: dict[tuple, tuple[int, Endpoint]] = {}
         if previous is None:
             # Unmeasured endpoints start optimistic (1 ms) so that they get tried and

@@ -466,9 +466,20 @@ def test_llm_tier_decides_and_is_cached(start_edge, sims):
     assert out["classification"]["llm"] == {"mode": "always", "class": "code",
                                             "status": "cached"}
     assert sims.gamma.stats()["chat"] == 1   # answered from the cache
+    from procs import metric_value
+    metrics = edge.metrics()
+    for result, n in (("answered", 1), ("cached", 1), ("timeout", 0)):
+        assert metric_value(metrics, "llmedge_llm_router_calls_total", route="auto",
+                            result=result) == n, result
+    # A reload keeps the counts: counters never go back.
+    assert edge.call("POST", "/admin/reload").status == 200
+    assert metric_value(edge.metrics(), "llmedge_llm_router_calls_total", route="auto",
+                        result="answered") == 1
 
 
 def test_llm_tier_falls_back_on_a_bad_answer_or_a_timeout(start_edge, sims):
+    from procs import metric_value
+
     sims.gamma.configure(reply="I think it is code!", chunks=1)
     edge = start_edge(_llm_route(sims, "always", ", timeout_s: 0.3"))
     out = _explain(edge, "tell me a joke")
@@ -479,6 +490,9 @@ def test_llm_tier_falls_back_on_a_bad_answer_or_a_timeout(start_edge, sims):
     assert resp.status == 200 and resp.headers["x-llmedge-upstream"] == "beta"
     out = _explain(edge, "good morning friend, how are you")
     assert out["classification"]["llm"]["status"] == "no answer within 0.3s"
+    metrics = edge.metrics()
+    assert metric_value(metrics, "llmedge_llm_router_calls_total", result="not_a_class") == 1
+    assert metric_value(metrics, "llmedge_llm_router_calls_total", result="timeout") == 2
 
 
 def test_llm_tier_as_cascade_and_as_voter(start_edge, sims):
