@@ -156,10 +156,10 @@ class TextClassifier:
         if o.length_weight > 0.0:
             # One more row: the log-length, standardised so that length_weight means the
             # same on any data, and kept outside the tf-idf norm.
-            logs = [log_length(t, o.max_bytes) for t in distinct]
-            mean = sum(logs) / n
-            sd = math.sqrt(sum((x - mean) ** 2 for x in logs) / n)
-            logs = [log_length(t, o.max_bytes) for t in turns]
+            log_of = {tuple(t): log_length(t, o.max_bytes) for t in distinct}
+            mean = sum(log_of.values()) / n
+            sd = math.sqrt(sum((x - mean) ** 2 for x in log_of.values()) / n)
+            logs = [log_of[tuple(t)] for t in turns]
             scale = o.length_weight / sd if sd > 0.0 else 0.0
             length.update(length_scale=scale, length_offset=-mean * scale)
             for r, x in zip(rows, logs):

@@ -260,9 +260,11 @@ class ClassifyPlan(RoutePlan):
 
 # === building ===
 
-# Classifiers trained ahead of a Router, in an executor, by prepare(); keyed by everything
-# their training reads, so a Router built on the loop only trains what it finds missing.
-_prepared: dict[bytes, TextClassifier] = {}
+# Classifiers trained ahead of a Router, in an executor, by prepare(), each with its training
+# prompts' P(strong) when the route has a strong_share; keyed by everything their training
+# reads, so a Router built on the loop only trains (and scores) what it finds missing.
+_Trained = tuple[TextClassifier, "list[float] | None"]
+_prepared: dict[bytes, _Trained] = {}
 
 
 def _train_key(route: Route) -> bytes:
@@ -273,7 +275,8 @@ def _train_key(route: Route) -> bytes:
         except OSError:
             st = None
         files.append([path, st.st_mtime_ns if st else None, st.st_size if st else None])
-    return msgspec.json.encode([files, {k: v.examples for k, v in route.classes.items()}])
+    return msgspec.json.encode([files, {k: v.examples for k, v in route.classes.items()},
+                                route.strong_share is not None])
 
 
 def prepare(config: Config) -> None:
@@ -290,42 +293,40 @@ def prepare(config: Config) -> None:
     _prepared = ready
 
 
-def _train(route: Route) -> TextClassifier:
+def _train(route: Route) -> _Trained:
+    """The route's classifier and, with a strong_share, its training prompts' P(strong)
+    (they stand in for traffic until the live window fills)."""
     ready = _prepared.get(_train_key(route))
     if ready is not None:
         return ready
+    prompts: list[str] = []
     if route.model_file is not None:
-        return TextClassifier.load(route.model_file)
-    texts: list[str] = []
-    labels: list[str] = []
-    weights: list[float] = []
-    if route.examples_file is not None:
-        texts, labels = labelled(read_jsonl(route.examples_file), route.examples_file)
-    elif route.outcomes_file is not None:
-        texts, labels, weights = outcome_examples(*outcome_rows(
-            read_jsonl(route.outcomes_file), route.outcomes_file))
-    for label, spec in route.classes.items():
-        texts += spec.examples
-        labels += [label] * len(spec.examples)
-    weights += [1.0] * (len(texts) - len(weights))
-    return TextClassifier.fit(texts, labels,
-                              OUTCOME_OPTIONS if route.outcomes_file is not None else None,
-                              weights)
-
-
-def _share_cut(route: Route, clf: TextClassifier) -> ShareCut | None:
-    """The cut that sends about ``strong_share`` of live requests to 'strong'; the training
-    prompts stand in for traffic until enough requests have been seen."""
-    if route.strong_share is None:
-        return None
-    if route.outcomes_file is not None:
-        prompts = [r["prompt"] for r in read_jsonl(route.outcomes_file)]
+        clf = TextClassifier.load(route.model_file)
     else:
+        texts: list[str] = []
+        labels: list[str] = []
+        weights: list[float] = []
+        if route.examples_file is not None:
+            texts, labels = labelled(read_jsonl(route.examples_file), route.examples_file)
+        elif route.outcomes_file is not None:
+            prompts, weak, strong = outcome_rows(read_jsonl(route.outcomes_file),
+                                                 route.outcomes_file)
+            texts, labels, weights = outcome_examples(prompts, weak, strong)
+        for label, spec in route.classes.items():
+            texts += spec.examples
+            labels += [label] * len(spec.examples)
+        weights += [1.0] * (len(texts) - len(weights))
+        clf = TextClassifier.fit(texts, labels,
+                                 OUTCOME_OPTIONS if route.outcomes_file is not None else None,
+                                 weights)
+    if route.strong_share is None or "strong" not in clf.labels:
+        return clf, None
+    if route.outcomes_file is None:
         prompts = route.classes["strong"].examples + [
             t for label, spec in route.classes.items() if label != "strong"
             for t in spec.examples]
     k = clf.labels.index("strong")
-    return ShareCut(route.strong_share, [clf.proba([p])[k] for p in prompts])
+    return clf, [clf.proba([p])[k] for p in prompts]
 
 
 def build_classify_plans(router, config: Config, previous=None) -> list[str]:
@@ -347,7 +348,7 @@ def build_classify_plans(router, config: Config, previous=None) -> list[str]:
         i, route = routes[name]
         where = "routes[%d]" % i
         try:
-            clf = _train(route)
+            clf, training_scores = _train(route)
         except (OSError, ValueError) as exc:
             problems.append("%s: cannot build the classifier: %s" % (where, exc))
             return None
@@ -394,8 +395,11 @@ def build_classify_plans(router, config: Config, previous=None) -> list[str]:
                             route.llm.timeout_s, route.llm.cache_size, route.name)
         old = previous.routes.get(name) if previous is not None else None
         kept = isinstance(old, ClassifyPlan) and old.classifier is clf
-        share_cut = (old.share_cut if kept and old.share_cut is not None
-                     and old.share_cut.share == route.strong_share else _share_cut(route, clf))
+        share_cut = None
+        if kept and old.share_cut is not None and old.share_cut.share == route.strong_share:
+            share_cut = old.share_cut
+        elif training_scores is not None:
+            share_cut = ShareCut(route.strong_share, training_scores)
         plan = ClassifyPlan(route, targets, fallbacks, clf, classes, default, audit,
                             share_cut, llm)
         if kept and plan.sessions is not None and old.sessions is not None:

@@ -19,15 +19,6 @@ WINDOW = 1000     # recent decisions the cut is taken from
 WARMUP = 100      # decisions before the live cut replaces the training prompts' cut
 
 
-def top_share_cut(scores: Sequence[float], share: float) -> float:
-    """The lowest score among the top ``share`` of ``scores``: ``score >= cut`` selects
-    them (and any ties). Above every score when the share rounds to none."""
-    n = round(share * len(scores))
-    if n <= 0:
-        return float("inf")
-    return sorted(scores, reverse=True)[n - 1]
-
-
 def _cut(ranked: list[float], share: float) -> tuple[float, float]:
     """(cut, probability that a score equal to it is selected) over ascending ``ranked``."""
     n = round(share * len(ranked))

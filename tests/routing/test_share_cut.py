@@ -8,9 +8,19 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.routing.share_cut import ShareCut, top_share_cut
+from proxy.routing.share_cut import ShareCut
 
 scores_st = st.lists(st.floats(0.0, 1.0), max_size=60)
+
+
+def top_share_cut(scores: list[float], share: float) -> float:
+    """The lowest score among the top ``share`` of ``scores`` (the plain definition the
+    window's bisect-based cut must agree with); above every score when the share rounds to
+    none."""
+    n = round(share * len(scores))
+    if n <= 0:
+        return float("inf")
+    return sorted(scores, reverse=True)[n - 1]
 
 
 @settings(max_examples=200, deadline=None)
