@@ -25,6 +25,12 @@ Flags (all behaviour flags can also be changed at runtime, see ``POST /_sim/conf
   --drop-after N      streams close the connection after N content chunks, mid chunked body;
                       N=0 also makes non-streamed chat requests closed without an answer
   --seed N            seed of the error-rate random generator (0)
+  --framing F         how answers end: length (Content-Length or chunks), close
+                      (Connection: close, body up to EOF) or http10 (HTTP/1.0 up to EOF)
+  --answer-body TEXT  answer chat and embeddings requests with this body instead (with
+                      --status, or 200), e.g. an HTML error page; --answer-type its type
+  --layout L          JSON layout of answers: compact, spaced, pretty (indented; in streams
+                      over several data: lines) or reordered (keys reversed) (compact)
 
 Endpoints: POST /v1/chat/completions, POST /v1/embeddings, GET /v1/models, GET /_sim/stats,
 POST /_sim/reset (zero counters, reseed; body ``{"config": true}`` also restores the startup
@@ -85,10 +91,12 @@ class Request:
 class Stream:
     """Progress of one SSE response; ``cut`` is the event index where stall/drop kicks in."""
 
-    __slots__ = ("events", "n_content", "idx", "cut", "drop", "interval", "keep_alive")
+    __slots__ = ("events", "n_content", "idx", "cut", "drop", "interval", "keep_alive",
+                 "chunked")
 
-    def __init__(self, events, n_content, cut, drop, interval, keep_alive):
+    def __init__(self, events, n_content, cut, drop, interval, keep_alive, chunked=True):
         self.events = events
+        self.chunked = chunked   # False: the events go out bare and the close ends them
         self.n_content = n_content
         self.idx = 0
         self.cut = cut
@@ -240,23 +248,33 @@ class SimProtocol(asyncio.Protocol):
     # -- responses -----------------------------------------------------------------------------
 
     def head(self, req: Request, status: int, ctype: bytes, length: int | None,
-             extra: bytes = b"") -> bytes:
-        if not req.keep_alive:
-            conn = wire.CLOSE
+             extra: bytes = b"", framing: str = "length") -> bytes:
+        status_line = wire.status_line(status)
+        if framing != "length":
+            # Up to EOF: no length, no chunks, and the connection closes after the body.
+            if framing == "http10":
+                status_line = b"HTTP/1.0" + status_line[8:]
+            conn = b"" if framing == "http10" else wire.CLOSE
+            size = b""
         else:
-            conn = wire.KEEP_ALIVE if req.http10 else b""
-        framing = (b"content-length: %d\r\n" % length if length is not None
-                   else b"transfer-encoding: chunked\r\n")
+            if not req.keep_alive:
+                conn = wire.CLOSE
+            else:
+                conn = wire.KEEP_ALIVE if req.http10 else b""
+            size = (b"content-length: %d\r\n" % length if length is not None
+                    else b"transfer-encoding: chunked\r\n")
         return b"%scontent-type: %s\r\n%s%s%s%s\r\n" % (
-            wire.status_line(status), ctype, framing, self.sim.common_headers, conn, extra)
+            status_line, ctype, size, self.sim.common_headers, conn, extra)
 
     def send(self, req: Request, status: int, body: bytes, extra: bytes = b"",
-             delay: float = 0.0) -> None:
-        data = self.head(req, status, wire.JSON_TYPE, len(body), extra) + body
+             delay: float = 0.0, ctype: bytes = wire.JSON_TYPE,
+             framing: str = "length") -> None:
+        data = self.head(req, status, ctype, len(body), extra, framing) + body
+        keep_alive = req.keep_alive and framing == "length"
         if delay > 0:
-            self.timer = self.loop.call_later(delay, self._send_now, data, req.keep_alive)
+            self.timer = self.loop.call_later(delay, self._send_now, data, keep_alive)
         else:
-            self._send_now(data, req.keep_alive)
+            self._send_now(data, keep_alive)
 
     def _send_now(self, data: bytes, keep_alive: bool) -> None:
         self.timer = None
@@ -278,10 +296,12 @@ class SimProtocol(asyncio.Protocol):
         for limit, is_drop in ((beh.stall_after, False), (beh.drop_after, True)):
             if limit is not None and limit <= n and limit + 1 <= cut:
                 cut, drop = limit + 1, is_drop
-        self.stream = Stream(events, n, cut, drop, beh.interval, req.keep_alive)
+        chunked = beh.framing == "length"
+        self.stream = Stream(events, n, cut, drop, beh.interval, req.keep_alive and chunked,
+                             chunked)
         self.sim.stats["streams_started"] += 1
         self.transport.write(self.head(req, 200, b"text/event-stream", None,
-                                       b"cache-control: no-cache\r\n"))
+                                       b"cache-control: no-cache\r\n", beh.framing))
         if beh.ttft > 0:
             self.timer = self.loop.call_later(beh.ttft, self._stream_step)
         else:
@@ -305,8 +325,13 @@ class SimProtocol(asyncio.Protocol):
             if paced and 1 <= idx - 1 < n:
                 break
         st.idx = idx
-        self.transport.write(b"".join(st.events[start:idx]))
-        if idx == len(st.events):
+        done = idx == len(st.events)
+        if st.chunked:
+            self.transport.write(b"".join([wire.chunk(e) for e in st.events[start:idx]])
+                                 + (wire.CHUNK_END if done else b""))
+        else:
+            self.transport.write(b"".join(st.events[start:idx]))
+        if done:
             self.sim.stats["streams_completed"] += 1
             self.finish(st.keep_alive)
         elif idx == cut:
@@ -435,8 +460,20 @@ class Simulator:
         extra = b""
         if beh.retry_after is not None and status in (429, 503):
             extra = b"retry-after: %s\r\n" % wire.format_seconds(beh.retry_after)
-        conn.send(req, status, wire.error_body(status, "simulated upstream error %d" % status),
-                  extra)
+        if beh.answer_body is not None:
+            conn.send(req, status, beh.answer_body, extra, ctype=beh.answer_type,
+                      framing=beh.framing)
+        else:
+            conn.send(req, status, wire.error_body(status, "simulated upstream error %d"
+                                                   % status), extra, framing=beh.framing)
+        return True
+
+    def _foreign_answer(self, conn: SimProtocol, req: Request, beh: Behaviour) -> bool:
+        """answer_body without an error status: a 200 that is not what was asked for."""
+        if beh.answer_body is None:
+            return False
+        conn.send(req, 200, beh.answer_body, ctype=beh.answer_type, framing=beh.framing,
+                  delay=beh.ttft)
         return True
 
     def _bad_request(self, conn, req, message: str, param: str | None = None) -> None:
@@ -452,6 +489,8 @@ class Simulator:
             return
         if obj is None:
             return self._bad_request(conn, req, error)
+        if self._foreign_answer(conn, req, beh):
+            return
         messages = obj.get("messages")
         if not isinstance(messages, list):
             return self._bad_request(conn, req, "'messages' is a required property "
@@ -460,25 +499,42 @@ class Simulator:
         model_json = orjson.dumps(model) if isinstance(model, str) else self._model_json
         prompt_tokens = wire.estimate_prompt_tokens(messages)
         frags = beh.fragments
+        layout = beh.layout
         if obj.get("stream") is True:
             opts = obj.get("stream_options")
             include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
-            prefix = self._prefix(b'data: {"id":"chatcmpl-sim%x","object":"chat.completion.chunk"',
-                                  model_json)
-            conn.start_stream(req, frags.stream_events(prefix, prompt_tokens, include_usage), beh)
+            if layout == "compact":
+                prefix = self._prefix(
+                    b'data: {"id":"chatcmpl-sim%x","object":"chat.completion.chunk"',
+                    model_json)
+                events = frags.stream_events(prefix, prompt_tokens, include_usage)
+            else:
+                events = frags.stream_laid_out(self._head("chat.completion.chunk", model),
+                                               prompt_tokens, include_usage, layout)
+            conn.start_stream(req, events, beh)
         elif beh.stall_after == 0:
             pass  # leave the request unanswered: the connection stays busy until closed
         elif beh.drop_after == 0:
             conn.drop()
         else:
-            prefix = self._prefix(b'{"id":"chatcmpl-sim%x","object":"chat.completion"',
-                                  model_json)
-            conn.send(req, 200, frags.completion_body(prefix, prompt_tokens),
-                      delay=beh.nonstream_delay)
+            if layout == "compact":
+                prefix = self._prefix(b'{"id":"chatcmpl-sim%x","object":"chat.completion"',
+                                      model_json)
+                body = frags.completion_body(prefix, prompt_tokens)
+            else:
+                body = frags.completion_laid_out(self._head("chat.completion", model),
+                                                 prompt_tokens, layout)
+            conn.send(req, 200, body, delay=beh.nonstream_delay, framing=beh.framing)
 
     def _prefix(self, head: bytes, model_json: bytes) -> bytes:
         return b'%s,"created":%d,"model":%s,"system_fingerprint":%s,' % (
             head % next(self._ids), int(time.time()), model_json, self._fingerprint)
+
+    def _head(self, kind: str, model) -> dict:
+        return {"id": "chatcmpl-sim%x" % next(self._ids), "object": kind,
+                "created": int(time.time()),
+                "model": model if isinstance(model, str) else self.model,
+                "system_fingerprint": "fp_sim_" + self.name}
 
     def embeddings(self, conn: SimProtocol, req: Request) -> None:
         self.stats["embeddings"] += 1
@@ -488,20 +544,22 @@ class Simulator:
             return
         if obj is None:
             return self._bad_request(conn, req, error)
+        if self._foreign_answer(conn, req, beh):
+            return
         inputs = wire.embedding_inputs(obj.get("input"))
         if inputs is None:
             return self._bad_request(conn, req, "'input' must be a string or a non-empty "
                                      "array of strings", "input")
         model = obj.get("model")
         tokens = sum(max(1, len(t) // 4) for t in inputs)
-        body = orjson.dumps({
+        body = wire.laid_out({
             "object": "list",
             "data": [{"object": "embedding", "index": i, "embedding": wire.embedding_vector(t)}
                      for i, t in enumerate(inputs)],
             "model": model if isinstance(model, str) else self.model,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        })
-        conn.send(req, 200, body, delay=beh.ttft)
+        }, beh.layout)
+        conn.send(req, 200, body, delay=beh.ttft, framing=beh.framing)
 
     def models(self, conn: SimProtocol, req: Request) -> None:
         self.stats["models"] += 1
@@ -582,6 +640,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-after", type=float, default=None)
     p.add_argument("--stall-after", type=int, default=None)
     p.add_argument("--drop-after", type=int, default=None)
+    p.add_argument("--layout", default="compact", choices=wire.LAYOUTS)
+    p.add_argument("--framing", default="length", choices=wire.FRAMINGS)
+    p.add_argument("--answer-body", default=None)
+    p.add_argument("--answer-type", default="text/html")
     p.add_argument("--log-level", default="WARNING")
     p.add_argument("--tls-cert", help="serve https with this certificate (PEM)")
     p.add_argument("--tls-key", help="the certificate's private key (PEM)")

@@ -8,6 +8,7 @@ baseline in overhead benchmarks.
 from __future__ import annotations
 
 import hashlib
+import json
 from http import HTTPStatus
 
 import orjson
@@ -27,10 +28,20 @@ DEFAULT_REPLY = "The quick brown fox jumps over the lazy dog while the simulator
 BEHAVIOUR_DEFAULTS = {
     "ttft_ms": 0.0, "tokens_per_s": 0.0, "chunks": 8, "reply": DEFAULT_REPLY, "status": None,
     "error_rate": 0.0, "error_status": 500, "retry_after": None, "stall_after": None,
-    "drop_after": None,
+    "drop_after": None, "layout": "compact", "framing": "length", "answer_body": None,
+    "answer_type": "text/html",
 }
+# How an answer's end is marked: length (Content-Length, or chunks for streams), close
+# (Connection: close and the body up to EOF) or http10 (an HTTP/1.0 answer up to EOF).
+FRAMINGS = ("length", "close", "http10")
+# How answers are laid out as JSON: all valid, all seen from real servers. compact is what
+# the fast path precomputes; spaced is Python's default separators; pretty is indented
+# (in a stream, one event's JSON then spans several data: lines); reordered puts every
+# object's keys in reverse order (usage before choices). Except compact, streams asked for
+# usage carry "usage": null in every chunk but the last, as OpenAI's do.
+LAYOUTS = ("compact", "spaced", "pretty", "reordered")
 _INT_OPTIONS = {"chunks", "status", "error_status", "stall_after", "drop_after"}
-NULLABLE = {"status", "retry_after", "stall_after", "drop_after"}
+NULLABLE = {"status", "retry_after", "stall_after", "drop_after", "answer_body"}
 
 
 # What OpenAI itself answers with, so SDK exception mapping in clients behaves as in production.
@@ -120,6 +131,30 @@ def format_seconds(value: float) -> bytes:
     return b"%g" % value
 
 
+def _reversed_keys(value):
+    if isinstance(value, dict):
+        return {k: _reversed_keys(value[k]) for k in reversed(value)}
+    if isinstance(value, list):
+        return [_reversed_keys(v) for v in value]
+    return value
+
+
+def laid_out(doc: dict, layout: str) -> bytes:
+    """``doc`` as JSON in one of LAYOUTS."""
+    if layout == "spaced":
+        return json.dumps(doc, ensure_ascii=False).encode()
+    if layout == "pretty":
+        return json.dumps(doc, indent=2, ensure_ascii=False).encode()
+    if layout == "reordered":
+        return json.dumps(_reversed_keys(doc), ensure_ascii=False, separators=(",", ":")).encode()
+    return orjson.dumps(doc)
+
+
+def sse_event(payload: bytes) -> bytes:
+    """One SSE event; a payload of several lines takes a data: line each."""
+    return b"".join(b"data: %s\n" % line for line in payload.split(b"\n")) + b"\n"
+
+
 class ReplyFragments:
     """Everything about a chat reply that depends only on the config, serialised once.
 
@@ -153,18 +188,46 @@ class ReplyFragments:
     def completion_body(self, prefix: bytes, prompt_tokens: int) -> bytes:
         return b"".join((prefix, self.message_tail, self.usage(prompt_tokens), b"}"))
 
+    def usage_doc(self, prompt_tokens: int) -> dict:
+        c = self.completion_tokens
+        return {"prompt_tokens": prompt_tokens, "completion_tokens": c,
+                "total_tokens": prompt_tokens + c}
+
+    def completion_laid_out(self, head: dict, prompt_tokens: int, layout: str) -> bytes:
+        """completion_body for a layout other than compact (slower: encoded per request)."""
+        return laid_out({**head, "choices": [{
+            "index": 0, "message": {"role": "assistant", "content": "".join(self.pieces),
+                                    "refusal": None},
+            "logprobs": None, "finish_reason": "stop"}],
+            "usage": self.usage_doc(prompt_tokens)}, layout)
+
+    def stream_laid_out(self, head: dict, prompt_tokens: int, include_usage: bool,
+                        layout: str) -> list[bytes]:
+        """stream_events for a layout other than compact, with the same index layout."""
+        none = {"usage": None} if include_usage else {}
+        deltas = [{"role": "assistant", "content": ""}] + [{"content": p} for p in self.pieces]
+        chunks = [{**head, "choices": [{"index": 0, "delta": d, "logprobs": None,
+                                        "finish_reason": None}], **none} for d in deltas]
+        chunks.append({**head, "choices": [{"index": 0, "delta": {}, "logprobs": None,
+                                            "finish_reason": "stop"}], **none})
+        if include_usage:
+            chunks.append({**head, "choices": [], "usage": self.usage_doc(prompt_tokens)})
+        events = [sse_event(laid_out(c, layout)) for c in chunks]
+        events.append(SSE_DONE)
+        return events
+
     def stream_events(self, prefix: bytes, prompt_tokens: int, include_usage: bool) -> list[bytes]:
-        """HTTP chunks of a whole stream: role, contents, finish, [usage], [DONE] + terminator.
+        """The SSE events of a whole stream: role, contents, finish, [usage], [DONE].
 
         Index layout matters to the pacing code: 0 is the role event, 1..N the content events.
         """
-        events = [chunk(prefix + self.role_event)]
-        events.extend(chunk(prefix + ev) for ev in self.content_events)
-        events.append(chunk(prefix + self.finish_event))
+        events = [prefix + self.role_event]
+        events.extend(prefix + ev for ev in self.content_events)
+        events.append(prefix + self.finish_event)
         if include_usage:
-            events.append(chunk(b"%s\"choices\":[],\"usage\":%s}\n\n"
-                                % (prefix, self.usage(prompt_tokens))))
-        events.append(chunk(SSE_DONE) + CHUNK_END)
+            events.append(b"%s\"choices\":[],\"usage\":%s}\n\n"
+                          % (prefix, self.usage(prompt_tokens)))
+        events.append(SSE_DONE)
         return events
 
 
@@ -183,6 +246,17 @@ def validate_option(key: str, value):
     if key == "reply":
         if not isinstance(value, str):
             raise ConfigError("reply must be a string")
+        return value
+    for name, allowed in (("layout", LAYOUTS), ("framing", FRAMINGS)):
+        if key == name:
+            if value not in allowed:
+                raise ConfigError("%s must be one of %s" % (name, ", ".join(allowed)))
+            return value
+    if key in ("answer_body", "answer_type"):
+        # answer_body: what chat and embeddings requests get instead of an answer (with
+        # --status, or 200), e.g. a load balancer's HTML page; answer_type its content type.
+        if not isinstance(value, str) or (key == "answer_type" and not value.isprintable()):
+            raise ConfigError("%s must be a string" % key)
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         raise ConfigError("%s must be a non-negative number" % key)
@@ -206,7 +280,8 @@ class Behaviour:
     """
 
     __slots__ = ("options", "ttft", "interval", "nonstream_delay", "fragments", "status",
-                 "error_rate", "error_status", "retry_after", "stall_after", "drop_after")
+                 "error_rate", "error_status", "retry_after", "stall_after", "drop_after",
+                 "layout", "framing", "answer_body", "answer_type")
 
     def __init__(self, options: dict) -> None:
         self.options = options
@@ -221,3 +296,8 @@ class Behaviour:
         self.retry_after = options["retry_after"]
         self.stall_after = options["stall_after"]
         self.drop_after = options["drop_after"]
+        self.layout = options["layout"]
+        self.framing = options["framing"]
+        body = options["answer_body"]
+        self.answer_body = body.encode() if body is not None else None
+        self.answer_type = options["answer_type"].encode()
