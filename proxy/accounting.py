@@ -9,10 +9,18 @@ asked for, and the metrics still count every token.
 from __future__ import annotations
 
 import json
+import re
 
 import msgspec
 
-USAGE_MARK = b'"usage":{'
+# The key of a usage object, in any layout: OpenAI itself pretty-prints (`"usage": {`), and a
+# stream asked for usage carries `"usage":null` in every chunk but the last. Inside a JSON
+# string the quotes would be escaped, so only a real key matches.
+USAGE_KEY = b'"usage"'
+_USAGE_OBJECT = re.compile(rb'"usage"[ \t\r\n]*:[ \t\r\n]*\{')
+# SSE events end with a blank line; any of the three line ends may be used (CRLF from some
+# servers), so the separator is kept as it came.
+_EVENT_END = re.compile(rb"(\r\n\r\n|\n\n|\r\r)")
 _ASK = b'"stream_options":{"include_usage":true},'
 
 
@@ -34,14 +42,31 @@ _body_decoder = msgspec.json.Decoder(_WithUsage)
 _event_decoder = msgspec.json.Decoder(_Event)
 
 
-def usage_of_body(payload: bytes) -> Usage | None:
-    """The usage of a whole chat or embeddings answer (None when absent or unreadable)."""
-    if USAGE_MARK not in payload:
-        return None
+def has_usage(data: bytes) -> bool:
+    """Whether ``data`` holds a usage object: cheap when it does not."""
+    return USAGE_KEY in data and _USAGE_OBJECT.search(data) is not None
+
+
+class NotJson(ValueError):
+    """A body that is not the JSON object it claims to be."""
+
+
+def read_answer(payload: bytes) -> Usage | None:
+    """Check a whole chat or embeddings answer is a JSON object and return its usage (None
+    when it reports none); raises NotJson otherwise. One decoding pass does both."""
     try:
         return _body_decoder.decode(payload).usage
-    except msgspec.MsgspecError:
-        return None
+    except (msgspec.DecodeError, RecursionError):
+        pass
+    # A usage of another shape, or JSON that msgspec refuses and the standard decoder takes
+    # (lone surrogate escapes): only a document that is not an object is a broken answer.
+    try:
+        doc = json.loads(payload)
+    except (ValueError, RecursionError):
+        raise NotJson("the answer is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise NotJson("the answer is JSON but not an object")
+    return None
 
 
 def ask_for_usage(body: bytes) -> bytes | None:
@@ -67,27 +92,40 @@ def ask_for_usage(body: bytes) -> bytes | None:
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
 
 
+def event_data(event: bytes) -> bytes:
+    """The data of one SSE event: its ``data:`` lines, joined by newlines as the SSE
+    standard says (a pretty-printed JSON payload spans several)."""
+    lines = []
+    for line in event.splitlines():
+        if line.startswith(b"data:"):
+            line = line[5:]
+            lines.append(line[1:] if line[:1] == b" " else line)
+    return b"\n".join(lines)
+
+
 def take_usage(data: bytes, strip: bool) -> tuple[bytes, Usage | None]:
     """Find the usage event among whole SSE events in ``data``; with ``strip`` remove it
     when it carries nothing else (no choices). Returns the events to forward."""
     usage = None
+    # [event, end, event, end, ..., rest]: the rest is empty when data ends an event.
+    parts = _EVENT_END.split(data)
     kept = []
     changed = False
-    for event in data.split(b"\n\n"):
-        if USAGE_MARK in event:
-            payload = b"".join(line[5:] for line in event.splitlines()
-                               if line.startswith(b"data:"))
+    for i in range(0, len(parts), 2):
+        event = parts[i]
+        end = parts[i + 1] if i + 1 < len(parts) else b""
+        if has_usage(event):
             try:
-                parsed = _event_decoder.decode(payload)
-            except msgspec.MsgspecError:
+                parsed = _event_decoder.decode(event_data(event))
+            except (msgspec.MsgspecError, RecursionError):
                 parsed = None
             if parsed is not None and parsed.usage is not None:
                 usage = parsed.usage
                 if strip and not parsed.choices:
                     changed = True
                     continue
-        kept.append(event)
-    return (b"\n\n".join(kept) if changed else data), usage
+        kept.append(event + end)
+    return (b"".join(kept) if changed else data), usage
 
 
 def cost_usd(usage: Usage, price_in: float, price_out: float) -> float:

@@ -13,19 +13,21 @@ import random
 import time
 
 
-from .accounting import USAGE_MARK, take_usage, usage_of_body
+from .accounting import NotJson, has_usage, read_answer, take_usage
 from .budget import RetryBudget
 from .cache import new_entry
 from .caching import ResponseCache, Ticket
 from .config import RetryConfig
-from .errors import (DeadlineExceeded, ProxyError, UpstreamError, UpstreamSaturated,
-                     UpstreamStatus, UpstreamTimeout, UpstreamUnavailable)
+from .errors import (DeadlineExceeded, ProxyError, UpstreamBadResponse, UpstreamError,
+                     UpstreamReset, UpstreamSaturated, UpstreamStatus, UpstreamTimeout,
+                     UpstreamUnavailable)
 from .http import wire
 from .http.front import Exchange
 from .rewrite import replace_model
 from .metrics import Metrics
 from .routing.router import RoutePlan, Router, Target
 from .sse_assemble import assemble
+from .upstream.answers import error_for_client, excerpt
 from .upstream.conn import ResponseHead, UpstreamConn, failed_status, status_error
 from .upstream.pool import Endpoint
 
@@ -99,7 +101,7 @@ class SseRelay:
     """
 
     __slots__ = ("answer", "conn", "head", "pending", "committed", "committed_at", "kept",
-                 "kept_bytes", "keep_limit")
+                 "kept_bytes", "keep_limit", "done")
 
     def __init__(self, answer: Answer, conn: UpstreamConn, head: ResponseHead,
                  keep_limit: int = 0) -> None:
@@ -113,6 +115,7 @@ class SseRelay:
         self.kept: list[bytes] | None = [] if keep_limit else None
         self.kept_bytes = 0
         self.keep_limit = keep_limit
+        self.done = False               # the stream's closing "data: [DONE]" went out
 
     def feed(self, data: bytes) -> None:
         kept = self.kept
@@ -134,7 +137,7 @@ class SseRelay:
                 self.pending = data[cut:]
                 data = data[:cut]
         answer = self.answer
-        if USAGE_MARK in data:
+        if has_usage(data):
             data, usage = take_usage(data, answer.strip_usage)
             if usage is not None:
                 answer.usage = usage
@@ -143,6 +146,8 @@ class SseRelay:
         if not self.committed:
             self.commit()
         answer.exchange.write(data)
+        if b"[DONE]" in data:
+            self.done = ends_with_done(data)
 
     def commit(self) -> None:
         self.committed = True
@@ -166,6 +171,13 @@ class SseRelay:
         if not self.committed:
             self.commit()
         self.answer.exchange.end_stream()
+
+
+def ends_with_done(data: bytes) -> bool:
+    """Whether the last SSE event in ``data`` is the ``[DONE]`` that closes a chat stream
+    (a ``[DONE]`` inside a JSON string is not)."""
+    last = data.rstrip().rpartition(b"\n")[2].rstrip()
+    return last in (b"data: [DONE]", b"data:[DONE]")
 
 
 class Dispatcher:
@@ -319,13 +331,20 @@ class Dispatcher:
             content_type = head.headers.get(b"content-type", wire.JSON)
             ticket = answer.ticket
             storing = ticket is not None and ticket.store and status == 200
-            if answer.stream and status < 300 and content_type.startswith(wire.EVENT_STREAM):
+            succeeded = 200 <= status < 300
+            if answer.stream and succeeded and content_type.startswith(wire.EVENT_STREAM):
                 relay = SseRelay(answer, conn, head,
                                  self.cache.section.max_entry_bytes if storing else 0)
                 early = conn.take_early()
                 if early:
                     relay.feed(early)
-                await conn.stream_to(relay.feed)
+                try:
+                    await conn.stream_to(relay.feed)
+                except UpstreamReset:
+                    if not relay.done:
+                        raise
+                    # The stream's own end marker went out: the answer is whole, only the
+                    # connection's framing broke after it.
                 answer.status = status
                 if storing and relay.kept is not None:
                     # Stored before the stream's last byte: whoever reads the whole stream
@@ -338,10 +357,15 @@ class Dispatcher:
                 first_event_at = relay.committed_at
             else:
                 payload = await conn.read_whole()
+                if succeeded:
+                    answer.usage = self._whole_answer(answer, target, head, payload)
+                    if b"json" not in content_type.lower():
+                        content_type = wire.JSON  # it is JSON, whatever the upstream said
+                else:
+                    payload, content_type = error_for_client(status, payload, content_type,
+                                                             target.name)
                 answer.status = status
-                if status == 200:
-                    answer.usage = usage_of_body(payload)
-                if storing and content_type.startswith(wire.JSON):
+                if storing:
                     await self.cache.store(ticket, new_entry(
                         payload, content_type, target.name_bytes, ticket.route))
                 answer.exchange.respond(status, payload, content_type, answer.response_headers())
@@ -354,6 +378,22 @@ class Dispatcher:
         else:
             conn.close()
         return first_event_at
+
+    @staticmethod
+    def _whole_answer(answer: Answer, target: Target, head: ResponseHead, payload: bytes):
+        """The usage of a successful whole answer; UpstreamBadResponse when it is not what
+        was asked for (retryable: nothing reached the client yet)."""
+        content_type = head.headers.get(b"content-type", b"")
+        if answer.stream:
+            raise UpstreamBadResponse(
+                "%s answered a request for a stream with %d %s instead of an event stream: %s"
+                % (target.name, head.status, content_type.decode("latin-1") or "(no type)",
+                   excerpt(payload, 80)))
+        try:
+            return read_answer(payload)
+        except NotJson as exc:
+            raise UpstreamBadResponse("%s answered %d but %s: %s" % (
+                target.name, head.status, exc, excerpt(payload, 80))) from None
 
     @staticmethod
     def _request_head(answer: Answer, target: Target, endpoint: Endpoint, length: int) -> bytes:
@@ -387,7 +427,10 @@ class Dispatcher:
             if retry_after is not None:
                 extra += b"retry-after: %s\r\n" % wire.retry_after_value(retry_after)
             answer.status = last.upstream_status
-            ex.respond(last.upstream_status, last.body, last.content_type or wire.JSON, extra)
+            body, content_type = error_for_client(last.upstream_status, last.body,
+                                                  last.content_type, answer.upstream.name
+                                                  if answer.upstream else "-")
+            ex.respond(last.upstream_status, body, content_type, extra)
             return
         if answer.failures and all(isinstance(e, UpstreamSaturated) for e in answer.failures):
             answer.status = 429

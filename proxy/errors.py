@@ -40,11 +40,6 @@ class MethodNotAllowed(ClientError):
     status = 405
 
 
-class PayloadTooLarge(ClientError):
-    status = 413
-    code = "request_too_large"
-
-
 class UpstreamError(ProxyError):
     """An attempt at one upstream failed; the dispatcher may try another."""
 
@@ -72,6 +67,13 @@ class DeadlineExceeded(UpstreamError):
 
 class UpstreamReset(UpstreamError):
     kind = "reset"
+
+
+class UpstreamBadResponse(UpstreamError):
+    """The upstream said it succeeded but sent something else than was asked for: a body
+    that is not a JSON object, or a whole answer to a request for a stream."""
+
+    kind = "bad_response"
 
 
 class UpstreamUnavailable(UpstreamError):

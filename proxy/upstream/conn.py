@@ -54,9 +54,9 @@ def status_error(head: ResponseHead, body: bytes) -> UpstreamStatus:
 class UpstreamConn(asyncio.Protocol):
     __slots__ = ("loop", "transport", "parser", "alive", "reused", "received_any",
                  "_headers", "_head_waiter", "_done_waiter", "_body", "_body_size",
-                 "_sink", "_sink_done", "_complete", "_error", "_timer", "_idle_s",
+                 "_sink", "_complete", "_error", "_timer", "_idle_s",
                  "_last_activity", "_timeout_kind", "_paused_by_client", "_early_paused",
-                 "_keep_alive", "on_close")
+                 "_keep_alive", "_until_close", "_surplus", "on_close")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -80,6 +80,10 @@ class UpstreamConn(asyncio.Protocol):
         self._paused_by_client = False
         self._early_paused = False
         self._keep_alive = False
+        # The body has no length and no chunks: it ends when the upstream closes.
+        self._until_close = False
+        # Bytes came after the answer was complete: the connection's framing is lost.
+        self._surplus = False
         self.on_close: Callable[[UpstreamConn], None] | None = None
 
     # === transport callbacks ===
@@ -89,9 +93,14 @@ class UpstreamConn(asyncio.Protocol):
         self.alive = True
 
     def connection_lost(self, exc: Exception | None) -> None:
+        by_peer = self.alive  # abort() and close() mark the connection dead first
         self.alive = False
         self.transport = None
         self._cancel_timer()
+        if (by_peer and exc is None and self._until_close and not self._complete
+                and self._head_waiter is None and self._error is None):
+            # HTTP/1.0-style framing: the close is the end of the body, not a failure.
+            self._message_done(keep_alive=False)
         if not self._complete and (self._head_waiter is not None or self._done_waiter is not None):
             err = UpstreamReset("upstream closed the connection%s"
                                 % (" before answering" if not self.received_any else
@@ -120,22 +129,38 @@ class UpstreamConn(asyncio.Protocol):
 
     # === parser callbacks ===
 
+    def on_message_begin(self) -> None:
+        if self._complete:
+            # An answer nobody asked for: whatever comes next on this connection could be
+            # taken for the next request's answer.
+            self._surplus = True
+            self.abort()
+
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers[name.lower()] = value
+        if not self._surplus:
+            self._headers[name.lower()] = value
 
     def on_headers_complete(self) -> None:
+        if self._surplus:
+            return
         status = self.parser.get_status_code()
         if status < 200:  # 1xx interim responses carry nothing for us
             self._headers = {}
             return
         if self._timeout_kind == "first_byte":
             self._arm_idle()
+        headers = self._headers
+        self._until_close = (
+            status not in (204, 304) and b"content-length" not in headers
+            and b"chunked" not in headers.get(b"transfer-encoding", b"").lower())
         waiter = self._head_waiter
         self._head_waiter = None
         if waiter is not None and not waiter.done():
             waiter.set_result(ResponseHead(status, self._headers))
 
     def on_body(self, body: bytes) -> None:
+        if self._surplus:
+            return
         sink = self._sink
         if sink is not None:
             sink(body)
@@ -151,11 +176,14 @@ class UpstreamConn(asyncio.Protocol):
                 self.transport.pause_reading()
 
     def on_message_complete(self) -> None:
-        if self.parser.get_status_code() < 200:
+        if self._surplus or self.parser.get_status_code() < 200:
             return
-        self._complete = True
         # Asked here: once feed_data returns, the parser has reset for the next message.
-        self._keep_alive = self.parser.should_keep_alive()
+        self._message_done(self.parser.should_keep_alive())
+
+    def _message_done(self, keep_alive: bool) -> None:
+        self._complete = True
+        self._keep_alive = keep_alive
         self._cancel_timer()
         waiter = self._done_waiter
         self._done_waiter = None
@@ -174,8 +202,9 @@ class UpstreamConn(asyncio.Protocol):
         self._sink = None
         self._complete = False
         self._keep_alive = False
+        self._until_close = False
         self._error = None
-        self._early_paused = False
+        self.ready_to_idle()
         self._idle_s = idle_s
         self._head_waiter = self.loop.create_future()
         self._timeout_kind = "first_byte"
@@ -226,14 +255,18 @@ class UpstreamConn(asyncio.Protocol):
         finally:
             self._sink = None
 
-    @property
-    def complete(self) -> bool:
-        return self._complete
-
     def reusable(self, head: ResponseHead) -> bool:
         return (self.alive and self._complete and self._error is None
-                and self._keep_alive
+                and self._keep_alive and not self._surplus
                 and head.headers.get(b"connection", b"").lower() != b"close")
+
+    def ready_to_idle(self) -> None:
+        """Read again whatever paused reading during the last answer (a slow client, a
+        large early body): an idle connection must notice the upstream closing it, and
+        the next answer on it must be read at all."""
+        if (self._paused_by_client or self._early_paused) and self.transport is not None:
+            self.transport.resume_reading()
+        self._paused_by_client = self._early_paused = False
 
     def pause_reading(self) -> None:
         """The client cannot take more: stop reading so TCP pushes back on the upstream."""

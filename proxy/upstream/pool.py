@@ -26,7 +26,7 @@ class Endpoint:
     """One upstream server (a replica of a deployment) and its idle connections."""
 
     __slots__ = ("url", "scheme", "host", "port", "base_path", "host_header", "ssl",
-                 "max_idle", "_idle", "_loop", "_all")
+                 "max_idle", "_idle", "_all")
 
     def __init__(self, url: str, max_idle: int, ssl_context: ssl.SSLContext | None) -> None:
         parts = urlsplit(url)
@@ -43,7 +43,6 @@ class Endpoint:
         self.max_idle = max_idle
         self._idle: list[UpstreamConn] = []
         self._all: set[UpstreamConn] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     def take_idle(self) -> UpstreamConn | None:
         idle = self._idle
@@ -98,6 +97,7 @@ class Endpoint:
 
     def release(self, conn: UpstreamConn) -> None:
         if conn.alive and len(self._idle) < self.max_idle:
+            conn.ready_to_idle()
             conn.reused = True
             self._idle.append(conn)
         else:
