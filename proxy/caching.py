@@ -145,6 +145,10 @@ class ResponseCache:
         usage = isinstance(options, dict) and bool(options.get("include_usage"))
         return Ticket(route, key, policy.ttl_s, lookup, store, stream, usage)
 
+    def bypass(self, route: str) -> None:
+        """A request of a caching route that could not use the cache."""
+        self.metrics.lookup(route, "bypass")
+
     def get_now(self, ticket: Ticket) -> Entry | None:
         """The in-process lookup, answered at once (memory backend only); a hit is counted
         here, a miss later by ``resolve``, which may still find the answer."""

@@ -23,6 +23,7 @@ from .errors import (BadRequest, MethodNotAllowed, NotFound, Overloaded, ProxyEr
                      ReloadRejected)
 from .http import wire
 from .http.front import Exchange
+from .jsondoc import decode_view, load as load_json
 from .metrics import Metrics
 from .routing.explain import explain_body
 from .routing.router import Router, parse_tags
@@ -56,25 +57,6 @@ NO_TAGS: frozenset[str] = frozenset()
 CHAT_PATH = b"/chat/completions"
 EMBEDDINGS_PATH = b"/embeddings"
 _REQUEST_ID_OK = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
-
-
-def _decode(decoder: msgspec.json.Decoder, body: bytes):
-    if not body:
-        raise BadRequest("the request body is empty; expected a JSON object")
-    try:
-        return decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        text = str(exc)
-        param = None
-        if " - at `$." in text:
-            text, _, path = text.partition(" - at `$.")
-            param = path.rstrip("`")
-            text = "%s: %s" % (param, text)
-        elif text.startswith("Object missing required field"):
-            param = text.rpartition("`")[0].rpartition("`")[2] or None
-        raise BadRequest("invalid request: %s" % text, param=param) from None
-    except msgspec.DecodeError as exc:
-        raise BadRequest("the request body is not valid JSON: %s" % exc) from None
 
 
 class Gateway:
@@ -135,6 +117,8 @@ class Gateway:
     # === endpoints ===
 
     def _get(self, ex: Exchange) -> bool:
+        if ex.method == b"HEAD":
+            return True  # answered as GET; the exchange leaves the body out
         return self._method(ex, b"GET")
 
     def _post(self, ex: Exchange) -> bool:
@@ -144,7 +128,8 @@ class Gateway:
         if ex.method == method:
             return True
         self._error(ex, MethodNotAllowed("use %s for this endpoint" % method.decode(),
-                                         code="method_not_allowed"))
+                                         code="method_not_allowed"),
+                    b"allow: %s\r\n" % (b"GET, HEAD" if method == b"GET" else method))
         return False
 
     def _reload(self, ex: Exchange) -> None:
@@ -200,12 +185,10 @@ class Gateway:
 
     def _route(self, ex: Exchange) -> None:
         """``POST /v1/route``: the decision a chat request would get, explained; no upstream."""
-        if ex.method != b"POST":
-            self._error(ex, MethodNotAllowed("use POST for this endpoint",
-                                             code="method_not_allowed"))
+        if not self._method(ex, b"POST"):
             return
         try:
-            view = _decode(_chat_decoder, ex.body)
+            view = decode_view(_chat_decoder, ex.body)
             plan = self.router.plan(view.model)
             tags = ex.headers.get(b"x-llmedge-tags")
             session = ex.headers.get(b"x-llmedge-session")
@@ -240,13 +223,11 @@ class Gateway:
         task.add_done_callback(self._tasks.discard)
 
     def _proxy(self, ex: Exchange, path: bytes, decoder: msgspec.json.Decoder) -> None:
-        if ex.method != b"POST":
-            self._error(ex, MethodNotAllowed("use POST for this endpoint",
-                                             code="method_not_allowed"))
+        if not self._method(ex, b"POST"):
             return
         started = time.perf_counter()
         try:
-            view = _decode(decoder, ex.body)
+            view = decode_view(decoder, ex.body)
             if path is CHAT_PATH and not view.messages:
                 raise BadRequest("messages: must contain at least one message",
                                  param="messages")
@@ -412,8 +393,14 @@ class Gateway:
         allows it; otherwise leave a ticket for the request task (a Redis lookup, waiting
         for an identical request in flight, storing the answer). True when answered."""
         ex = answer.exchange
-        ticket = self.cache.ticket(answer.plan.name, answer.plan.cache, orjson.loads(ex.body),
-                                   ex.headers, stream)
+        try:
+            ticket = self.cache.ticket(answer.plan.name, answer.plan.cache, load_json(ex.body),
+                                       ex.headers, stream)
+        except (ProxyError, ValueError):
+            # Valid JSON that has no canonical form to key it by (a number beyond a double,
+            # an integer too long to read): answered, but not from or into the cache.
+            self.cache.bypass(answer.plan.name)
+            return False
         if ticket is None:
             return False
         answer.ticket = ticket
@@ -452,9 +439,7 @@ class Gateway:
 
     def _admin_cache(self, ex: Exchange) -> None:
         """``DELETE /admin/cache`` drops every stored answer, ``?route=NAME`` one route's."""
-        if ex.method != b"DELETE":
-            self._error(ex, MethodNotAllowed("use DELETE for this endpoint",
-                                             code="method_not_allowed"))
+        if not self._method(ex, b"DELETE"):
             return
         if not self._admin(ex):
             return
@@ -479,10 +464,9 @@ class Gateway:
             return
         ex.respond(200, orjson.dumps({"deleted": deleted, "route": route}))
 
-    def _error(self, ex: Exchange, exc: ProxyError) -> None:
-        extra = b""
+    def _error(self, ex: Exchange, exc: ProxyError, extra: bytes = b"") -> None:
         if exc.retry_after is not None:
-            extra = b"retry-after: %s\r\n" % wire.retry_after_value(exc.retry_after)
+            extra += b"retry-after: %s\r\n" % wire.retry_after_value(exc.retry_after)
         ex.respond(exc.status, wire.proxy_error_body(exc), wire.JSON, extra)
 
     def _request_id(self, ex: Exchange) -> bytes:

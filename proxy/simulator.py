@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import json
 import logging
 import random
 import signal
@@ -73,6 +74,11 @@ MAX_PIPELINE = 64
 STAT_KEYS = ("requests", "chat", "embeddings", "models", "streams_started", "streams_completed",
              "streams_aborted", "streams_dropped", "streams_stalled", "errors_injected",
              "connections_opened", "connections_closed")
+
+
+def _read_int(digits: str) -> int | str:
+    # Past sys.get_int_max_str_digits() int() refuses: such an integer stays its digits.
+    return int(digits) if len(digits) <= 4000 else digits
 
 
 class Request:
@@ -365,6 +371,7 @@ class Simulator:
         self.stats = dict.fromkeys(STAT_KEYS, 0)
         self.last_headers: list = []
         self.last_body = None
+        self.last_body_text = ""     # the last /v1 body as sent (valid UTF-8 or not)
         self.connections: set[SimProtocol] = set()
         self.stopping = False
         self.loop = None
@@ -441,9 +448,16 @@ class Simulator:
         try:
             obj = orjson.loads(req.body)
         except orjson.JSONDecodeError:
-            self.last_body = None
-            return None, "request body is not valid JSON"
+            try:
+                # Valid JSON orjson refuses (lone surrogates, numbers beyond a double), as
+                # a real server's parser would take it.
+                obj = json.loads(req.body, parse_int=_read_int)
+            except (ValueError, RecursionError):
+                self.last_body = None
+                self.last_body_text = req.body.decode("utf-8", "replace")
+                return None, "request body is not valid JSON"
         self.last_body = obj
+        self.last_body_text = req.body.decode("utf-8", "replace")
         if not isinstance(obj, dict):
             return None, "request body must be a JSON object"
         return obj, ""
@@ -581,7 +595,14 @@ class Simulator:
             if c.transport is not None)
         stats["last_headers"] = headers
         stats["last_body"] = self.last_body
-        conn.send(req, 200, orjson.dumps(stats))
+        stats["last_body_text"] = self.last_body_text
+        try:
+            body = orjson.dumps(stats)
+        except TypeError:
+            # A last body orjson cannot write (huge integers, lone surrogates): the standard
+            # encoder writes them (infinity as the Infinity its decoder reads back).
+            body = json.dumps(stats).encode()
+        conn.send(req, 200, body)
 
     def _control_body(self, conn, req):
         if not req.body.strip():
@@ -603,6 +624,7 @@ class Simulator:
         self.stats = dict.fromkeys(STAT_KEYS, 0)
         self.last_headers = []
         self.last_body = None
+        self.last_body_text = ""
         self.rng = random.Random(self.seed)
         if obj.get("config") is True:
             self.behaviour = Behaviour(dict(self.startup))

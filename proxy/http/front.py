@@ -86,6 +86,8 @@ class Exchange:
         head = b"%scontent-type: %s\r\ncontent-length: %d\r\n%s%s\r\n" % (
             wire.status_line(status), content_type, len(body), extra,
             wire.KEEP_ALIVE if keep else wire.CLOSE)
+        if self.method == b"HEAD":
+            body = b""  # the head says what a GET would get; nothing follows it
         self.front.write(head + body if len(body) < 16384 else head)
         if len(body) >= 16384:
             self.front.write(body)
@@ -138,7 +140,7 @@ class HttpFront(asyncio.Protocol):
     __slots__ = ("app", "limits", "loop", "transport", "parser", "write_paused", "closing",
                  "_url", "_headers", "_header_bytes", "_body", "_body_size", "_rejected",
                  "_current", "_queue", "_read_paused", "_timer", "_registry", "_deferred_error",
-                 "_continue_due")
+                 "_continue_due", "_chunked", "_chunk", "_tail")
 
     def __init__(self, app: Application, limits: Limits, loop: asyncio.AbstractEventLoop,
                  registry: set[HttpFront]) -> None:
@@ -165,6 +167,12 @@ class HttpFront(asyncio.Protocol):
         self._deferred_error: tuple[int, str] | None = None
         # "Expect: 100-continue" from a request queued behind another: said when it is due.
         self._continue_due = False
+        # A chunked request body is being read; its current chunk's bytes after a size line
+        # just read (-1: no chunk open, -2: the open chunk's size was checked).
+        self._chunked = False
+        self._chunk = -1
+        # The end of the previous read, where a chunk's size line may have begun.
+        self._tail = b""
 
     # === transport callbacks ===
 
@@ -188,6 +196,10 @@ class HttpFront(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
+            if self._chunked:
+                if self._chunk >= 0:
+                    self._check_chunk_size(data)
+                self._tail = data[-64:]
         except httptools.HttpParserUpgrade:
             self._fail(400, "protocol upgrades are not supported")
         except httptools.HttpParserError as exc:
@@ -246,11 +258,25 @@ class HttpFront(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         if self._rejected:
             return
-        length = self._headers.get(b"content-length")
+        headers = self._headers
+        host = headers.get(b"host")
+        if host is None and self.parser.get_http_version() != "1.0":
+            self._reject(400, "an HTTP/1.1 request needs a Host header")
+            return
+        if host is not None and b"," in host:
+            self._reject(400, "a request has one Host header, not several")
+            return
+        length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limits.max_body:
             self._reject(413, "request body larger than %d bytes" % self.limits.max_body)
             return
-        if self._headers.get(b"expect", b"").lower() == b"100-continue":
+        expect = headers.get(b"expect")
+        if expect is not None and expect.lower() != b"100-continue":
+            self._reject(417, "the only expectation understood is 100-continue, not %r"
+                         % expect.decode("latin-1"))
+            return
+        self._chunked = b"chunked" in headers.get(b"transfer-encoding", b"").lower()
+        if expect is not None:
             # An interim response may not land inside another request's answer: a request
             # queued behind others is told to continue when the line is free.
             if self._current is None and not self._queue:
@@ -259,9 +285,17 @@ class HttpFront(asyncio.Protocol):
             else:
                 self._continue_due = True
 
+    def on_chunk_header(self) -> None:
+        self._chunk = 0
+
+    def on_chunk_complete(self) -> None:
+        self._chunk = -1
+
     def on_body(self, body: bytes) -> None:
         if self._rejected:
             return
+        if self._chunk >= 0:
+            self._chunk += len(body)
         self._body_size += len(body)
         if self._body_size > self.limits.max_body:
             self._reject(413, "request body larger than %d bytes" % self.limits.max_body)
@@ -269,6 +303,8 @@ class HttpFront(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self._chunked = False
+        self._chunk = -1
         if self._rejected:
             return
         self._continue_due = False
@@ -290,6 +326,24 @@ class HttpFront(asyncio.Protocol):
                 self._read_paused = True
                 if self.transport is not None:
                     self.transport.pause_reading()
+
+    def _check_chunk_size(self, data: bytes) -> None:
+        """Refuse at once a chunk whose declared size alone passes the body limit, rather
+        than once that many bytes came in. The parser does not say the size, but the size
+        line ends just before the chunk's bytes, and those are the end of this read."""
+        after = self._chunk                  # the chunk's bytes in this read
+        self._chunk = -2                     # checked: not again until the next chunk
+        buf = self._tail + data
+        end = len(buf) - after - 2           # where the size line's CRLF starts
+        if end < 0 or buf[end:end + 2] != b"\r\n":
+            return
+        line = buf[buf.rfind(b"\n", 0, end) + 1:end]
+        try:
+            size = int(line.partition(b";")[0].strip(), 16)
+        except ValueError:
+            return
+        if self._body_size - after + size > self.limits.max_body:
+            self._reject(413, "request body larger than %d bytes" % self.limits.max_body)
 
     # === exchanges ===
 

@@ -20,6 +20,9 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from ..errors import BadRequest
+from ..jsondoc import decode_view
+
 if TYPE_CHECKING:
     from ..config import SignalsConfig
 
@@ -62,8 +65,8 @@ def read_request(body: bytes) -> RequestView:
     """The user turns that inform the class (earlier ones, then the last) and request
     features; a body that is not a chat request reads as empty."""
     try:
-        chat = _chat.decode(body)
-    except msgspec.MsgspecError:
+        chat = decode_view(_chat, body)
+    except BadRequest:
         return RequestView([], False, False)
     turns = []
     media = False

@@ -1,0 +1,193 @@
+"""Input a client may send, on purpose or not, through raw sockets: JSON nested past any
+decoder's depth, valid JSON that fast decoders refuse, HTTP/1.1 requests without Host or with
+expectations llmedge does not meet, HEAD, and chunks larger than the body limit. Each gets a
+clear answer in the client's protocol, no traceback in the log, and the server keeps
+serving."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from procs import RawConn, metric_value, request_bytes
+
+MESSAGES = [{"role": "user", "content": "hello there"}]
+CODE = ["fix this python function", "my rust code does not compile",
+        "write a sql query joining two tables", "refactor this javascript class"]
+CHAT = ["how are you today", "tell me a joke", "good morning friend", "do you like music"]
+MAX_BODY = 65536
+
+
+def _config(sims) -> str:
+    return f"""\
+server:
+  http: 127.0.0.1:0
+  max_body_bytes: {MAX_BODY}
+deployments:
+  - name: alpha
+    base_url: {sims.alpha.url}
+routes:
+  - name: plain
+    deployments: [alpha]
+  - name: cached
+    deployments: [alpha]
+    cache: {{ttl_s: 600, when: always}}
+  - name: smart
+    policy: classify
+    classes:
+      code:
+        deployments: [alpha]
+        examples: {json.dumps(CODE)}
+      chat:
+        deployments: [alpha]
+        examples: {json.dumps(CHAT)}
+"""
+
+
+@pytest.fixture
+def hostile_edge(start_edge, sims):
+    edge = start_edge(_config(sims))
+    yield edge
+    assert "Traceback" not in edge.stderr(), edge.stderr()
+
+
+def nested(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+def deep_bodies(depth: int) -> list[tuple[str, bytes]]:
+    inner = nested(depth)
+    return [
+        ("/v1/chat/completions", b'{"model":"plain","messages":[{"role":"user","content":"x"}],'
+                                 b'"metadata":' + inner + b"}"),
+        ("/v1/chat/completions", b'{"model":"plain","messages":' + inner + b"}"),
+        ("/v1/chat/completions", b'{"model":"cached","messages":[{"role":"user","content":"x"}],'
+                                 b'"tools":' + inner + b"}"),
+        ("/v1/embeddings", b'{"model":"plain","input":' + inner + b"}"),
+        ("/v1/route", b'{"model":"smart","messages":[{"role":"user","content":"x"}],'
+                      b'"x":' + inner + b"}"),
+    ]
+
+
+@pytest.mark.parametrize("depth", [1_000, 20_000])
+def test_json_nested_too_deeply_is_a_400_and_counted(hostile_edge, sims, depth):
+    edge = hostile_edge
+    with RawConn(edge.port) as conn:
+        for path, body in deep_bodies(depth):
+            conn.send(request_bytes("POST", path, body))
+            resp = conn.read_response()
+            assert resp.status == 400, (path, resp)
+            error = resp.json()["error"]
+            assert error["type"] == "invalid_request_error"
+            assert "deep" in error["message"] or "array" in error["message"], error
+        # The same connection still serves.
+        conn.send(request_bytes("POST", "/v1/chat/completions",
+                                {"model": "plain", "messages": MESSAGES}))
+        assert conn.read_response().status == 200
+    assert sims.alpha.stats()["chat"] == 1
+    # Every refused proxy request is in the request metrics.
+    assert metric_value(edge.metrics(), "llmedge_requests_total", status="400") == 4
+
+
+ODD_BUT_VALID = [
+    pytest.param(b'"note":"\\ud800 lone surrogate"', id="lone-surrogate"),
+    pytest.param(b'"seed":' + b"7" * 5000, id="5000-digit-integer"),
+    pytest.param(b'"logit_scale":1e400', id="number-beyond-a-double"),
+]
+
+
+@pytest.mark.parametrize("field", ODD_BUT_VALID)
+@pytest.mark.parametrize("model", ["plain", "cached", "smart"])
+def test_valid_json_that_fast_decoders_refuse_is_forwarded_as_sent(hostile_edge, sims, field,
+                                                                   model):
+    body = (b'{"model":"%s","messages":[{"role":"user","content":"fix this python function"}],'
+            % model.encode() + field + b"}")
+    with RawConn(hostile_edge.port) as conn:
+        conn.send(request_bytes("POST", "/v1/chat/completions", body))
+        resp = conn.read_response()
+    assert resp.status == 200, resp
+    # The odd field went upstream byte for byte (only "model" is ever rewritten).
+    assert field.decode() in sims.alpha.stats()["last_body_text"]
+
+
+def test_a_lone_surrogate_in_the_prompt_is_classified(hostile_edge, sims):
+    body = (b'{"model":"smart","messages":[{"role":"user",'
+            b'"content":"fix this python function \\udc80"}]}')
+    resp = hostile_edge.call("POST", "/v1/route", body)
+    assert resp.status == 200, resp
+    assert resp.json()["classification"]["class"] == "code"
+
+
+def test_an_http11_request_without_host_is_400(hostile_edge):
+    with RawConn(hostile_edge.port) as conn:
+        conn.send(b"GET /healthz HTTP/1.1\r\n\r\n")
+        resp = conn.read_response()
+        assert resp.status == 400
+        assert "Host" in resp.json()["error"]["message"]
+    with RawConn(hostile_edge.port) as conn:
+        conn.send(b"GET /healthz HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n")
+        assert conn.read_response().status == 400
+    with RawConn(hostile_edge.port) as conn:
+        # HTTP/1.0 has no Host requirement.
+        conn.send(b"GET /healthz HTTP/1.0\r\n\r\n")
+        assert b" 200 " in conn.read_to_eof().split(b"\r\n")[0]
+
+
+def test_an_unknown_expectation_is_417(hostile_edge, sims):
+    with RawConn(hostile_edge.port) as conn:
+        body = json.dumps({"model": "plain", "messages": MESSAGES}).encode()
+        conn.send(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nexpect: 200-ok\r\n"
+                  b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                  % (len(body), body))
+        resp = conn.read_response()
+        assert resp.status == 417
+        assert resp.json()["error"]["type"] == "invalid_request_error"
+    assert sims.alpha.stats()["chat"] == 0
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/v1/models", "/metrics"])
+def test_head_is_answered_like_get_without_a_body(hostile_edge, path):
+    get = hostile_edge.call("GET", path)
+    with RawConn(hostile_edge.port) as conn:
+        conn.send(b"HEAD %s HTTP/1.1\r\nhost: x\r\n\r\n" % path.encode())
+        status, headers = conn.read_head()
+        assert status == get.status
+        assert headers["content-type"] == get.headers["content-type"]
+        assert int(headers["content-length"]) > 0
+        # Nothing follows the head: the next request's answer comes right after it.
+        conn.send(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert conn.read_response().json() == {"status": "ok"}
+
+
+def test_head_on_a_post_endpoint_is_405_with_allow(hostile_edge):
+    with RawConn(hostile_edge.port) as conn:
+        conn.send(b"HEAD /v1/chat/completions HTTP/1.1\r\nhost: x\r\n\r\n")
+        status, headers = conn.read_head()
+    assert status == 405 and headers["allow"] == "POST"
+
+
+def test_a_chunk_larger_than_the_body_limit_is_refused_at_once(hostile_edge, sims):
+    with RawConn(hostile_edge.port) as conn:
+        # Only the chunk's size line and a few of its bytes: the answer cannot wait for more.
+        conn.send(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+                  b"transfer-encoding: chunked\r\n\r\n%x\r\n{\"mo" % (MAX_BODY * 64))
+        resp = conn.read_response()
+        assert resp.status == 413, resp
+        assert conn.at_eof()
+    with RawConn(hostile_edge.port) as conn:
+        # The same when the size line is split over two reads, after a first small chunk.
+        conn.send(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+                  b"transfer-encoding: chunked\r\n\r\n2\r\n{}\r\nFFF")
+        conn.send(b"FFF\r\nab")
+        assert conn.read_response().status == 413
+    body = json.dumps({"model": "plain", "messages": MESSAGES}).encode()
+    with RawConn(hostile_edge.port) as conn:
+        # Chunks within the limit still pass, however they are cut.
+        conn.send(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+                  b"transfer-encoding: chunked\r\n\r\n")
+        for i in range(0, len(body), 7):
+            conn.send(b"%x\r\n%s\r\n" % (len(body[i:i + 7]), body[i:i + 7]))
+        conn.send(b"0\r\n\r\n")
+        assert conn.read_response().status == 200
+    assert sims.alpha.stats()["chat"] == 1
