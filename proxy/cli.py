@@ -26,18 +26,33 @@ def _setup_logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def _refuse(path: str, problems: list[str]) -> None:
+    print("llmedge: %s is not a valid configuration:" % path, file=sys.stderr)
+    for problem in problems:
+        print("  " + problem, file=sys.stderr)
+    sys.exit(CONFIG_ERROR)
+
+
 def _load_or_exit(path: str) -> Config:
     try:
         return load(path)
     except ConfigError as exc:
-        print("llmedge: %s is not a valid configuration:" % path, file=sys.stderr)
-        for problem in exc.problems:
-            print("  " + problem, file=sys.stderr)
-        sys.exit(CONFIG_ERROR)
+        _refuse(path, exc.problems)
+        raise  # not reached
+
+
+def _preflight_or_exit(path: str, config: Config, workers: int) -> None:
+    """Refuse now what a worker would refuse at start-up: the same checks as ``check``."""
+    from .preflight import problems
+
+    found = problems(config, workers)
+    if found:
+        _refuse(path, found)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     config = _load_or_exit(args.config)
+    _preflight_or_exit(args.config, config, config.server.workers)
     print("%s: OK" % args.config)
     server = config.server
     print("server: http=%s grpc=%s workers=%d" % (server.http, server.grpc, server.workers))
@@ -66,11 +81,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.grpc:
         config.server.grpc = args.grpc
     factory = loop_factory(args.loop)
+    # Before any worker exists: a refusal is one clear message, and forked workers find
+    # the classifiers trained.
+    _preflight_or_exit(args.config, config, workers)
     if workers <= 1:
         return _run_worker(config, factory, reuse_port=False, config_path=args.config)
-    if any(a and a.endswith(":0") for a in (config.server.http, config.server.grpc)):
-        print("llmedge: --workers needs a fixed port, not :0", file=sys.stderr)
-        return CONFIG_ERROR
     return _run_workers(config, factory, workers, args.config)
 
 
@@ -140,7 +155,7 @@ def _run_workers(config: Config, factory, workers: int, config_path: str) -> int
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(args.port, loop_factory(args.loop))
+    return run_demo(args.port, loop_factory(args.loop), args.grpc_port)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="llmedge and three simulated upstreams, no keys needed")
     demo.add_argument("--port", type=int, default=8080)
+    demo.add_argument("--grpc-port", type=int, default=50051, help="0 picks a free one")
     demo.add_argument("--loop", choices=LOOPS, default="auto")
     demo.set_defaults(func=cmd_demo)
 

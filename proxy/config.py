@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from .errors import ConfigError
-from .routing.classify_config import check_classify
+from .routing.classify_config import check_classify, writable_file_problem
 
 POLICIES = ("ordered", "weighted", "cost", "latency", "score", "classify")
 AFFINITIES = ("session",)
@@ -422,6 +422,10 @@ def check(config: Config) -> list[str]:
         if not (value > 0 and math.isfinite(value)):
             problems.append("server.%s: must be a positive number of seconds" % field)
     _check_grpc_limits(server.grpc_limits, problems)
+    if server.access_log is not None and server.access_log not in ("-", "stderr", "stdout"):
+        problem = writable_file_problem(server.access_log)
+        if problem:
+            problems.append("server.access_log: %s" % problem)
     if not (0 <= server.drain_delay_s < math.inf):
         problems.append("server.drain_delay_s: must be >= 0 seconds")
     _check_timeouts("upstream.timeouts", config.upstream.timeouts, problems)

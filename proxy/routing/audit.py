@@ -28,9 +28,9 @@ class AuditLog:
         self.include_text = include_text
         self.dropped = 0
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="llmedge-audit",
-                                        daemon=True)
-        self._thread.start()
+        # Started by the first line: building a route (llmedge check, a reload that is then
+        # rejected) touches no file.
+        self._thread: threading.Thread | None = None
 
     def write(self, route: str, label: str, confidence: float, probabilities: dict,
               targets: list[str], text: str) -> None:
@@ -41,12 +41,17 @@ class AuditLog:
         if self.include_text:
             record["text"] = text
         self._queue.put(orjson.dumps(record) + b"\n")
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="llmedge-audit",
+                                            daemon=True)
+            self._thread.start()
 
     def close(self) -> None:
         self._queue.put(_STOP)
 
     def join(self, timeout: float) -> None:
-        self._thread.join(timeout)
+        if self._thread is not None:
+            self._thread.join(timeout)
 
     def _run(self) -> None:
         try:

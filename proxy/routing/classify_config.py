@@ -113,9 +113,22 @@ def check_classify(where: str, route: Route, deployments: set[str], routes: list
     if route.audit is not None:
         if not 0.0 <= route.audit.below <= 1.0:
             problems.append("%s.audit.below: must be between 0 and 1" % where)
-        folder = os.path.dirname(os.path.abspath(route.audit.file))
-        if not os.path.isdir(folder):
-            problems.append("%s.audit.file: no such directory %r" % (where, folder))
+        problem = writable_file_problem(route.audit.file)
+        if problem:
+            problems.append("%s.audit.file: %s" % (where, problem))
+
+
+def writable_file_problem(path: str) -> str | None:
+    """Why lines cannot be appended to ``path`` (None: they can), without creating it."""
+    if os.path.isdir(path):
+        return "%r is a directory" % path
+    if os.path.exists(path):
+        return None if os.access(path, os.W_OK) else "%r is not writable" % path
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        return "no such directory %r" % folder
+    return None if os.access(folder, os.W_OK | os.X_OK) else \
+        "cannot create a file in %r" % folder
 
 
 def _cycle(start: str, target: str, routes: list[Route]) -> bool:
