@@ -24,6 +24,7 @@ UPSTREAMS = (
 CONFIG = """\
 server:
   http: 127.0.0.1:{port}
+  grpc: 127.0.0.1:{grpc_port}
 deployments:
   - name: small
     base_url: http://127.0.0.1:{small}/v1
@@ -74,7 +75,7 @@ routes:
 """
 
 EXAMPLES = """\
-llmedge demo is serving on http://127.0.0.1:{port} (Ctrl-C to stop)
+llmedge demo is serving on http://127.0.0.1:{port} and grpc://127.0.0.1:{grpc_port} (Ctrl-C to stop)
 
 Simulated upstreams: small :{small}, large :{large}, coder :{coder}
 Configuration in use:
@@ -96,6 +97,10 @@ Try it:
 
   curl -s http://127.0.0.1:{port}/v1/models
   curl -s http://127.0.0.1:{port}/metrics | grep llmedge_requests
+
+Over gRPC (llmedge.v1.Gateway, protos/llmedge/v1/gateway.proto), from the repository:
+
+  python examples/grpc_client.py 127.0.0.1:{grpc_port} smart
 
 With the openai SDK (pip install openai):
 
@@ -131,28 +136,29 @@ def _read_port(proc: subprocess.Popen, timeout: float = 15.0) -> int:
     raise RuntimeError("the upstream simulator did not start")
 
 
-def run_demo(port: int, loop_factory) -> int:
+def run_demo(port: int, loop_factory, grpc_port: int = 50051) -> int:
     from .server import Server
 
     procs = [_start_simulator(*spec[:4], spec[4]) for spec in UPSTREAMS]
     try:
         ports = dict(zip(("small", "large", "coder"), (_read_port(p) for p in procs)))
-        text = CONFIG.format(port=port, **ports)
+        text = CONFIG.format(port=port, grpc_port=grpc_port, **ports)
         config = parse(text)
 
         async def main() -> None:
             server = Server(config)
             await server.start()
             server.install_signals()
-            print(EXAMPLES.format(port=server.address[1], config=text, **ports), flush=True)
+            print(EXAMPLES.format(port=server.address[1], grpc_port=server.grpc_address[1],
+                                 config=text, **ports), flush=True)
             await server.serve_until_stopped()
 
         try:
             with asyncio.Runner(loop_factory=loop_factory) as runner:
                 runner.run(main())
         except OSError as exc:
-            print("llmedge demo: cannot listen on port %d: %s (try --port)"
-                  % (port, exc.strerror), file=sys.stderr)
+            print("llmedge demo: cannot listen: %s (try --port or --grpc-port)"
+                  % (exc.strerror or exc), file=sys.stderr)
             return 3
         return 0
     finally:

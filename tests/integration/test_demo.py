@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import signal
 
-from procs import PYTHON, Proc, children_of, free_port, http_call, process_exists, wait_for
+import subprocess
+
+from procs import (PYTHON, REPO, Proc, children_of, free_port, http_call, process_exists,
+                   wait_for)
 
 
 def test_demo_serves_and_routes_by_prompt(tmp_path):
-    port = free_port()
-    demo = Proc([PYTHON, "-m", "proxy", "demo", "--port", str(port)], tmp_path / "demo.log",
-                label="demo")
+    port, grpc_port = free_port(), free_port()
+    demo = Proc([PYTHON, "-m", "proxy", "demo", "--port", str(port), "--grpc-port",
+                 str(grpc_port)], tmp_path / "demo.log", label="demo")
     try:
-        demo.wait_output(r"llmedge demo is serving on http://127\.0\.0\.1:%d" % port)
+        demo.wait_output(r"llmedge demo is serving on http://127\.0\.0\.1:%d and "
+                         r"grpc://127\.0\.0\.1:%d" % (port, grpc_port))
         simulators = children_of(demo.pid)
         assert len(simulators) == 3
 
@@ -31,6 +35,12 @@ def test_demo_serves_and_routes_by_prompt(tmp_path):
         route = http_call(port, "POST", "/v1/route", {"model": "smart", "messages": [
             {"role": "user", "content": "a bash script to rename files"}]}).json()
         assert route["deployments"][0] == "coder"
+        # The gRPC example the demo prints works against it as printed.
+        assert "python examples/grpc_client.py 127.0.0.1:%d smart" % grpc_port in demo.stdout
+        client = subprocess.run([PYTHON, "examples/grpc_client.py", "127.0.0.1:%d" % grpc_port,
+                                 "smart"], cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert client.returncode == 0, client.stdout + client.stderr
+        assert "answered by" in client.stdout and "via route smart" in client.stdout
         demo.send_signal(signal.SIGTERM)
         assert demo.wait() == 0
         wait_for(lambda: not any(process_exists(pid) for pid in simulators),
