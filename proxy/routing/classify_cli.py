@@ -137,6 +137,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
                             outcome_rows, plot_curve)
     from .classifier import TextClassifier, labelled, read_jsonl
 
+    if args.plot:
+        if not args.outcomes:
+            print("llmedge eval: --plot draws the cost/quality curve of --outcomes data",
+                  file=sys.stderr)
+            return FAILED
+        try:
+            import matplotlib  # noqa: F401  (asked first: no plot, no evaluation)
+        except ImportError:
+            print("llmedge eval: --plot needs matplotlib (pip install 'llmedge[bench]')",
+                  file=sys.stderr)
+            return FAILED
     try:
         rows = read_jsonl(args.data)
         if args.limit:
@@ -156,10 +167,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print("scores: " + how)
             print(format_curve(report))
             if args.plot:
-                if plot_curve(report, args.plot):
-                    print("plot: %s" % args.plot)
-                else:
-                    print("plot: matplotlib is not installed (pip install 'llmedge[bench]')")
+                plot_curve(report, args.plot)
+                print("plot: %s" % args.plot)
         else:
             if not args.model:
                 print("llmedge eval: labelled data needs --model (from llmedge train)",
