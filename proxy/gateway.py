@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import os
 import time
@@ -156,7 +157,16 @@ class Gateway:
 
     def _admin(self, ex: Exchange) -> bool:
         token = self.admin_token
-        if token is None or ex.headers.get(b"authorization") == token:
+        if token is None:
+            # No token configured: the admin endpoints are this host's alone.
+            if ex.from_loopback:
+                return True
+            ex.respond(403, wire.error_body(
+                "admin endpoints answer clients on this host only; set "
+                "server.admin_token_env to use them from elsewhere",
+                "permission_error", "admin_loopback_only"))
+            return False
+        if hmac.compare_digest(ex.headers.get(b"authorization", b""), token):
             return True
         ex.respond(401, wire.error_body("admin endpoints need the admin token",
                                         "authentication_error", "invalid_admin_token"))

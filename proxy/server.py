@@ -23,6 +23,7 @@ from .gateway import Gateway
 from .outlier import OutlierDetector
 from .health import HealthChecker
 from .http.front import HttpFront, Limits
+from .http.peer import is_loopback
 from .metrics import Metrics
 from .routing.classify_route import prepare as prepare_classifiers
 from .routing.router import Router
@@ -108,6 +109,10 @@ class Server:
             self._http_server = await loop.create_server(
                 lambda: HttpFront(gateway, limits, loop, fronts), sock=sock)
             self.address = sock.getsockname()[:2]
+        if self.address is not None and self.gateway.admin_token is None \
+                and not is_loopback(self.address):
+            log.warning("/admin/* has no token (server.admin_token_env): it answers clients "
+                        "on this host only, though llmedge listens on %s", server.http)
         for name, var in ((t.name, t.unusable) for t in self.router.targets.values()
                           if t.unusable):
             log.warning("deployment %s is unusable: %s", name, var)

@@ -16,6 +16,7 @@ from typing import Protocol
 import httptools
 
 from . import wire
+from .peer import is_loopback
 
 log = logging.getLogger("llmedge.http")
 
@@ -75,6 +76,12 @@ class Exchange:
     @property
     def client_paused(self) -> bool:
         return self.front.write_paused
+
+    @property
+    def from_loopback(self) -> bool:
+        """The client connected from this host (asked only by access checks)."""
+        transport = self.front.transport
+        return transport is not None and is_loopback(transport.get_extra_info("peername"))
 
     def respond(self, status: int, body: bytes, content_type: bytes = wire.JSON,
                 extra: bytes = b"") -> None:
