@@ -1,0 +1,146 @@
+"""Bad input and calls that end early on the gRPC front end, end to end: grpcio clients
+against a real llmedge. Each bad
+call gets its own status code, llmedge logs no traceback for it and keeps serving, and every
+call -- cancelled and expired ones too -- is counted in llmedge_grpc_requests_total."""
+
+from __future__ import annotations
+
+import re
+
+import grpc
+import pytest
+
+from conftest import REPLIES
+from procs import wait_for
+from test_grpc import CALL_TIMEOUT, ask, channel, expect_error, gedge, stub, trailing  # noqa: F401
+
+METHODS = {"Chat": "unary_unary", "ChatStream": "unary_stream", "Route": "unary_unary",
+           "ListModels": "unary_unary"}
+
+
+def raw_call(channel, method: str, payload: bytes):
+    """Call ``method`` with ``payload`` as the request message's bytes, as they are."""
+    multi = getattr(channel, METHODS[method])("/llmedge.v1.Gateway/" + method,
+                                             request_serializer=None,
+                                             response_deserializer=None)
+    answer = multi(payload, timeout=CALL_TIMEOUT)
+    return list(answer) if METHODS[method] == "unary_stream" else answer
+
+
+def counted(edge, method: str, code: str) -> float:
+    """llmedge_grpc_requests_total for (method, code), 0 when the series is not there yet."""
+    match = re.search(r'^llmedge_grpc_requests_total\{code="%s",method="%s"\} (\S+)$'
+                      % (code, method), edge.metrics(), re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def wait_counted(edge, method: str, code: str, value: float = 1.0) -> None:
+    # The handler counts the call as it ends, which may be just after the client gave up.
+    try:
+        wait_for(lambda: counted(edge, method, code) >= value,
+                 message="llmedge_grpc_requests_total{method=%s,code=%s} >= %g"
+                 % (method, code, value))
+    except AssertionError as exc:
+        series = [line for line in edge.metrics().splitlines()
+                  if line.startswith("llmedge_grpc_requests_total")]
+        raise AssertionError("%s; counted: %s" % (exc, series)) from None
+
+
+def assert_no_traceback(edge) -> None:
+    log = edge.stderr()
+    assert "Traceback" not in log, log[-3000:]
+
+
+def still_serving(stub) -> None:
+    assert stub.Chat(ask("beta"), timeout=CALL_TIMEOUT).choices[0].message.content \
+        == REPLIES["beta"]
+
+
+# === request messages that are not protobuf ===
+
+VALID = ask("beta").SerializeToString()
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_a_request_that_is_not_protobuf_is_invalid_argument(gedge, channel, stub, method):
+    # 0xff... is a field tag whose varint never ends: no message type parses it.
+    err = expect_error(lambda: raw_call(channel, method, b"\xff\xff\xff\xff\xff\xff"),
+                       grpc.StatusCode.INVALID_ARGUMENT)
+    message_type = "ListModelsRequest" if method == "ListModels" else "ChatRequest"
+    assert "not a valid llmedge.v1.%s" % message_type in err.details(), err.details()
+    assert trailing(err)["x-llmedge-error-type"] == "invalid_request_error"
+    still_serving(stub)
+    assert counted(gedge, method, "INVALID_ARGUMENT") == 1.0
+    assert counted(gedge, method, "UNKNOWN") == 0.0
+    assert_no_traceback(gedge)
+
+
+@pytest.mark.parametrize("payload, needle", [
+    (VALID[:-3], "not a valid llmedge.v1.ChatRequest"),          # cut short
+    (b"\x0a\x02\xff\xfe" + VALID, "not a valid llmedge.v1.ChatRequest"),  # model not UTF-8
+    (b"\x0a\xff\xff\xff\xff\x07x", "not a valid llmedge.v1.ChatRequest"),  # 2 GiB string
+    # A known field with another wire type is kept as an unknown field, so the typed one
+    # stays unset: the usual "required" answer, not a decoding failure.
+    (b"\x08\x05" + VALID[VALID.index(b"\x12"):], "model: required"),
+])
+def test_malformed_chat_requests(gedge, channel, stub, payload, needle):
+    for method in ("Chat", "ChatStream", "Route"):
+        err = expect_error(lambda: raw_call(channel, method, payload),
+                           grpc.StatusCode.INVALID_ARGUMENT)
+        assert needle in err.details(), (method, err.details())
+    still_serving(stub)
+    assert_no_traceback(gedge)
+
+
+# === calls that end early are counted too ===
+
+def test_a_cancelled_stream_is_counted(sims, gedge, stub):
+    sims.gamma.configure(tokens_per_s=5, chunks=100)
+    call = stub.ChatStream(ask("gamma"), timeout=CALL_TIMEOUT)
+    assert next(call).id
+    call.cancel()
+    wait_counted(gedge, "ChatStream", "CANCELLED")
+    sims.gamma.wait_stat("streams_aborted", 1)
+    assert_no_traceback(gedge)
+
+
+def test_a_stream_cancelled_before_its_first_chunk_is_counted(sims, gedge, stub):
+    sims.gamma.configure(stall_after=0)
+    call = stub.ChatStream(ask("gamma"), timeout=CALL_TIMEOUT)
+    sims.gamma.wait_stat("chat", 1)
+    call.cancel()
+    wait_counted(gedge, "ChatStream", "CANCELLED")
+
+
+def test_a_cancelled_unary_call_is_counted(sims, gedge, stub):
+    sims.gamma.configure(stall_after=0)
+    future = stub.Chat.future(ask("gamma"), timeout=CALL_TIMEOUT)
+    sims.gamma.wait_stat("chat", 1)
+    future.cancel()
+    wait_counted(gedge, "Chat", "CANCELLED")
+    still_serving(stub)
+    assert counted(gedge, "Chat", "OK") == 1.0
+
+
+@pytest.mark.parametrize("method", ["Chat", "ChatStream"])
+def test_an_expired_deadline_is_counted(sims, gedge, stub, method):
+    sims.gamma.configure(stall_after=0)
+
+    def call():
+        answer = getattr(stub, method)(ask("gamma"), timeout=1.0)
+        return list(answer) if method == "ChatStream" else answer
+
+    expect_error(call, grpc.StatusCode.DEADLINE_EXCEEDED)
+    wait_counted(gedge, method, "DEADLINE_EXCEEDED")
+    assert counted(gedge, method, "CANCELLED") == 0.0
+    assert_no_traceback(gedge)
+
+
+def test_a_stream_whose_deadline_passes_mid_stream_is_counted(sims, gedge, stub):
+    sims.gamma.configure(tokens_per_s=2, chunks=40)
+    call = stub.ChatStream(ask("gamma"), timeout=2.0)
+    with pytest.raises(grpc.RpcError) as info:
+        for _ in call:
+            pass
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    wait_counted(gedge, "ChatStream", "DEADLINE_EXCEEDED")
