@@ -40,6 +40,11 @@ SERVICE = pb.DESCRIPTOR.services_by_name["Gateway"].full_name
 # Left to RPCs still running after the drain waited for every proxied request: only the
 # quick ones (Route, ListModels) and health watches, which end with the server.
 STOP_GRACE_S = 1.0
+# A status message (or trailer value) longer than this is cut. Messages may quote what the
+# client sent (a model name); grpc clients refuse trailers past 16 KiB (and some past 8 KiB)
+# and would see RESOURCE_EXHAUSTED instead of the real status. grpc percent-encodes
+# non-ASCII, up to 12 bytes a character: 512 characters stay under 8 KiB.
+MAX_DETAILS = 512
 # A client whose deadline passes cancels the call (RST_STREAM) by its own clock, which runs
 # ahead of llmedge's copy of the deadline by the time the call took to arrive: a cancellation
 # this close to the deadline is the deadline's.
@@ -76,8 +81,15 @@ def route_decision(router: Router, explain: dict[str, Any],
         explain_json=orjson.dumps(explain).decode())
 
 
+def _bounded(text: str) -> str:
+    if len(text) <= MAX_DETAILS:
+        return text
+    return "%s... [%d characters cut]" % (text[:MAX_DETAILS - 32], len(text) - MAX_DETAILS + 32)
+
+
 async def _fail(context: grpc.aio.ServicerContext, failure: status.Failure) -> NoReturn:
-    await context.abort(failure.code, failure.message, tuple(failure.trailers))
+    await context.abort(failure.code, _bounded(failure.message),
+                        tuple((key, _bounded(value)) for key, value in failure.trailers))
     raise AssertionError("unreachable: abort raises")
 
 

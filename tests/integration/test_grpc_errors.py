@@ -92,6 +92,20 @@ def test_malformed_chat_requests(gedge, channel, stub, payload, needle):
     assert_no_traceback(gedge)
 
 
+# === answers too large for the client's metadata ===
+
+def test_an_error_about_a_huge_value_still_reaches_the_client(gedge, stub):
+    # The message names the model; 20,000 characters of it would not fit in the trailers a
+    # client accepts (16 KiB by default), and the client would see RESOURCE_EXHAUSTED.
+    model = "m" * 20000
+    err = expect_error(lambda: stub.Chat(ask(model), timeout=CALL_TIMEOUT),
+                       grpc.StatusCode.NOT_FOUND)
+    assert err.details().startswith("The model 'mmmm"), err.details()[:100]
+    assert len(err.details()) < 1024
+    assert trailing(err)["x-llmedge-error-code"] == "model_not_found"
+    assert counted(gedge, "Chat", "NOT_FOUND") == 1.0
+
+
 # === calls that end early are counted too ===
 
 def test_a_cancelled_stream_is_counted(sims, gedge, stub):
