@@ -12,6 +12,7 @@ import pytest
 
 from conftest import REPLIES
 from procs import wait_for
+from proxy.grpc._gen import gateway_pb2 as pb
 from test_grpc import CALL_TIMEOUT, ask, channel, expect_error, gedge, stub, trailing  # noqa: F401
 
 METHODS = {"Chat": "unary_unary", "ChatStream": "unary_stream", "Route": "unary_unary",
@@ -90,6 +91,31 @@ def test_malformed_chat_requests(gedge, channel, stub, payload, needle):
         assert needle in err.details(), (method, err.details())
     still_serving(stub)
     assert_no_traceback(gedge)
+
+
+# === values JSON cannot carry, fields the proto cannot leave out ===
+
+@pytest.mark.parametrize("field, value", [
+    ("temperature", float("nan")), ("top_p", float("inf")),
+    ("presence_penalty", float("-inf")), ("frequency_penalty", float("nan")),
+])
+def test_numbers_json_cannot_carry_are_invalid_argument(sims, gedge, stub, field, value):
+    # JSON has no NaN or infinity: sent on, they would reach the upstream as null.
+    for call in (stub.Chat, stub.Route):
+        err = expect_error(lambda: call(ask("beta", **{field: value}), timeout=CALL_TIMEOUT),
+                           grpc.StatusCode.INVALID_ARGUMENT)
+        assert "%s: must be a finite number" % field in err.details(), err.details()
+        assert trailing(err)["x-llmedge-error-param"] == field
+    assert sims.beta.stats()["chat"] == 0
+    assert_no_traceback(gedge)
+
+
+def test_a_function_tool_needs_a_name(sims, gedge, stub):
+    nameless = pb.Tool(function=pb.FunctionDefinition(description="does things"))
+    err = expect_error(lambda: stub.Chat(ask("beta", tools=[nameless]), timeout=CALL_TIMEOUT),
+                       grpc.StatusCode.INVALID_ARGUMENT)
+    assert "tools[0].function.name: required" in err.details(), err.details()
+    assert sims.beta.stats()["chat"] == 0
 
 
 # === answers too large for the client's metadata ===
