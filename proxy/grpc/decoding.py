@@ -1,14 +1,19 @@
-"""Request messages that grpc cannot decode.
+"""Client bytes that grpc cannot decode: request messages and metadata values.
 
 grpc.aio decodes a call's request message before the RPC handler runs. A deserializer that
 raises there is answered UNKNOWN and logged with a traceback, and the handler never hears of
 the call. A malformed message is the client's mistake, so the deserializers registered here
 never raise: in place of the message the handler gets an ``Undecodable``, and answers it
 INVALID_ARGUMENT (and counts it) like any other bad request.
+
+Metadata values are decoded by grpc too, as UTF-8, falling back to latin-1 with a logged
+traceback each time a call's metadata is read. ``MetadataDecodingLog`` keeps that a line at
+debug level: the fallback is fine for every header llmedge reads.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +24,7 @@ from google.protobuf.message import DecodeError
 from ._gen import gateway_pb2 as pb
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Gateway"]
+GRPC_LOGGER = "grpc._cython.cygrpc"
 
 
 class Undecodable:
@@ -68,3 +74,29 @@ def add_gateway(servicer: Any, server: grpc.aio.Server) -> None:
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))
     server.add_registered_method_handlers(SERVICE.full_name, handlers)
+
+
+class MetadataDecodingLog(logging.Filter):
+    """On grpc's own logger: its "Invalid encoding on ..." records (a client's header value
+    that is not UTF-8) become one debug line without the traceback. Others pass untouched."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not (isinstance(record.msg, str) and record.msg.startswith("Invalid encoding on")):
+            return True
+        record.exc_info = None
+        record.exc_text = None
+        record.msg += " (read as latin-1)"
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+METADATA_DECODING_LOG = MetadataDecodingLog()
+
+
+def quiet_metadata_decoding(on: bool) -> None:
+    """Install (or remove) ``MetadataDecodingLog`` on grpc's logger."""
+    logger = logging.getLogger(GRPC_LOGGER)
+    if on:
+        logger.addFilter(METADATA_DECODING_LOG)
+    else:
+        logger.removeFilter(METADATA_DECODING_LOG)

@@ -400,6 +400,7 @@ class GrpcFront:
             raise OSError("server.grpc: cannot listen on %s" % self.address)
         for service in ("", SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        decoding.quiet_metadata_decoding(True)
         await server.start()
         self._server = server
         return host, self.port
@@ -441,3 +442,4 @@ class GrpcFront:
                             len(self.servicer.active))
         await self._server.stop(STOP_GRACE_S)
         self._server = None
+        decoding.quiet_metadata_decoding(False)

@@ -1,17 +1,19 @@
-"""Bad input and calls that end early on the gRPC front end, end to end: grpcio clients
-against a real llmedge. Each bad
+"""Bad input and calls that end early on the gRPC front end, end to end: grpcio clients (and a
+hand-written HTTP/2 client for what grpcio refuses to send) against a real llmedge. Each bad
 call gets its own status code, llmedge logs no traceback for it and keeps serving, and every
 call -- cancelled and expired ones too -- is counted in llmedge_grpc_requests_total."""
 
 from __future__ import annotations
 
 import re
+import socket
+import struct
 
 import grpc
 import pytest
 
 from conftest import REPLIES
-from procs import wait_for
+from procs import IO_TIMEOUT, wait_for
 from proxy.grpc._gen import gateway_pb2 as pb
 from test_grpc import CALL_TIMEOUT, ask, channel, expect_error, gedge, stub, trailing  # noqa: F401
 
@@ -130,6 +132,168 @@ def test_an_error_about_a_huge_value_still_reaches_the_client(gedge, stub):
     assert len(err.details()) < 1024
     assert trailing(err)["x-llmedge-error-code"] == "model_not_found"
     assert counted(gedge, "Chat", "NOT_FOUND") == 1.0
+
+
+# === metadata values that are not UTF-8 (grpcio will not send them: a raw HTTP/2 call) ===
+
+# RFC 7541 appendix A.
+_STATIC = [(n.encode(), v.encode()) for n, v in (
+    (":authority", ""), (":method", "GET"), (":method", "POST"), (":path", "/"),
+    (":path", "/index.html"), (":scheme", "http"), (":scheme", "https"), (":status", "200"),
+    (":status", "204"), (":status", "206"), (":status", "304"), (":status", "400"),
+    (":status", "404"), (":status", "500"), ("accept-charset", ""),
+    ("accept-encoding", "gzip, deflate"), ("accept-language", ""), ("accept-ranges", ""),
+    ("accept", ""), ("access-control-allow-origin", ""), ("age", ""), ("allow", ""),
+    ("authorization", ""), ("cache-control", ""), ("content-disposition", ""),
+    ("content-encoding", ""), ("content-language", ""), ("content-length", ""),
+    ("content-location", ""), ("content-range", ""), ("content-type", ""), ("cookie", ""),
+    ("date", ""), ("etag", ""), ("expect", ""), ("expires", ""), ("from", ""), ("host", ""),
+    ("if-match", ""), ("if-modified-since", ""), ("if-none-match", ""), ("if-range", ""),
+    ("if-unmodified-since", ""), ("last-modified", ""), ("link", ""), ("location", ""),
+    ("max-forwards", ""), ("proxy-authenticate", ""), ("proxy-authorization", ""),
+    ("range", ""), ("referer", ""), ("refresh", ""), ("retry-after", ""), ("server", ""),
+    ("set-cookie", ""), ("strict-transport-security", ""), ("transfer-encoding", ""),
+    ("user-agent", ""), ("vary", ""), ("via", ""), ("www-authenticate", ""))]
+
+
+def _hpack_int(value: int, prefix: int) -> bytes:
+    limit = (1 << prefix) - 1
+    if value < limit:
+        return bytes([value])
+    out = [limit]
+    value -= limit
+    while value >= 128:
+        out.append((value & 127) | 128)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _read_hpack_int(block: bytes, i: int, prefix: int) -> tuple[int, int]:
+    limit = (1 << prefix) - 1
+    value = block[i] & limit
+    i += 1
+    if value < limit:
+        return value, i
+    shift = 0
+    while True:
+        byte = block[i]
+        i += 1
+        value += (byte & 127) << shift
+        shift += 7
+        if not byte & 128:
+            return value, i
+
+
+class RawH2Call:
+    """One gRPC call on a connection of its own, written frame by frame, so that header
+    values can be any bytes. Its HPACK decoder knows no Huffman code (gRPC's server sends
+    plain literals) and says so when it meets one."""
+
+    def __init__(self, port: int, path: bytes, headers: list[tuple[bytes, bytes]],
+                 message: bytes) -> None:
+        self.headers: dict[bytes, bytes] = {}
+        self._table: list[tuple[bytes, bytes]] = []
+        fields = [(b":method", b"POST"), (b":scheme", b"http"), (b":path", path),
+                  (b":authority", b"127.0.0.1:%d" % port),
+                  (b"content-type", b"application/grpc"), (b"te", b"trailers"), *headers]
+        block = b"".join(b"\x00" + _hpack_int(len(k), 7) + k + _hpack_int(len(v), 7) + v
+                         for k, v in fields)
+        with socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT) as sock:
+            sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + self._frame(4, 0, 0, b"")
+                         + self._frame(1, 0x4, 1, block)          # HEADERS, END_HEADERS
+                         + self._frame(0, 0x1, 1, b"\x00" + struct.pack(">I", len(message))
+                                       + message))               # DATA, END_STREAM
+            self._read(sock)
+
+    @staticmethod
+    def _frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) \
+            + struct.pack(">I", stream) + payload
+
+    def _read(self, sock: socket.socket) -> None:
+        buf = b""
+        while True:
+            while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
+                size = int.from_bytes(buf[:3], "big")
+                kind, flags = buf[3], buf[4]
+                stream = int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
+                payload, buf = buf[9:9 + size], buf[9 + size:]
+                if kind == 4 and not flags & 0x1:       # the server's SETTINGS: ack them
+                    sock.sendall(self._frame(4, 0x1, 0, b""))
+                elif kind == 7 or (kind == 3 and stream == 1):  # GOAWAY, RST_STREAM
+                    raise AssertionError("the call was reset (frame type %d)" % kind)
+                elif kind == 1 and stream == 1:
+                    assert flags & 0x4, "headers continued in CONTINUATION frames"
+                    if flags & 0x8:                     # PADDED
+                        payload = payload[1:len(payload) - payload[0]]
+                    if flags & 0x20:                    # PRIORITY
+                        payload = payload[5:]
+                    self._decode(payload)
+                    if flags & 0x1:                     # END_STREAM: the trailers
+                        return
+            data = sock.recv(65536)
+            if not data:
+                raise AssertionError("connection closed before the call ended")
+            buf += data
+
+    def _string(self, block: bytes, i: int) -> tuple[bytes, int]:
+        assert not block[i] & 0x80, "a Huffman-coded header: extend RawH2Call to decode it"
+        size, i = _read_hpack_int(block, i, 7)
+        return block[i:i + size], i + size
+
+    def _decode(self, block: bytes) -> None:
+        i = 0
+        while i < len(block):
+            first = block[i]
+            if first & 0x80:                            # indexed field
+                index, i = _read_hpack_int(block, i, 7)
+                name, value = self._entry(index)
+            elif first & 0xE0 == 0x20:                  # dynamic table size update
+                _, i = _read_hpack_int(block, i, 5)
+                continue
+            else:                                       # literal, with or without indexing
+                indexing = bool(first & 0x40)
+                index, i = _read_hpack_int(block, i, 6 if indexing else 4)
+                if index:
+                    name = self._entry(index)[0]
+                else:
+                    name, i = self._string(block, i)
+                value, i = self._string(block, i)
+                if indexing:
+                    self._table.insert(0, (name, value))
+            self.headers[name] = value
+
+    def _entry(self, index: int) -> tuple[bytes, bytes]:
+        return _STATIC[index - 1] if index <= len(_STATIC) \
+            else self._table[index - len(_STATIC) - 1]
+
+    @property
+    def code(self) -> int:
+        return int(self.headers[b"grpc-status"])
+
+
+@pytest.mark.parametrize("name, value, code", [
+    (b"x-llmedge-session", b"\xc3\x28-user", grpc.StatusCode.OK),
+    (b"authorization", b"Bearer \xff\xfe", grpc.StatusCode.OK),
+    (b"x-llmedge-tags", b"region=\xff", grpc.StatusCode.INVALID_ARGUMENT),
+])
+def test_metadata_that_is_not_utf8(gedge, stub, name, value, code):
+    call = RawH2Call(gedge.grpc_port, b"/llmedge.v1.Gateway/Chat", [(name, value)],
+                     ask("auto").SerializeToString())
+    assert call.code == code.value[0], call.headers
+    assert counted(gedge, "Chat", code.name) == 1.0
+    assert_no_traceback(gedge)
+    assert "Invalid encoding" not in gedge.stderr()
+    still_serving(stub)
+
+
+def test_the_raw_client_sees_what_grpcio_sees(gedge):
+    """RawH2Call itself: a plain call answers OK with llmedge's metadata."""
+    call = RawH2Call(gedge.grpc_port, b"/llmedge.v1.Gateway/Chat", [],
+                     ask("beta").SerializeToString())
+    assert call.code == 0
+    assert call.headers[b"x-llmedge-upstream"] == b"beta"
 
 
 # === calls that end early are counted too ===
