@@ -12,8 +12,10 @@ server reflection lists the services.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
 import grpc
@@ -23,11 +25,11 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from ..config import GrpcLimits, parse_address
-from ..errors import ProxyError
+from ..errors import BadRequest, ProxyError
 from ..gateway import Gateway
 from ..metric_types import Counter
 from ..routing.router import Router
-from . import status, translate
+from . import decoding, status, translate
 from ._gen import gateway_pb2 as pb
 from ._gen import gateway_pb2_grpc as pb_grpc
 from .exchange import CHAT_URL, ROUTE_URL, GrpcExchange
@@ -38,6 +40,15 @@ SERVICE = pb.DESCRIPTOR.services_by_name["Gateway"].full_name
 # Left to RPCs still running after the drain waited for every proxied request: only the
 # quick ones (Route, ListModels) and health watches, which end with the server.
 STOP_GRACE_S = 1.0
+# A status message (or trailer value) longer than this is cut. Messages may quote what the
+# client sent (a model name); grpc clients refuse trailers past 16 KiB (and some past 8 KiB)
+# and would see RESOURCE_EXHAUSTED instead of the real status. grpc percent-encodes
+# non-ASCII, up to 12 bytes a character: 512 characters stay under 8 KiB.
+MAX_DETAILS = 512
+# A client whose deadline passes cancels the call (RST_STREAM) by its own clock, which runs
+# ahead of llmedge's copy of the deadline by the time the call took to arrive: a cancellation
+# this close to the deadline is the deadline's.
+DEADLINE_SLACK_S = 0.25
 
 
 def request_headers(context: grpc.aio.ServicerContext) -> dict[bytes, bytes]:
@@ -70,9 +81,57 @@ def route_decision(router: Router, explain: dict[str, Any],
         explain_json=orjson.dumps(explain).decode())
 
 
+def _bounded(text: str) -> str:
+    if len(text) <= MAX_DETAILS:
+        return text
+    return "%s... [%d characters cut]" % (text[:MAX_DETAILS - 32], len(text) - MAX_DETAILS + 32)
+
+
 async def _fail(context: grpc.aio.ServicerContext, failure: status.Failure) -> NoReturn:
-    await context.abort(failure.code, failure.message, tuple(failure.trailers))
+    await context.abort(failure.code, _bounded(failure.message),
+                        tuple((key, _bounded(value)) for key, value in failure.trailers))
     raise AssertionError("unreachable: abort raises")
+
+
+Rpc = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+def _ended(exc: BaseException, context: grpc.aio.ServicerContext) -> str:
+    """The status of a call whose handler left with ``exc`` instead of an answer."""
+    if not isinstance(exc, asyncio.CancelledError):
+        return "UNKNOWN"  # as grpc answers it
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= DEADLINE_SLACK_S:
+        return "DEADLINE_EXCEEDED"
+    return "CANCELLED"
+
+
+def _rpc(method: str) -> Callable[[Rpc], Rpc]:
+    """An RPC of the servicer. It answers a request message that did not decode, and counts
+    the calls that end without an answer or an abort of their own: cancelled by the client
+    or because the deadline passed (the handler sees both as a cancellation), and failures
+    grpc answers UNKNOWN. An answer is counted as the handler returns, an abort in ``_fail``
+    before it aborts: grpc sends the status during ``abort``, so a count after it could come
+    after the client has already read the counter."""
+    def wrap(handler: Rpc) -> Rpc:
+        @functools.wraps(handler)
+        async def rpc(self: GatewayServicer, request: Any,
+                      context: grpc.aio.ServicerContext) -> Any:
+            try:
+                if isinstance(request, decoding.Undecodable):
+                    await self._fail(context, method,
+                                     status.from_error(BadRequest(request.message)))
+                result = await handler(self, request, context)
+            except grpc.aio.AbortError:
+                raise
+            except (asyncio.CancelledError, Exception) as exc:
+                if context.code() is None:  # else it ended in an abort, counted there
+                    self._counter.labels(method, _ended(exc, context)).inc()
+                raise
+            self._ok[method].inc()
+            return result
+        return rpc
+    return wrap
 
 
 def _cancel(ex: GrpcExchange) -> None:
@@ -111,6 +170,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
 
     # === RPCs ===
 
+    @_rpc("Chat")
     async def Chat(self, request: pb.ChatRequest,
                    context: grpc.aio.ServicerContext) -> pb.ChatResponse:
         ex = await self._start(request, context, "Chat")
@@ -130,9 +190,9 @@ class GatewayServicer(pb_grpc.GatewayServicer):
                 grpc.StatusCode.INTERNAL, "the upstream's answer is not JSON",
                 status.metadata(ex.header_block)))
         await context.send_initial_metadata(status.metadata(ex.header_block))
-        self._ok["Chat"].inc()
         return translate.chat_response(doc)
 
+    @_rpc("ChatStream")
     async def ChatStream(self, request: pb.ChatRequest,
                          context: grpc.aio.ServicerContext) -> None:
         ex = await self._start(request, context, "ChatStream")
@@ -151,7 +211,6 @@ class GatewayServicer(pb_grpc.GatewayServicer):
                             status.metadata(ex.header_block)))
                     await context.send_initial_metadata(status.metadata(ex.header_block))
                     await context.write(translate.completion_as_chunk(doc))
-                    self._ok["ChatStream"].inc()
                     return
                 await context.send_initial_metadata(status.metadata(ex.header_block))
                 while True:
@@ -175,8 +234,8 @@ class GatewayServicer(pb_grpc.GatewayServicer):
                              status.Failure(code, ex.error.message, trailers))
         if ex.aborted or ex.dropped:
             await self._fail_answer(ex, context, "ChatStream")
-        self._ok["ChatStream"].inc()
 
+    @_rpc("Route")
     async def Route(self, request: pb.ChatRequest,
                     context: grpc.aio.ServicerContext) -> pb.RouteDecision:
         # Through the gateway's POST /v1/route, as Chat goes through its chat endpoint: one
@@ -197,12 +256,11 @@ class GatewayServicer(pb_grpc.GatewayServicer):
         decision = route_decision(self.gateway.router, orjson.loads(ex.payload),
                                   session.decode("utf-8", "replace") if session
                                   else request.user or None)
-        self._ok["Route"].inc()
         return decision
 
+    @_rpc("ListModels")
     async def ListModels(self, request: pb.ListModelsRequest,
                          context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
-        self._ok["ListModels"].inc()
         return self.models()
 
     # === helpers ===
@@ -328,7 +386,7 @@ class GrpcFront:
         host, port = parse_address(self.address)
         server = grpc.aio.server(options=server_options(self.limits, self.reuse_port),
                                  maximum_concurrent_rpcs=self.limits.max_concurrent_rpcs)
-        pb_grpc.add_GatewayServicer_to_server(self.servicer, server)
+        decoding.add_gateway(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
@@ -342,6 +400,7 @@ class GrpcFront:
             raise OSError("server.grpc: cannot listen on %s" % self.address)
         for service in ("", SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        decoding.quiet_metadata_decoding(True)
         await server.start()
         self._server = server
         return host, self.port
@@ -383,3 +442,4 @@ class GrpcFront:
                             len(self.servicer.active))
         await self._server.stop(STOP_GRACE_S)
         self._server = None
+        decoding.quiet_metadata_decoding(False)

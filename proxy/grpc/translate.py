@@ -8,6 +8,7 @@ too rather than dropped or allowed to fail the answer.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import orjson
@@ -107,6 +108,10 @@ def _message(msg: pb.Message, where: str) -> dict[str, Any]:
 
 def _tool(tool: pb.Tool, where: str) -> dict[str, Any]:
     fn = tool.function
+    if not fn.name and tool.type in ("", "function"):
+        # proto3 cannot leave the name out, only empty: say so here rather than have each
+        # upstream answer (or not) for a tool called "".
+        raise BadRequest("%s.function.name: required" % where, param=where + ".function.name")
     function: dict[str, Any] = {"name": fn.name}
     if fn.description:
         function["description"] = fn.description
@@ -129,7 +134,11 @@ def request_body(req: pb.ChatRequest, stream: bool) -> bytes:
     }
     for name in _OPTIONAL:
         if req.HasField(name):
-            doc[name] = getattr(req, name)
+            value = getattr(req, name)
+            if isinstance(value, float) and not math.isfinite(value):
+                # JSON has no NaN or infinity: the upstream would get null.
+                raise BadRequest("%s: must be a finite number" % name, param=name)
+            doc[name] = value
     if req.stop:
         doc["stop"] = list(req.stop)
     if req.user:
