@@ -135,6 +135,20 @@ def dead_port() -> int:
     return free_port()
 
 
+def exit_problems(proc: Llmedge, code: int, expect_exit: int | None,
+                  tracebacks: bool = False) -> list[str]:
+    """Why an llmedge that was stopped fails its test: it exited otherwise than expected, or
+    logged a traceback (an error nobody handled), which a client never sees."""
+    problems = []
+    if expect_exit is not None and code != expect_exit:
+        problems.append("%s exited with %s, not %s" % (proc.label, code, expect_exit))
+    if not tracebacks and "Traceback" in proc.stderr():
+        problems.append("%s logged a traceback" % proc.label)
+    if problems:
+        problems.append("stderr of %s:\n%s" % (proc.label, proc.stderr()[-20000:]))
+    return problems
+
+
 @pytest.fixture
 def edge(sim_procs, dead_port, tmp_path_factory):
     """A fresh llmedge per test over the session's simulators: llmedge learns from traffic
@@ -145,22 +159,30 @@ def edge(sim_procs, dead_port, tmp_path_factory):
         yield proc
     finally:
         code = proc.stop()
-    assert code == 0, "llmedge exited with %s\n%s" % (code, proc.stderr())
+    problems = exit_problems(proc, code, 0)
+    if problems:
+        pytest.fail("\n".join(problems))
 
 
 @pytest.fixture
 def start_edge(tmp_path):
     """Start an llmedge of its own for one test: ``start_edge(config_text, env=..., args=...)``.
-    Every one started is stopped (SIGTERM, then kill) when the test ends."""
-    started: list[Llmedge] = []
+    Every one started is stopped (SIGTERM, then kill) when the test ends, and the test
+    fails if one exited with another code than ``expect_exit`` (None: any) or logged a
+    traceback (unless ``tracebacks=True``)."""
+    started: list[tuple[Llmedge, int | None, bool]] = []
 
     def start(config_text: str, env: dict[str, str | None] | None = None, args=(),
-              ready_lines: int = 1) -> Llmedge:
+              ready_lines: int = 1, expect_exit: int | None = 0,
+              tracebacks: bool = False) -> Llmedge:
         proc = Llmedge(tmp_path, config_text, env={**EDGE_ENV, **(env or {})}, args=args,
                        name="llmedge-%d" % len(started), ready_lines=ready_lines)
-        started.append(proc)
+        started.append((proc, expect_exit, tracebacks))
         return proc
 
     yield start
-    for proc in started:
-        proc.stop()
+    problems = []
+    for proc, expect_exit, tracebacks in started:
+        problems += exit_problems(proc, proc.stop(), expect_exit, tracebacks)
+    if problems:
+        pytest.fail("\n".join(problems))

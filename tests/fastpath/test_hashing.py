@@ -466,10 +466,3 @@ def test_large_rings(impl, seed):
         else:
             assert got == -1
 
-
-def test_required_build_is_present():
-    # CI sets this so a broken build cannot pass silently on the twins alone.
-    import os
-
-    if os.environ.get("LLMEDGE_REQUIRE_EXTENSIONS") and not os.environ.get("LLMEDGE_NO_EXTENSIONS"):
-        from _fastpath import hashing as compiled  # noqa: F401

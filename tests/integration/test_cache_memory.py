@@ -112,9 +112,17 @@ def test_errors_are_never_cached(edge, sims):
 
 
 def test_ttl_expires(edge, sims):
-    ask(edge, chat("short"))
+    assert ask(edge, chat("short")).headers["x-llmedge-cache"] == "miss"
+    # Stored: the cache is on for the route, so what follows is its expiry at work.
+    assert metric_value(edge.metrics(), "llmedge_cache_entries") == 1
+    # Asked until the answer is no longer served from the cache; each hit is the same.
     wait_for(lambda: ask(edge, chat("short")).headers["x-llmedge-cache"] == "miss",
              message="the entry to expire")
+    # The expired entry went upstream again, and its fresh answer took the old one's place.
+    assert sims.gamma.stats()["chat"] == 2
+    assert metric_value(edge.metrics(), "llmedge_cache_entries") == 1
+    assert metric_value(edge.metrics(), "llmedge_cache_lookups_total", route="short",
+                        result="miss") == 2
 
 
 def test_streaming_hit_is_a_well_formed_stream_for_the_sdk(edge, sims):
