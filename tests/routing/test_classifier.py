@@ -9,10 +9,11 @@ import msgspec
 import pytest
 
 from proxy.evaluate import (OUTCOME_OPTIONS, calibration_error, cost_quality_curve,
-                            fit_outcomes, outcome_examples, outcome_rows)
+                            cross_validated_scores, fit_outcomes, outcome_examples,
+                            outcome_rows)
 from proxy.routing.classifier import FORMAT, Options, TextClassifier, few_shot, labelled
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 
 TEXTS = ["book a table for two", "reserve a table tonight", "what's the weather tomorrow",
          "will it rain in paris", "play some jazz", "turn the music up please, it is quiet"]
@@ -137,14 +138,15 @@ def test_complexity_classifier_beats_random_routing_on_unseen_prompts():
     rows = [json.loads(line) for line in
             (DATA / "routing-outcomes" / "gsm8k.jsonl").read_text().splitlines()]
     prompts, weak, strong = outcome_rows(rows)
-    clf = fit_outcomes(prompts[:800], weak[:800], strong[:800])
+    clf = fit_outcomes(prompts[:100], weak[:100], strong[:100])   # calibrating takes a while
     assert clf.labels == ["strong", "weak"]
     assert msgspec.structs.replace(clf.options, temperature=1.0) == OUTCOME_OPTIONS
-    k = clf.labels.index("strong")
-    scores = [clf.proba([p])[k] for p in prompts[800:]]
-    curve = cost_quality_curve(scores, weak[800:], strong[800:])
-    # Random routing is 0.5 in expectation (about +-0.03 on 519 prompts); the full
-    # cross-validated figure is in bench/README.md.
+    # Every prompt scored by a model trained on the other folds: on a held-out part of 600
+    # prompts alone, random routing would spread too widely to tell a model from it.
+    scores = cross_validated_scores(prompts, weak, strong, folds=5)
+    curve = cost_quality_curve(scores, weak, strong)
+    # Random routing is 0.5 in expectation (sd 0.03 on these 600 prompts; 0.56 is above
+    # 97% of random orders); the figure on all the data is in bench/README.md.
     assert curve["apgr"] > 0.56
-    reversed_curve = cost_quality_curve([-s for s in scores], weak[800:], strong[800:])
+    reversed_curve = cost_quality_curve([-s for s in scores], weak, strong)
     assert reversed_curve["apgr"] < 0.5

@@ -1,4 +1,4 @@
-"""``llmedge train`` and ``llmedge eval`` on a small sample of the shared data."""
+"""``llmedge train`` and ``llmedge eval`` on the data samples in tests/data."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-DATA = ROOT.parent / "shared" / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 
 
 def _llmedge(*args: str, cwd: Path) -> subprocess.CompletedProcess:
