@@ -2,7 +2,7 @@
 
 Knobs (environment):
   LLMEDGE_NO_EXTENSIONS=1  build nothing compiled: a pure-Python install
-  LLMEDGE_DEBUG=1          annotated HTML, line tracing, LLMEDGE_DEBUG C macro
+  LLMEDGE_DEBUG=1          annotated HTML and line tracing (for profilers and coverage)
   LLMEDGE_SANITIZE=1       build with ASan/UBSan
 """
 
@@ -36,7 +36,7 @@ def _extensions():
     macros = []
     directives = {"language_level": 3, "embedsignature": True}
     if DEBUG:
-        macros += [("LLMEDGE_DEBUG", "1"), ("CYTHON_TRACE", "1")]
+        macros += [("CYTHON_TRACE", "1")]
         directives["linetrace"] = True
     if SANITIZE:
         compile_args += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer"]
