@@ -155,7 +155,9 @@ def streamed_text(chunks) -> str:
     return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
 
 
-def test_streamed_miss_is_stored_and_answers_both_kinds_of_request(edge, sims):
+@pytest.mark.parametrize("layout", ["compact", "pretty", "reordered"])
+def test_streamed_miss_is_stored_and_answers_both_kinds_of_request(edge, sims, layout):
+    sims.gamma.configure(layout=layout)
     headers, first = sdk_stream(edge, usage=True)
     assert headers["x-llmedge-cache"] == "miss"
     text = streamed_text(first)
