@@ -6,8 +6,12 @@ import argparse
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
+import traceback
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .config import Config, load, missing_keys
@@ -17,6 +21,9 @@ from .loops import LOOPS, loop_factory
 OK = 0
 CONFIG_ERROR = 2
 STARTUP_FAILURE = 3
+
+if TYPE_CHECKING:
+    from .peers import WorkerSet
 
 log = logging.getLogger("llmedge")
 
@@ -89,7 +96,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return _run_workers(config, factory, workers, args.config)
 
 
-def _run_worker(config: Config, factory, reuse_port: bool, config_path: str) -> int:
+def _run_worker(config: Config, factory, reuse_port: bool, config_path: str,
+                workers: WorkerSet | None = None) -> int:
     from .server import serve
 
     # Until the loop's handler is installed a reload signal is moot (start-up reads the file
@@ -97,31 +105,69 @@ def _run_worker(config: Config, factory, reuse_port: bool, config_path: str) -> 
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         with asyncio.Runner(loop_factory=factory) as runner:
-            runner.run(serve(config, reuse_port=reuse_port, config_path=config_path))
+            runner.run(serve(config, reuse_port=reuse_port, config_path=config_path,
+                             workers=workers))
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return STARTUP_FAILURE
     return OK
 
 
+def _control_dir() -> str:
+    """A private (0700) directory for the workers' control sockets. A Unix socket path has
+    room for about 100 bytes: a long TMPDIR falls back to /tmp."""
+    directory = tempfile.mkdtemp(prefix="llmedge-%d-" % os.getpid())
+    if len(directory) > 90:
+        os.rmdir(directory)
+        directory = tempfile.mkdtemp(prefix="llmedge-%d-" % os.getpid(), dir="/tmp")
+    return directory
+
+
 def _run_workers(config: Config, factory, workers: int, config_path: str) -> int:
-    """N processes, each with its own SO_REUSEPORT listener; the kernel spreads accepts."""
+    """N processes, each with its own SO_REUSEPORT listener; the kernel spreads accepts.
+    Each worker also listens on ``<control dir>/<index>.sock``, where the others ask it for
+    its metrics and admin answers (``peers``, ``fleet``)."""
+    directory = _control_dir()
+    try:
+        return _supervise(config, factory, workers, config_path, directory)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _supervise(config: Config, factory, workers: int, config_path: str,
+               directory: str) -> int:
+    from .peers import WorkerSet
+
     children: dict[int, int] = {}
 
     def spawn(index: int) -> None:
+        peers = WorkerSet(directory, index, workers)
+        try:
+            # A crashed predecessor's socket file would make the new worker's bind fail.
+            os.unlink(peers.path(index))
+        except FileNotFoundError:
+            pass
         pid = os.fork()
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
-            os._exit(_run_worker(config, factory, reuse_port=True, config_path=config_path))
+            code = STARTUP_FAILURE
+            try:
+                code = _run_worker(config, factory, reuse_port=True, config_path=config_path,
+                                   workers=peers)
+            except BaseException:
+                # Never let an exception climb into the parent's code in this process: it
+                # would remove the control directory under the other workers.
+                traceback.print_exc()
+            os._exit(code)
         children[pid] = index
 
     stopping = False
 
     def forward(signum, frame) -> None:
         nonlocal stopping
-        # SIGHUP: each worker reloads the file itself (POST /admin/reload reaches only the
-        # worker that accepted it).
+        # SIGHUP: each worker reloads the file itself (POST /admin/reload reaches every
+        # worker too: the one that accepts it asks the others).
         stopping = stopping or signum != signal.SIGHUP
         for pid in children:
             try:

@@ -82,6 +82,7 @@ class Gateway:
         self._request_count = 0
         self._tasks: set[asyncio.Task] = set()
         self.reloader = None  # async () -> summary dict; set by the server
+        self.fleet = None     # fleet.Fleet with --workers N: answers for every worker
 
     # === http.front.Application ===
 
@@ -103,14 +104,13 @@ class Gateway:
         elif path == b"/readyz":
             self._get(ex) and self._ready(ex)
         elif path == b"/admin/upstreams":
-            self._get(ex) and self._admin(ex) and ex.respond(200, self._upstreams())
+            self._get(ex) and self._admin(ex) and self._admin_upstreams(ex)
         elif path == b"/admin/cache":
             self._admin_cache(ex)
         elif path == b"/admin/reload":
             self._post(ex) and self._admin(ex) and self._reload(ex)
         elif path == b"/metrics":
-            self._get(ex) and ex.respond(200, self.metrics.exposition(),
-                                         self.metrics.content_type)
+            self._get(ex) and self._metrics(ex)
         else:
             self._error(ex, NotFound("no such endpoint: %s" % path.decode("latin-1"),
                                      code="not_found"))
@@ -147,11 +147,15 @@ class Gateway:
         try:
             summary = await reloader()
         except ReloadRejected as exc:
-            ex.respond(400, orjson.dumps({"error": {
+            body = {"error": {
                 "message": "reload rejected; the previous configuration keeps serving: "
                            + exc.reason,
                 "type": "invalid_request_error", "param": None, "code": "invalid_config",
-                "problems": exc.problems}}))
+                "problems": exc.problems}}
+            workers = getattr(exc, "workers", None)   # set by Fleet.reload
+            if workers is not None:
+                body["workers"] = workers
+            ex.respond(400, orjson.dumps(body))
             return
         ex.respond(200, orjson.dumps(summary))
 
@@ -172,15 +176,41 @@ class Gateway:
                                         "authentication_error", "invalid_admin_token"))
         return False
 
-    def _upstreams(self) -> bytes:
+    def upstream_rows(self) -> list[dict]:
         """The live endpoint table: state, statistics, and why each endpoint is in its state."""
         router = self.router
-        rows = [{"deployment": target.name, "url": endpoint.url,
+        return [{"deployment": target.name, "url": endpoint.url,
                  "usable": target.unusable is None, "unusable_reason": target.unusable,
                  "open_connections": endpoint.open_connections,
                  **stats, **router.breakers.describe(row)}
                 for target, endpoint, row, stats in router.endpoint_stats()]
-        return orjson.dumps({"endpoints": rows})
+
+    def _admin_upstreams(self, ex: Exchange) -> None:
+        fleet = self.fleet
+        if fleet is None:
+            ex.respond(200, orjson.dumps({"endpoints": self.upstream_rows()}))
+        else:
+            self._spawn(ex, self._answer_for_all(ex, fleet.upstreams, wire.JSON))
+
+    def _metrics(self, ex: Exchange) -> None:
+        metrics = self.metrics
+        if self.fleet is None:
+            ex.respond(200, metrics.exposition(), metrics.content_type)
+        else:
+            self._spawn(ex, self._answer_for_all(ex, self.fleet.exposition,
+                                                 metrics.content_type))
+
+    @staticmethod
+    async def _answer_for_all(ex: Exchange, answer, content_type: bytes) -> None:
+        """Respond with what the fleet (every worker) answers: bytes, or a dict as JSON."""
+        try:
+            body = await answer()
+        except Exception:
+            log.exception("unexpected error answering for every worker")
+            ex.respond_error(500, wire.error_body("internal error", "server_error"))
+            return
+        ex.respond(200, body if isinstance(body, bytes) else orjson.dumps(body),
+                   content_type)
 
     def _ready(self, ex: Exchange) -> None:
         reasons = self.router.unready()
@@ -464,15 +494,22 @@ class Gateway:
         task.add_done_callback(self._tasks.discard)
 
     async def _clear_cache(self, ex: Exchange, route: str | None) -> None:
+        workers = None
         try:
-            deleted = await self.cache.delete(route)
+            if self.fleet is not None:
+                deleted, workers = await self.fleet.delete_cache(route)
+            else:
+                deleted = await self.cache.delete(route)
         except Exception as exc:  # the backend is down or slow: say so, keep serving
             log.warning("DELETE /admin/cache failed: %s: %s", type(exc).__name__, exc)
             ex.respond(503, wire.error_body("the cache backend did not answer: %s"
                                             % (type(exc).__name__,), "server_error",
                                             "cache_unavailable"))
             return
-        ex.respond(200, orjson.dumps({"deleted": deleted, "route": route}))
+        body = {"deleted": deleted, "route": route}
+        if workers is not None:
+            body["workers"] = workers
+        ex.respond(200, orjson.dumps(body))
 
     def _error(self, ex: Exchange, exc: ProxyError, extra: bytes = b"") -> None:
         if exc.retry_after is not None:

@@ -19,12 +19,14 @@ import msgspec
 from .config import Config, ServerSection, load, parse_address
 from .errors import ConfigError, ReloadRejected
 from .accesslog import AccessLog
+from .fleet import Fleet
 from .gateway import Gateway
 from .outlier import OutlierDetector
 from .health import HealthChecker
 from .http.front import HttpFront, Limits
 from .http.peer import is_loopback
 from .metrics import Metrics
+from .peers import WorkerSet
 from .routing.classify_route import prepare as prepare_classifiers
 from .routing.router import Router
 from .upstream.pool import ssl_context as upstream_ssl_context
@@ -50,8 +52,11 @@ def make_listener(address: str, reuse_port: bool) -> socket.socket:
 
 class Server:
     def __init__(self, config: Config, *, reuse_port: bool = False,
-                 sock: socket.socket | None = None, config_path: str | None = None) -> None:
+                 sock: socket.socket | None = None, config_path: str | None = None,
+                 workers: WorkerSet | None = None) -> None:
         self.config = config
+        self.workers = workers              # with --workers N: where the others listen
+        self.fleet: Fleet | None = None
         self.config_path = config_path      # what a reload reads; None: reload refused
         self.reloads = 0
         self.access_log: AccessLog | None = None
@@ -93,6 +98,12 @@ class Server:
             self.gateway.access_log = self.access_log
         self.gateway.reloader = self.reload
         self.gateway.admin_token = self._admin_token(config)
+        if self.workers is not None:
+            # Before the listener: once this worker takes calls, it answers for all.
+            self.fleet = Fleet(self.workers, self.metrics, self.gateway, self.reload)
+            await self.fleet.start()
+            self.gateway.fleet = self.fleet
+            self.gateway.reloader = self.fleet.reload
         server = config.server
         limits = Limits(server.max_body_bytes, server.max_header_bytes, server.max_headers,
                         server.request_timeout_s, server.keepalive_timeout_s,
@@ -308,6 +319,10 @@ class Server:
         except TimeoutError:
             log.warning("drain timeout: cancelling %d in-flight requests", gateway.inflight)
         await gateway.aclose()
+        if self.fleet is not None:
+            # Peers asked until now got this worker's last numbers; from here on they get a
+            # refused connection at once, not a wait.
+            await self.fleet.aclose()
         for task in list(self._reload_tasks):
             task.cancel()
         for front in list(self.fronts):
@@ -334,8 +349,8 @@ async def _ssl_context(config: Config) -> ssl.SSLContext | None:
 
 
 async def serve(config: Config, *, reuse_port: bool = False, ready_line: bool = True,
-                config_path: str | None = None) -> None:
-    server = Server(config, reuse_port=reuse_port, config_path=config_path)
+                config_path: str | None = None, workers: WorkerSet | None = None) -> None:
+    server = Server(config, reuse_port=reuse_port, config_path=config_path, workers=workers)
     await server.start()
     server.install_signals()
     if ready_line:
