@@ -129,13 +129,16 @@ class SseRelay:
             data = self.pending + data
             self.pending = b""
         if not data.endswith(b"\n\n"):
-            cut = max(data.rfind(b"\n\n") + 2, data.rfind(b"\r\n\r\n") + 4)
-            if cut < 2 and len(data) <= MAX_PENDING_EVENT:
-                self.pending = data
-                return
-            if cut >= 2:
+            lf = data.rfind(b"\n\n")
+            crlf = data.rfind(b"\r\n\r\n")
+            cut = max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+            if cut:
                 self.pending = data[cut:]
                 data = data[:cut]
+            elif len(data) <= MAX_PENDING_EVENT:
+                self.pending = data   # no event ends here yet
+                return
+            # else: past the bound without an event's end, passed on as it is
         answer = self.answer
         if has_usage(data):
             data, usage = take_usage(data, answer.strip_usage)
@@ -146,7 +149,7 @@ class SseRelay:
         if not self.committed:
             self.commit()
         answer.exchange.write(data)
-        if b"[DONE]" in data:
+        if data.endswith(_DONE_ENDS):
             self.done = ends_with_done(data)
 
     def commit(self) -> None:
@@ -171,6 +174,9 @@ class SseRelay:
         if not self.committed:
             self.commit()
         self.answer.exchange.end_stream()
+
+
+_DONE_ENDS = (b"[DONE]\n\n", b"[DONE]\r\n\r\n")
 
 
 def ends_with_done(data: bytes) -> bool:
@@ -328,11 +334,20 @@ class Dispatcher:
             status = head.status
             if failed_status(status):
                 raise status_error(head, await conn.read_whole())
+            if 300 <= status < 400:
+                # A redirect llmedge does not follow, and the client cannot use: the
+                # deployment's base_url is wrong, or something in front of it is.
+                where = head.headers.get(b"location", b"").decode("latin-1")
+                raise UpstreamBadResponse("%s answered %d%s; llmedge does not follow redirects"
+                                          % (target.name, status,
+                                             " to %s" % excerpt(where.encode(), 120)
+                                             if where else ""))
             content_type = head.headers.get(b"content-type", wire.JSON)
             ticket = answer.ticket
             storing = ticket is not None and ticket.store and status == 200
             succeeded = 200 <= status < 300
-            if answer.stream and succeeded and content_type.startswith(wire.EVENT_STREAM):
+            if (answer.stream and succeeded
+                    and content_type[:17].lower().startswith(wire.EVENT_STREAM)):
                 relay = SseRelay(answer, conn, head,
                                  self.cache.section.max_entry_bytes if storing else 0)
                 early = conn.take_early()
@@ -340,11 +355,15 @@ class Dispatcher:
                     relay.feed(early)
                 try:
                     await conn.stream_to(relay.feed)
-                except UpstreamReset:
+                except UpstreamError:
                     if not relay.done:
                         raise
                     # The stream's own end marker went out: the answer is whole, only the
-                    # connection's framing broke after it.
+                    # connection broke (or idled) after it.
+                if conn.framed_by_close and not relay.done:
+                    # A close is this body's end only per HTTP: a chat stream that closes
+                    # before its [DONE] may just as well have been cut off.
+                    raise UpstreamReset("upstream closed the stream before its [DONE]")
                 answer.status = status
                 if storing and relay.kept is not None:
                     # Stored before the stream's last byte: whoever reads the whole stream
@@ -408,7 +427,9 @@ class Dispatcher:
         self.metrics.stream_failure(target.name)
         answer.status = 502
         ex = answer.exchange
-        ex.write(wire.sse_error_event(
+        # After a blank line: bytes passed on without an event's end (an upstream that does
+        # not speak SSE) must not swallow the error into their last line.
+        ex.write(b"\n\n" + wire.sse_error_event(
             "upstream %s failed mid-stream: %s" % (target.name, exc.message),
             "upstream_error", "upstream_" + exc.kind))
         if not ex.chunked:

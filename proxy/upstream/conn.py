@@ -255,6 +255,11 @@ class UpstreamConn(asyncio.Protocol):
         finally:
             self._sink = None
 
+    @property
+    def framed_by_close(self) -> bool:
+        """The last answer had no length and no chunks: it ended when the upstream closed."""
+        return self._until_close
+
     def reusable(self, head: ResponseHead) -> bool:
         return (self.alive and self._complete and self._error is None
                 and self._keep_alive and not self._surplus

@@ -11,6 +11,7 @@ import json
 import pytest
 
 from procs import metric_value, parse_sse, wait_for
+from scripted_upstream import HOLD, RESET, ScriptedUpstream, chunk
 
 LAYOUTS = ("compact", "spaced", "pretty", "reordered")
 QUESTION = "Count the tokens of this question, please."
@@ -282,3 +283,103 @@ deployments:
         listener.close()
         for sock in connections:
             sock.close()
+
+
+# === wire-level faults a scripted upstream plays ===
+
+SSE_HEAD = (b"HTTP/1.1 200 OK\r\ncontent-type: %s\r\ntransfer-encoding: chunked\r\n\r\n")
+
+
+def sse(doc: dict) -> bytes:
+    return b"data: " + json.dumps(doc).encode() + b"\n\n"
+
+
+CONTENT = sse({"id": "c", "object": "chat.completion.chunk", "choices": [
+    {"index": 0, "delta": {"role": "assistant", "content": "scripted"}, "finish_reason": None}]})
+FINISH = sse({"id": "c", "object": "chat.completion.chunk", "choices": [
+    {"index": 0, "delta": {}, "finish_reason": "stop"}]})
+USAGE = sse({"id": "c", "object": "chat.completion.chunk", "choices": [],
+             "usage": {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14}})
+DONE = b"data: [DONE]\n\n"
+
+
+def scripted_edge(start_edge, sims, upstream, idle_s: float = 30.0):
+    return start_edge(f"""\
+server: {{http: 127.0.0.1:0}}
+upstream: {{health: {{enabled: false}}}}
+deployments:
+  - name: scripted
+    base_url: {upstream.url}
+    timeouts: {{first_byte_s: 10, idle_s: {idle_s}}}
+  - name: beta
+    base_url: {sims.beta.url}
+routes:
+  - name: auto
+    deployments: [scripted]
+    fallbacks: [beta]
+""")
+
+
+def test_an_event_cut_across_two_writes_reaches_the_client_whole(start_edge, sims):
+    half = len(USAGE) // 2
+    script = [SSE_HEAD % b"text/event-stream", chunk(CONTENT), chunk(FINISH),
+              chunk(USAGE[:half]), 0.05, chunk(USAGE[half:]), chunk(DONE), b"0\r\n\r\n"]
+    with ScriptedUpstream(script) as upstream:
+        edge = scripted_edge(start_edge, sims, upstream)
+        resp = post_chat(edge, {"model": "auto", "messages": MESSAGES, "stream": True})
+    assert resp.status == 200 and resp.headers["x-llmedge-upstream"] == "scripted"
+    assert resp.body == CONTENT + FINISH + DONE   # the usage event llmedge asked for: gone
+    assert tokens(edge, "scripted", "in") == 11
+
+
+def test_a_stream_that_breaks_inside_its_first_event_falls_back(start_edge, sims):
+    script = [SSE_HEAD % b"text/event-stream", chunk(CONTENT[:10]), 0.05, RESET]
+    with ScriptedUpstream(script) as upstream:
+        edge = scripted_edge(start_edge, sims, upstream)
+        resp = post_chat(edge, {"model": "auto", "messages": MESSAGES, "stream": True})
+    # Nothing of the broken event went out, so the fallback answers the whole stream.
+    assert resp.status == 200 and resp.headers["x-llmedge-upstream"] == "beta"
+    events = parse_sse(resp.body)
+    assert events[-1] == "[DONE]"
+    text = "".join(json.loads(e)["choices"][0]["delta"].get("content") or ""
+                   for e in events[:-1])
+    assert text.startswith("Beta answers")
+
+
+def test_a_stream_that_idles_after_its_done_ends_cleanly(start_edge, sims):
+    # [DONE] but no last chunk, and then silence: the answer is whole.
+    script = [SSE_HEAD % b"text/event-stream", chunk(CONTENT), chunk(FINISH), chunk(DONE), HOLD]
+    with ScriptedUpstream(script) as upstream:
+        edge = scripted_edge(start_edge, sims, upstream, idle_s=0.3)
+        resp = post_chat(edge, {"model": "auto", "messages": MESSAGES, "stream": True})
+        assert resp.status == 200
+        assert resp.body == CONTENT + FINISH + DONE
+        assert attempts(edge, "scripted", "ok") == 1
+        assert metric_value(edge.metrics(), "llmedge_stream_failures_total") == 0
+
+
+def test_an_event_stream_content_type_in_capitals_is_an_event_stream(start_edge, sims):
+    script = [SSE_HEAD % b"Text/Event-Stream; charset=utf-8", chunk(CONTENT), chunk(FINISH),
+              chunk(DONE), b"0\r\n\r\n"]
+    with ScriptedUpstream(script) as upstream:
+        edge = scripted_edge(start_edge, sims, upstream)
+        resp = post_chat(edge, {"model": "auto", "messages": MESSAGES, "stream": True})
+    assert resp.status == 200 and resp.headers["x-llmedge-upstream"] == "scripted"
+    assert resp.body == CONTENT + FINISH + DONE
+
+
+def test_a_close_framed_stream_cut_before_its_done_is_an_error(edge, sims):
+    # Framed by the close, the cut cannot be told from an end but by the missing [DONE].
+    sims.alpha.configure(framing="close", drop_after=2)
+    resp = post_chat(edge, {"model": "alpha", "messages": MESSAGES, "stream": True})
+    events = parse_sse(resp.body)
+    assert "[DONE]" not in events
+    assert json.loads(events[-1])["error"]["code"] == "upstream_reset"
+    assert attempts(edge, "alpha", "reset") == 1
+
+
+def test_a_redirect_is_a_bad_response_and_falls_back(edge, sims):
+    sims.alpha.configure(status=301)
+    resp = post_chat(edge, {"model": "auto", "messages": MESSAGES})
+    assert resp.status == 200 and resp.headers["x-llmedge-upstream"] == "beta"
+    assert attempts(edge, "alpha", "bad_response") == 1
