@@ -13,10 +13,11 @@ import re
 
 import msgspec
 
+from .jsondoc import without_surrogate_escapes
+
 # The key of a usage object, in any layout: OpenAI itself pretty-prints (`"usage": {`), and a
 # stream asked for usage carries `"usage":null` in every chunk but the last. Inside a JSON
 # string the quotes would be escaped, so only a real key matches.
-USAGE_KEY = b'"usage"'
 _USAGE_OBJECT = re.compile(rb'"usage"[ \t\r\n]*:[ \t\r\n]*\{')
 # SSE events end with a blank line; any of the three line ends may be used (CRLF from some
 # servers), so the separator is kept as it came.
@@ -35,16 +36,31 @@ class _WithUsage(msgspec.Struct):
 
 class _Event(msgspec.Struct):
     usage: Usage | None = None
-    choices: list[msgspec.Raw] = []
+    choices: list[msgspec.Raw] | None = None
 
 
+class _AnyUsage(msgspec.Struct):
+    usage: msgspec.Raw = msgspec.Raw(b"null")   # Raw takes no union: null stands for none
+
+
+class _StreamOptions(msgspec.Struct):
+    include_usage: bool | None = None
+
+
+class _WithOptions(msgspec.Struct):
+    stream_options: _StreamOptions | None = None
+
+
+_options_decoder = msgspec.json.Decoder(_WithOptions)
 _body_decoder = msgspec.json.Decoder(_WithUsage)
+_lenient_decoder = msgspec.json.Decoder(_AnyUsage)
 _event_decoder = msgspec.json.Decoder(_Event)
 
 
 def has_usage(data: bytes) -> bool:
-    """Whether ``data`` holds a usage object: cheap when it does not."""
-    return USAGE_KEY in data and _USAGE_OBJECT.search(data) is not None
+    """Whether ``data`` holds a usage object. One regex search: no dearer than a substring
+    test, and a ``"usage":null`` in every chunk does not make it look further."""
+    return _USAGE_OBJECT.search(data) is not None
 
 
 class NotJson(ValueError):
@@ -53,20 +69,41 @@ class NotJson(ValueError):
 
 def read_answer(payload: bytes) -> Usage | None:
     """Check a whole chat or embeddings answer is a JSON object and return its usage (None
-    when it reports none); raises NotJson otherwise. One decoding pass does both."""
+    when it reports none); raises NotJson otherwise. One decoding pass does both, and no
+    fallback reads the body with a slower decoder (answers may be tens of MB)."""
     try:
         return _body_decoder.decode(payload).usage
-    except (msgspec.DecodeError, RecursionError):
-        pass
-    # A usage of another shape, or JSON that msgspec refuses and the standard decoder takes
-    # (lone surrogate escapes): only a document that is not an object is a broken answer.
+    except msgspec.ValidationError:
+        pass   # an object whose usage has another shape, or not an object
+    except msgspec.DecodeError:
+        readable = without_surrogate_escapes(payload)
+        if readable is payload:
+            raise NotJson("the answer is not valid JSON") from None
+        return read_answer(readable)
+    except RecursionError:
+        raise NotJson("the answer nests too deeply to read") from None
     try:
-        doc = json.loads(payload)
-    except (ValueError, RecursionError):
-        raise NotJson("the answer is not valid JSON") from None
+        usage = _lenient_decoder.decode(payload).usage
+    except msgspec.ValidationError:
+        raise NotJson("the answer is JSON but not an object") from None
+    return _lenient_usage(usage)
+
+
+def _count(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 0
+    return int(value) if value >= 0 and value != float("inf") else 0
+
+
+def _lenient_usage(raw: msgspec.Raw) -> Usage | None:
+    """Token counts from a usage object of another shape (nulls, floats): what can be read."""
+    try:
+        doc = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return None
     if not isinstance(doc, dict):
-        raise NotJson("the answer is JSON but not an object")
-    return None
+        return None
+    return Usage(_count(doc.get("prompt_tokens")), _count(doc.get("completion_tokens")))
 
 
 def ask_for_usage(body: bytes) -> bytes | None:
@@ -78,9 +115,14 @@ def ask_for_usage(body: bytes) -> bytes | None:
         if start >= 0 and not body[:start].strip() and body[start + 1:].lstrip()[:1] != b"}":
             return body[:start + 1] + _ASK + body[start + 1:]
     try:
+        if _options_decoder.decode(without_surrogate_escapes(body)).stream_options.include_usage:
+            return None   # asked already (what the SDKs send): no need to read it all
+    except (msgspec.MsgspecError, AttributeError, RecursionError):
+        pass
+    try:
         # The standard decoder: it keeps integers beyond 64 bits exact (orjson would not).
         doc = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     options = doc.get("stream_options") if isinstance(doc, dict) else None
     if options is None:
@@ -115,9 +157,15 @@ def take_usage(data: bytes, strip: bool) -> tuple[bytes, Usage | None]:
         event = parts[i]
         end = parts[i + 1] if i + 1 < len(parts) else b""
         if has_usage(event):
+            payload = event_data(event)
             try:
-                parsed = _event_decoder.decode(event_data(event))
-            except (msgspec.MsgspecError, RecursionError):
+                parsed = _event_decoder.decode(payload)
+            except msgspec.DecodeError:
+                try:
+                    parsed = _event_decoder.decode(without_surrogate_escapes(payload))
+                except (msgspec.MsgspecError, RecursionError):
+                    parsed = None
+            except RecursionError:
                 parsed = None
             if parsed is not None and parsed.usage is not None:
                 usage = parsed.usage

@@ -24,7 +24,7 @@ from .errors import (BadRequest, MethodNotAllowed, NotFound, Overloaded, ProxyEr
                      ReloadRejected)
 from .http import wire
 from .http.front import Exchange
-from .jsondoc import decode_view, load as load_json
+from .jsondoc import decode_view
 from .metrics import Metrics
 from .routing.explain import explain_body
 from .routing.router import Router, parse_tags
@@ -162,8 +162,12 @@ class Gateway:
     def _admin(self, ex: Exchange) -> bool:
         token = self.admin_token
         if token is None:
-            # No token configured: the admin endpoints are this host's alone.
-            if ex.from_loopback:
+            # No token configured: the admin endpoints are this host's alone. A request a
+            # proxy forwarded comes from wherever that proxy's client is.
+            headers = ex.headers
+            if ex.from_loopback and not (b"x-forwarded-for" in headers
+                                         or b"forwarded" in headers
+                                         or b"x-real-ip" in headers):
                 return True
             ex.respond(403, wire.error_body(
                 "admin endpoints answer clients on this host only; set "
@@ -434,11 +438,11 @@ class Gateway:
         for an identical request in flight, storing the answer). True when answered."""
         ex = answer.exchange
         try:
-            ticket = self.cache.ticket(answer.plan.name, answer.plan.cache, load_json(ex.body),
-                                       ex.headers, stream)
-        except (ProxyError, ValueError):
-            # Valid JSON that has no canonical form to key it by (a number beyond a double,
-            # an integer too long to read): answered, but not from or into the cache.
+            ticket = self.cache.ticket(answer.plan.name, answer.plan.cache,
+                                       orjson.loads(ex.body), ex.headers, stream)
+        except ValueError:
+            # Valid JSON with no canonical form to key it by (a lone surrogate, a number
+            # beyond a double, a very long integer): answered, but not from or into the cache.
             self.cache.bypass(answer.plan.name)
             return False
         if ticket is None:

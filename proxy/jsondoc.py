@@ -1,48 +1,43 @@
 """Request bodies as JSON, including the valid JSON that fast decoders refuse.
 
-msgspec and orjson refuse a little valid JSON: lone surrogate escapes (``"\\ud800"``, both)
-and numbers beyond a double (``1e400`` and 5,000-digit integers, orjson). A client may send
-them in fields llmedge does not read, and the upstream may well accept them, so they are not
-a reason to refuse a request: the standard decoder reads them, more slowly, only when a fast
-one has refused. What nests deeper than a decoder can follow is refused with a message that
-says so.
+msgspec refuses one kind of valid JSON: lone surrogate escapes (``"\\ud800"``), which a
+client may send in text it cut badly and an upstream may well accept. For the fields llmedge
+reads such an escape is replaced, in a copy, by U+FFFD and the copy decoded again: the body
+still goes upstream as sent, and no slower decoder ever runs on the event loop (a body may
+be megabytes). Numbers beyond a double and very long integers msgspec reads already where
+llmedge does not look. What nests deeper than the decoder follows is refused with a message
+that says so; ``NaN``, ``Infinity`` and bodies that are not UTF-8 are not JSON and are
+refused.
 """
 
 from __future__ import annotations
 
-import json
-import sys
-from typing import Any
+import re
 
 import msgspec
-import orjson
 
 from .errors import BadRequest
 
 TOO_DEEP = "the request body nests arrays and objects too deeply to read"
 
-
-def _standard(body: bytes, why: str) -> Any:
-    try:
-        return json.loads(body)
-    except RecursionError:
-        raise BadRequest(TOO_DEEP) from None
-    except ValueError as exc:
-        if "integer string conversion" in str(exc):
-            # Valid JSON, but Python reads integers of at most sys.get_int_max_str_digits()
-            # digits (converting longer ones costs quadratic time).
-            raise BadRequest("the request body holds an integer of more than %d digits, "
-                             "which llmedge does not read here" % sys.get_int_max_str_digits()
-                             ) from None
-        raise BadRequest("the request body is not valid JSON: %s" % why) from None
+# An escaped backslash (kept, so that what follows it is not read as an escape) or the
+# escape of a UTF-16 surrogate (paired or not; only the copy a decoder reads loses it).
+_ESCAPE = re.compile(rb"\\\\|\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_REPLACEMENT = b"\\ufffd"
 
 
-def load(body: bytes) -> Any:
-    """The whole document; BadRequest when it is not JSON or too deep."""
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        return _standard(body, str(exc))
+def _replace(match: re.Match) -> bytes:
+    escape = match.group()
+    return escape if escape == b"\\\\" else _REPLACEMENT
+
+
+def without_surrogate_escapes(body: bytes) -> bytes:
+    """``body`` with every surrogate escape replaced by one of U+FFFD; the same object when
+    it has none."""
+    if b"\\u" not in body:
+        return body
+    readable = _ESCAPE.sub(_replace, body)
+    return body if readable == body else readable
 
 
 def _validation_problem(exc: msgspec.ValidationError) -> BadRequest:
@@ -67,10 +62,17 @@ def decode_view(decoder: msgspec.json.Decoder, body: bytes):
     except msgspec.ValidationError as exc:
         raise _validation_problem(exc) from None
     except msgspec.DecodeError as exc:
-        doc = _standard(body, str(exc))
+        readable = without_surrogate_escapes(body)
+        if readable is body:
+            raise BadRequest("the request body is not valid JSON: %s" % exc) from None
+        problem = exc
     except RecursionError:
         raise BadRequest(TOO_DEEP) from None
     try:
-        return msgspec.convert(doc, decoder.type)
+        return decoder.decode(readable)
     except msgspec.ValidationError as exc:
         raise _validation_problem(exc) from None
+    except msgspec.DecodeError:
+        raise BadRequest("the request body is not valid JSON: %s" % problem) from None
+    except RecursionError:
+        raise BadRequest(TOO_DEEP) from None

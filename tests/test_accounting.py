@@ -97,10 +97,14 @@ def test_read_answer_reads_usage_in_any_layout(style, prompt):
 
 def test_read_answer_tells_broken_bodies_from_odd_but_valid_ones():
     assert read_answer(b'{"choices": []}') is None
-    assert read_answer(b'{"usage": {"prompt_tokens": "many"}}') is None
+    # A usage of another shape: what can be read is counted, the rest is 0.
+    odd = read_answer(b'{"usage": {"prompt_tokens": 7.0, "completion_tokens": null}}')
+    assert (odd.prompt_tokens, odd.completion_tokens) == (7, 0)
+    assert read_answer(b'{"usage": "many"}') is None
     # Valid JSON that msgspec alone would refuse: a lone surrogate escape.
     assert read_answer(b'{"choices": [], "note": "\\ud800"}') is None
     for broken in (b"", b"<html>502</html>", b'{"choices": [', b"[1, 2]", b'"text"',
-                   b"[" * 100_000):
+                   b"[" * 100_000, b'{"x": NaN}', b'{"x": Infinity}', b'\xef\xbb\xbf{}',
+                   '{"x": 1}'.encode("utf-16")):
         with pytest.raises(NotJson):
             read_answer(broken)

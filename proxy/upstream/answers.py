@@ -8,11 +8,10 @@ keeping the upstream's status and a short excerpt of what it said.
 
 from __future__ import annotations
 
-import json
-
 import orjson
 
 from ..http import wire
+from ..jsondoc import without_surrogate_escapes
 
 EXCERPT_CHARS = 200
 
@@ -28,9 +27,12 @@ def _json_object(body: bytes) -> dict | None:
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
+        readable = without_surrogate_escapes(body)
+        if readable is body:
+            return None
         try:
-            doc = json.loads(body)  # valid JSON orjson refuses (huge numbers, lone surrogates)
-        except (ValueError, RecursionError):
+            doc = orjson.loads(readable)
+        except orjson.JSONDecodeError:
             return None
     return doc if isinstance(doc, dict) else None
 

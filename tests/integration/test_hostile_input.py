@@ -191,3 +191,27 @@ def test_a_chunk_larger_than_the_body_limit_is_refused_at_once(hostile_edge, sim
         conn.send(b"0\r\n\r\n")
         assert conn.read_response().status == 200
     assert sims.alpha.stats()["chat"] == 1
+
+
+@pytest.mark.parametrize("body", [
+    pytest.param(b'{"model":"plain","messages":[{"role":"user","content":"x"}],"t":NaN}',
+                 id="nan"),
+    pytest.param(b'{"model":"plain","messages":[],"t":Infinity}', id="infinity"),
+    pytest.param(b'\xef\xbb\xbf{"model":"plain","messages":[{"role":"user","content":"x"}]}',
+                 id="byte-order-mark"),
+    pytest.param('{"model":"plain","messages":[{"role":"user","content":"x"}]}'.encode("utf-16"),
+                 id="utf-16"),
+])
+def test_what_only_lenient_decoders_take_is_not_json(hostile_edge, sims, body):
+    resp = hostile_edge.call("POST", "/v1/chat/completions", body)
+    assert resp.status == 400, resp
+    assert "not valid JSON" in resp.json()["error"]["message"]
+    assert sims.alpha.stats()["chat"] == 0
+
+
+def test_admin_without_a_token_refuses_what_a_proxy_forwarded(hostile_edge):
+    assert hostile_edge.call("GET", "/admin/upstreams").status == 200   # this host: allowed
+    for header in ("x-forwarded-for", "forwarded", "x-real-ip"):
+        resp = hostile_edge.call("GET", "/admin/upstreams", headers={header: "192.0.2.7"})
+        assert resp.status == 403, (header, resp)
+        assert resp.json()["error"]["code"] == "admin_loopback_only"
