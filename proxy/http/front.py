@@ -178,7 +178,7 @@ class HttpFront(asyncio.Protocol):
         # just read (-1: no chunk open, -2: the open chunk's size was checked).
         self._chunked = False
         self._chunk = -1
-        # The end of the previous read, where a chunk's size line may have begun.
+        # The last bytes read before these, where a chunk's size line may have begun.
         self._tail = b""
 
     # === transport callbacks ===
@@ -206,7 +206,7 @@ class HttpFront(asyncio.Protocol):
             if self._chunked:
                 if self._chunk >= 0:
                     self._check_chunk_size(data)
-                self._tail = data[-64:]
+                self._tail = data[-64:] if len(data) >= 64 else (self._tail + data)[-64:]
         except httptools.HttpParserUpgrade:
             self._fail(400, "protocol upgrades are not supported")
         except httptools.HttpParserError as exc:
@@ -267,22 +267,26 @@ class HttpFront(asyncio.Protocol):
             return
         headers = self._headers
         host = headers.get(b"host")
-        if host is None and self.parser.get_http_version() != "1.0":
-            self._reject(400, "an HTTP/1.1 request needs a Host header")
-            return
-        if host is not None and b"," in host:
+        if host is None:
+            if self.parser.get_http_version() != "1.0":
+                self._reject(400, "an HTTP/1.1 request needs a Host header")
+                return
+        elif b"," in host:
             self._reject(400, "a request has one Host header, not several")
             return
         length = headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limits.max_body:
-            self._reject(413, "request body larger than %d bytes" % self.limits.max_body)
-            return
+        if length is not None:
+            if length.isdigit() and int(length) > self.limits.max_body:
+                self._reject(413, "request body larger than %d bytes" % self.limits.max_body)
+                return
+        else:
+            # Without a length the body is chunked (httptools refuses any other framing).
+            self._chunked = b"transfer-encoding" in headers
         expect = headers.get(b"expect")
         if expect is not None and expect.lower() != b"100-continue":
             self._reject(417, "the only expectation understood is 100-continue, not %r"
                          % expect.decode("latin-1"))
             return
-        self._chunked = b"chunked" in headers.get(b"transfer-encoding", b"").lower()
         if expect is not None:
             # An interim response may not land inside another request's answer: a request
             # queued behind others is told to continue when the line is free.
@@ -344,7 +348,10 @@ class HttpFront(asyncio.Protocol):
         end = len(buf) - after - 2           # where the size line's CRLF starts
         if end < 0 or buf[end:end + 2] != b"\r\n":
             return
-        line = buf[buf.rfind(b"\n", 0, end) + 1:end]
+        start = buf.rfind(b"\n", 0, end)
+        if start < 0:
+            return   # the line began before the bytes kept: not known, so not refused
+        line = buf[start + 1:end]
         try:
             size = int(line.partition(b";")[0].strip(), 16)
         except ValueError:
