@@ -227,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="llmedge and three simulated upstreams, no keys needed")
     demo.add_argument("--port", type=int, default=8080)
-    demo.add_argument("--grpc-port", type=int, default=50051, help="0 picks a free one")
+    demo.add_argument("--grpc-port", type=int, default=None,
+                      help="default 50051, or a free one when it is taken; 0 picks a free one")
     demo.add_argument("--loop", choices=LOOPS, default="auto")
     demo.set_defaults(func=cmd_demo)
 

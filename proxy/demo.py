@@ -7,6 +7,7 @@ in this process with a configuration built here, printed so it can be copied.
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import sys
 import time
@@ -136,8 +137,25 @@ def _read_port(proc: subprocess.Popen, timeout: float = 15.0) -> int:
     raise RuntimeError("the upstream simulator did not start")
 
 
-def run_demo(port: int, loop_factory, grpc_port: int = 50051) -> int:
+DEFAULT_GRPC_PORT = 50051
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def run_demo(port: int, loop_factory, grpc_port: int | None = None) -> int:
     from .server import Server
+
+    if grpc_port is None:
+        # The usual gRPC port when it is free; the demo is about HTTP first, so a taken
+        # one is no reason to fail.
+        grpc_port = DEFAULT_GRPC_PORT if _free(DEFAULT_GRPC_PORT) else 0
 
     procs = [_start_simulator(*spec[:4], spec[4]) for spec in UPSTREAMS]
     try:

@@ -115,7 +115,7 @@ def test_ttl_expires(edge, sims):
     assert ask(edge, chat("short")).headers["x-llmedge-cache"] == "miss"
     # Stored: the cache is on for the route, so what follows is its expiry at work.
     assert metric_value(edge.metrics(), "llmedge_cache_entries") == 1
-    # Asked until the answer is no longer served from the cache; each hit is the same.
+    # Asked until the answer is no longer served from the cache.
     wait_for(lambda: ask(edge, chat("short")).headers["x-llmedge-cache"] == "miss",
              message="the entry to expire")
     # The expired entry went upstream again, and its fresh answer took the old one's place.
