@@ -231,6 +231,7 @@ class Server:
             raise ReloadRejected(str(exc)) from None
         # From here on nothing awaits until the swap is complete: no request sees half.
         router.adopt()
+        self.router = router      # what the next reload is compared with, and metrics read
         gateway = self.gateway
         gateway.router = gateway.dispatcher.router = router
         gateway.max_inflight = config.server.max_inflight

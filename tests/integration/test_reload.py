@@ -181,3 +181,21 @@ def test_sigterm_turns_readyz_unready_while_still_serving_during_the_delay(start
     # A second signal cuts the delay short.
     edge.send_signal(signal.SIGTERM)
     assert edge.wait() == 0
+
+
+def test_every_reload_is_compared_with_the_configuration_serving(start_edge, sims):
+    edge = start_edge(_config(sims, "[alpha, beta]"))
+    moved = _config(sims, "[alpha, beta]").replace(sims.beta.url, sims.gamma.url)
+    edge.config_path.write_text(moved)
+    first = edge.call("POST", "/admin/reload").json()
+    assert (first["endpoints_kept"], first["endpoints_added"],
+            first["endpoints_removed"]) == (1, 1, 1)
+    # The same file again: nothing changed since the last reload, so everything is kept.
+    for _ in range(2):
+        again = edge.call("POST", "/admin/reload").json()
+        assert (again["endpoints_kept"], again["endpoints_added"],
+                again["endpoints_removed"]) == (2, 0, 0), again
+    # Metrics describe the table in use: beta's endpoint is the one it moved to.
+    text = edge.metrics()
+    assert sims.gamma.url in text and sims.beta.url not in text
+    assert upstreams(edge)["beta"]["url"] == sims.gamma.url
