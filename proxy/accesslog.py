@@ -60,8 +60,7 @@ class AccessLog:
             if stop:
                 batch.pop()
             if batch:
-                data = b"".join(orjson.dumps({"time": _iso(r.pop("ts")), **r}) + b"\n"
-                                for r in batch)
+                data = b"".join(self._encode(r) for r in batch)
                 try:
                     while data:
                         data = data[os.write(self._fd, data):]
@@ -71,6 +70,15 @@ class AccessLog:
                     log.warning("access log %s: %s", self.target, exc)
             if stop:
                 return
+
+    def _encode(self, record: dict) -> bytes:
+        try:
+            return orjson.dumps({"time": _iso(record.pop("ts")), **record}) + b"\n"
+        except (TypeError, ValueError, KeyError) as exc:
+            # One record that cannot be written must not stop the log for every later one.
+            self.dropped += 1
+            log.warning("access log %s: a record could not be encoded: %s", self.target, exc)
+            return b""
 
     def close(self, timeout: float = 5.0) -> None:
         """Write what is queued, then stop (bounded: a stuck disk cannot hold up exit)."""

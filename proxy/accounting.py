@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Annotated
 
 import msgspec
 
@@ -25,9 +26,15 @@ _EVENT_END = re.compile(rb"(\r\n\r\n|\n\n|\r\r)")
 _ASK = b'"stream_options":{"include_usage":true},'
 
 
+# More tokens than any request has: a count past it is a broken upstream, not usage (and
+# would overflow every counter and log line it reached).
+MAX_TOKENS = 10**12
+TokenCount = Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKENS)]
+
+
 class Usage(msgspec.Struct):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
+    prompt_tokens: TokenCount = 0
+    completion_tokens: TokenCount = 0
 
 
 class _WithUsage(msgspec.Struct):
@@ -35,7 +42,7 @@ class _WithUsage(msgspec.Struct):
 
 
 class _Event(msgspec.Struct):
-    usage: Usage | None = None
+    usage: msgspec.Raw = msgspec.Raw(b"null")
     choices: list[msgspec.Raw] | None = None
 
 
@@ -55,6 +62,7 @@ _options_decoder = msgspec.json.Decoder(_WithOptions)
 _body_decoder = msgspec.json.Decoder(_WithUsage)
 _lenient_decoder = msgspec.json.Decoder(_AnyUsage)
 _event_decoder = msgspec.json.Decoder(_Event)
+_usage_decoder = msgspec.json.Decoder(Usage | None)
 
 
 def has_usage(data: bytes) -> bool:
@@ -92,11 +100,12 @@ def read_answer(payload: bytes) -> Usage | None:
 def _count(value) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return 0
-    return int(value) if value >= 0 and value != float("inf") else 0
+    return int(value) if 0 <= value <= MAX_TOKENS else 0
 
 
 def _lenient_usage(raw: msgspec.Raw) -> Usage | None:
-    """Token counts from a usage object of another shape (nulls, floats): what can be read."""
+    """Token counts from a usage object of another shape (nulls, floats, counts no request
+    has): what can be read, 0 for the rest."""
     try:
         doc = msgspec.json.decode(raw)
     except msgspec.DecodeError:
@@ -104,6 +113,13 @@ def _lenient_usage(raw: msgspec.Raw) -> Usage | None:
     if not isinstance(doc, dict):
         return None
     return Usage(_count(doc.get("prompt_tokens")), _count(doc.get("completion_tokens")))
+
+
+def _usage_of(raw: msgspec.Raw) -> Usage | None:
+    try:
+        return _usage_decoder.decode(raw)
+    except msgspec.ValidationError:
+        return _lenient_usage(raw)
 
 
 def ask_for_usage(body: bytes) -> bytes | None:
@@ -167,8 +183,9 @@ def take_usage(data: bytes, strip: bool) -> tuple[bytes, Usage | None]:
                     parsed = None
             except RecursionError:
                 parsed = None
-            if parsed is not None and parsed.usage is not None:
-                usage = parsed.usage
+            found = _usage_of(parsed.usage) if parsed is not None else None
+            if found is not None:
+                usage = found
                 if strip and not parsed.choices:
                     changed = True
                     continue

@@ -180,3 +180,24 @@ def test_refused_requests_are_logged_too(start_edge, sims, tmp_path):
     assert [(l["status"], l["error"]) for l in lines] == [
         (404, "model_not_found"), (400, "invalid_request_error")]
     assert all(l["path"] == "/v1/chat/completions" for l in lines)
+
+
+def test_usage_no_request_has_is_not_counted_and_the_log_goes_on(start_edge, sims, tmp_path):
+    edge = start_edge(_config(sims, tmp_path))
+    huge = {"id": "c", "object": "chat.completion", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 10**26, "completion_tokens": 5, "total_tokens": 10**26}}
+    sims.alpha.configure(answer_body=json.dumps(huge), answer_type="application/json")
+    assert edge.call("POST", "/v1/chat/completions",
+                     {"model": "auto", "messages": MESSAGES}).status == 200
+    sims.alpha.configure(answer_body=None)
+    for _ in range(3):
+        assert edge.call("POST", "/v1/chat/completions",
+                         {"model": "auto", "messages": MESSAGES}).status == 200
+    # Every request has its line, the odd one included: the writer survived it.
+    lines = access_lines(tmp_path, 4)
+    assert [line["status"] for line in lines] == [200] * 4
+    assert lines[0]["prompt_tokens"] == 0 and lines[0]["completion_tokens"] == 5
+    text = edge.metrics()
+    assert metric_value(text, "llmedge_tokens_total", deployment="alpha", direction="in") \
+        == 3 * lines[1]["prompt_tokens"]
