@@ -147,7 +147,7 @@ class HttpFront(asyncio.Protocol):
     __slots__ = ("app", "limits", "loop", "transport", "parser", "write_paused", "closing",
                  "_url", "_headers", "_header_bytes", "_body", "_body_size", "_rejected",
                  "_current", "_queue", "_read_paused", "_timer", "_registry", "_deferred_error",
-                 "_continue_due", "_chunked", "_chunk", "_tail")
+                 "_continue_due", "_chunked", "_chunk", "_tail", "_begun", "_unparsed")
 
     def __init__(self, app: Application, limits: Limits, loop: asyncio.AbstractEventLoop,
                  registry: set[HttpFront]) -> None:
@@ -180,6 +180,10 @@ class HttpFront(asyncio.Protocol):
         self._chunk = -1
         # The last bytes read before these, where a chunk's size line may have begun.
         self._tail = b""
+        self._begun = False           # some of a request's head or body has been read
+        # A request whose body the parser does not read (it asked to upgrade): the
+        # exchange, the body bytes still to come, and those that came.
+        self._unparsed: tuple[Exchange, int, list[bytes]] | None = None
 
     # === transport callbacks ===
 
@@ -201,14 +205,23 @@ class HttpFront(asyncio.Protocol):
         self._queue.clear()
 
     def data_received(self, data: bytes) -> None:
+        if self._unparsed is not None:
+            data = self._take_unparsed_body(data)
+            if not data:
+                return
         try:
             self.parser.feed_data(data)
             if self._chunked:
                 if self._chunk >= 0:
                     self._check_chunk_size(data)
                 self._tail = data[-64:] if len(data) >= 64 else (self._tail + data)[-64:]
-        except httptools.HttpParserUpgrade:
-            self._fail(400, "protocol upgrades are not supported")
+        except httptools.HttpParserUpgrade as upgrade:
+            # llmedge speaks HTTP/1.1 only, and a server may ignore Upgrade: the request
+            # is answered as it is, and the bytes after its head are its body and the next
+            # requests, not another protocol.
+            rest = data[upgrade.args[0]:]
+            if rest:
+                self.data_received(rest)
         except httptools.HttpParserError as exc:
             if not self._rejected:
                 self._fail(400, "malformed HTTP request: %s" % exc)
@@ -236,6 +249,7 @@ class HttpFront(asyncio.Protocol):
     # === parser callbacks ===
 
     def on_message_begin(self) -> None:
+        self._begun = True
         self._url = b""
         self._headers = {}
         self._header_bytes = 0
@@ -316,6 +330,7 @@ class HttpFront(asyncio.Protocol):
     def on_message_complete(self) -> None:
         self._chunked = False
         self._chunk = -1
+        self._begun = False
         if self._rejected:
             return
         self._continue_due = False
@@ -329,6 +344,34 @@ class HttpFront(asyncio.Protocol):
         self._url = b""
         self._headers = {}
         self._body_size = 0
+        if parser.should_upgrade():
+            # The parser stopped at the head of a request asking to upgrade: its body, if
+            # it has one, is read here before the request is answered.
+            length = exchange.headers.get(b"content-length", b"0")
+            if b"transfer-encoding" in exchange.headers:
+                self._reject(400, "a request asking to upgrade may not have a chunked body")
+                return
+            if length.isdigit() and int(length) > 0:
+                self._unparsed = (exchange, int(length), [])
+                self._arm(self.limits.request_timeout)
+                return
+        self._dispatch(exchange)
+
+    def _take_unparsed_body(self, data: bytes) -> bytes:
+        """Body bytes of the request the parser let go; returns what follows the body."""
+        exchange, need, parts = self._unparsed
+        parts.append(data[:need])
+        need -= len(parts[-1])
+        if need > 0:
+            self._unparsed = (exchange, need, parts)
+            return b""
+        self._unparsed = None
+        self._disarm()
+        exchange.body = b"".join(parts)
+        self._dispatch(exchange)
+        return data[len(parts[-1]):]
+
+    def _dispatch(self, exchange: Exchange) -> None:
         if self._current is None:
             self._start(exchange)
         else:
@@ -472,4 +515,4 @@ class HttpFront(asyncio.Protocol):
             self.transport.close()
 
     def parser_mid_request(self) -> bool:
-        return bool(self._url or self._headers or self._body_size)
+        return self._begun or self._unparsed is not None

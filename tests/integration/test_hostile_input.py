@@ -215,3 +215,37 @@ def test_admin_without_a_token_refuses_what_a_proxy_forwarded(hostile_edge):
         resp = hostile_edge.call("GET", "/admin/upstreams", headers={header: "192.0.2.7"})
         assert resp.status == 403, (header, resp)
         assert resp.json()["error"]["code"] == "admin_loopback_only"
+
+
+def test_a_request_asking_to_upgrade_is_answered_as_http11_with_its_body(hostile_edge, sims):
+    body = json.dumps({"model": "plain", "messages": MESSAGES}).encode()
+    with RawConn(hostile_edge.port) as conn:
+        # What curl --http2 sends to an http:// URL: llmedge stays on HTTP/1.1.
+        conn.send(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+                  b"connection: Upgrade, HTTP2-Settings\r\nupgrade: h2c\r\n"
+                  b"http2-settings: AAMAAABkAARAAAAAAAIAAAAA\r\n"
+                  b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                  % (len(body), body)
+                  + b"GET /v1/models HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\n"
+                    b"upgrade: websocket\r\n\r\n"
+                  + b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        first = conn.read_response()
+        assert first.status == 200, first
+        assert first.json()["choices"][0]["message"]["content"].startswith("Alpha")
+        assert conn.read_response().status == 200      # /v1/models
+        assert conn.read_response().json() == {"status": "ok"}
+        # Exactly one answer per request: nothing else is waiting on the connection.
+        conn.send(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert conn.read_response().json() == {"status": "ok"}
+    assert sims.alpha.stats()["last_body"]["messages"] == MESSAGES
+
+
+def test_a_request_head_cut_short_gets_a_408(start_edge, sims):
+    edge = start_edge(_config(sims).replace("max_body_bytes: %d" % MAX_BODY,
+                                            "max_body_bytes: %d\n  request_timeout_s: 0.3"
+                                            % MAX_BODY))
+    with RawConn(edge.port) as conn:
+        conn.send(b"PO")    # not even a whole method
+        resp = conn.read_response()
+        assert resp.status == 408
+        assert conn.at_eof()

@@ -93,23 +93,35 @@ def chunked(body: bytes, sizes: list[int], extension: bytes) -> bytes:
     return out + b"0\r\n\r\n"
 
 
+UPGRADE = b"connection: Upgrade, HTTP2-Settings\r\nupgrade: h2c\r\n"
+
+
+def request(body: bytes, sizes: list[int], ext: bytes, form: str) -> tuple[bytes, bytes]:
+    """(the request's bytes, its body) in one of three framings."""
+    if form == "chunked":
+        return (b"POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+                + chunked(body, sizes, ext), body)
+    upgrade = UPGRADE if form == "upgrade" else b""
+    return (b"POST /echo HTTP/1.1\r\nhost: x\r\n%scontent-length: %d\r\n\r\n%s"
+            % (upgrade, len(body), body), body)
+
+
 REQUEST = st.builds(
-    lambda body, sizes, ext, is_chunked: (
-        b"POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
-        + chunked(body, sizes, ext) if is_chunked else
-        b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)),
-    st.binary(max_size=300),
-    st.lists(st.integers(1, 120), max_size=6),
+    request, st.binary(max_size=300), st.lists(st.integers(1, 120), max_size=6),
     st.sampled_from([b"", b";a=b", b";x=" + b"f" * 100, b";name=\"v\""]),
-    st.booleans())
+    st.sampled_from(["length", "chunked", "upgrade"]))
 
 
 @settings(max_examples=300, deadline=None)
 @given(requests=st.lists(REQUEST, min_size=1, max_size=4), data=st.data())
 def test_any_cut_of_pipelined_requests_reads_as_the_whole(requests, data):
-    stream = b"".join(requests)
+    stream = b"".join(raw for raw, _ in requests)
     cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=6))
-    assert run(stream, cuts) == run(stream, [])
+    whole = run(stream, [])
+    # Every request read, with its body, and answered once; however the bytes are cut.
+    assert [body for _, _, body in whole[0]] == [body for _, body in requests]
+    assert whole[1].count(b"HTTP/1.1 200 OK") == len(requests)
+    assert run(stream, cuts) == whole
 
 
 @settings(max_examples=200, deadline=None)
