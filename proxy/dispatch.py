@@ -46,7 +46,7 @@ class Answer:
     __slots__ = ("exchange", "plan", "path", "body", "model", "stream", "request_id",
                  "attempts", "upstream", "status", "session", "reason", "head_at", "candidates",
                  "cache_state", "ticket", "failures", "_bodies", "deadline", "upstream_s",
-                 "first_event_at", "usage", "strip_usage", "retries")
+                 "first_event_at", "usage", "strip_usage", "retries", "complete")
 
     def __init__(self, exchange: Exchange, plan: RoutePlan, path: bytes, body: bytes,
                  model: str, stream: bool, request_id: bytes, session: str | None = None,
@@ -75,6 +75,7 @@ class Answer:
         self.usage = None               # accounting.Usage of the answer, when reported
         self.strip_usage = False        # usage was asked for by llmedge, not the client
         self.retries = 0
+        self.complete = False           # a stream's [DONE] reached the client
 
     def body_for(self, target: Target) -> bytes:
         model = target.upstream_model
@@ -149,13 +150,16 @@ class SseRelay:
         if not self.committed:
             self.commit()
         answer.exchange.write(data)
-        if data.endswith(_DONE_ENDS):
-            self.done = ends_with_done(data)
+        if data.endswith(_DONE_ENDS) and ends_with_done(data):
+            # The client has the whole answer: however the upstream's connection ends
+            # now, and even if the client leaves before it does, this one succeeded.
+            self.done = answer.complete = True
 
     def commit(self) -> None:
         self.committed = True
         self.committed_at = self.answer.first_event_at = time.monotonic()
         answer = self.answer
+        answer.status = self.head.status
         ex = answer.exchange
         ex.start_stream(self.head.status, wire.EVENT_STREAM, answer.response_headers())
         # Couple flow control: a client that cannot keep up stops us reading upstream.
@@ -164,6 +168,17 @@ class SseRelay:
         ex.on_resume = conn.resume_reading
         if ex.client_paused:
             conn.pause_reading()
+
+    def settle(self) -> None:
+        """The upstream's body has ended: a [DONE] left without its blank line (the body's
+        very end) still closes the stream, and goes out with the blank line."""
+        pending = self.pending
+        if pending and not self.done and ends_with_done(pending):
+            self.pending = b""
+            if not self.committed:
+                self.commit()
+            self.answer.exchange.write(pending.rstrip(b"\r\n") + b"\n\n")
+            self.done = self.answer.complete = True
 
     def finish(self) -> None:
         if self.pending:
@@ -360,10 +375,13 @@ class Dispatcher:
                         raise
                     # The stream's own end marker went out: the answer is whole, only the
                     # connection broke (or idled) after it.
-                if conn.framed_by_close and not relay.done:
-                    # A close is this body's end only per HTTP: a chat stream that closes
-                    # before its [DONE] may just as well have been cut off.
-                    raise UpstreamReset("upstream closed the stream before its [DONE]")
+                relay.settle()
+                if not relay.done:
+                    # Only the [DONE] tells a chat stream's end from a cut: HTTP's own end
+                    # (a last chunk, or a close) may come from an upstream that crashed.
+                    if conn.framed_by_close:
+                        raise UpstreamReset("upstream closed the stream before its [DONE]")
+                    raise UpstreamBadResponse("upstream ended the stream without its [DONE]")
                 answer.status = status
                 if storing and relay.kept is not None:
                     # Stored before the stream's last byte: whoever reads the whole stream

@@ -365,7 +365,8 @@ class Gateway:
                     return
             await self.dispatcher.run(answer, answer.candidates)
         except asyncio.CancelledError:
-            answer.status = 499  # the client went away; nothing left to answer
+            if not answer.complete:
+                answer.status = 499  # the client went away; nothing left to answer
             raise
         except Exception:
             log.exception("unexpected error answering %s", answer.request_id)

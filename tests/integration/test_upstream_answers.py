@@ -383,3 +383,41 @@ def test_a_redirect_is_a_bad_response_and_falls_back(edge, sims):
     resp = post_chat(edge, {"model": "auto", "messages": MESSAGES})
     assert resp.status == 200 and resp.headers["x-llmedge-upstream"] == "beta"
     assert attempts(edge, "alpha", "bad_response") == 1
+
+
+def test_a_stream_that_ends_without_its_done_is_not_passed_off_as_complete(start_edge, sims):
+    # A clean chunked end, but no [DONE] (and no finish_reason): a cut, not an answer.
+    script = [SSE_HEAD % b"text/event-stream", chunk(CONTENT), b"0\r\n\r\n"]
+    with ScriptedUpstream(script) as upstream:
+        edge = scripted_edge(start_edge, sims, upstream)
+        resp = post_chat(edge, {"model": "auto", "messages": MESSAGES, "stream": True})
+        events = parse_sse(resp.body)
+        assert "scripted" in events[0]
+        assert json.loads(events[-1])["error"]["code"] == "upstream_bad_response"
+        assert attempts(edge, "scripted", "bad_response") == 1
+
+
+def test_a_done_without_its_blank_line_at_the_very_end_closes_the_stream(start_edge, sims):
+    script = [SSE_HEAD % b"text/event-stream", chunk(CONTENT + FINISH + b"data: [DONE]\n"),
+              b"0\r\n\r\n"]
+    with ScriptedUpstream(script) as upstream:
+        edge = scripted_edge(start_edge, sims, upstream)
+        resp = post_chat(edge, {"model": "auto", "messages": MESSAGES, "stream": True})
+    assert resp.body == CONTENT + FINISH + DONE
+
+
+def test_a_client_that_leaves_after_the_done_got_a_complete_answer(start_edge, sims):
+    # The last chunk comes later than [DONE]; the client does not wait for it.
+    script = [SSE_HEAD % b"text/event-stream", chunk(CONTENT + FINISH + DONE), 0.3,
+              b"0\r\n\r\n"]
+    with ScriptedUpstream(script) as upstream:
+        edge = scripted_edge(start_edge, sims, upstream)
+        with edge.client() as client:
+            chunks = list(client.chat.completions.create(model="auto", messages=MESSAGES,
+                                                         stream=True))
+        assert chunks[-1].choices[0].finish_reason == "stop"
+        wait_for(lambda: metric_value(edge.metrics(), "llmedge_requests_total") == 1,
+                 message="the request to be counted")
+        text = edge.metrics()
+        assert metric_value(text, "llmedge_requests_total", status="200") == 1
+        assert metric_value(text, "llmedge_requests_total", status="499") == 0
