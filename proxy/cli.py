@@ -14,7 +14,7 @@ import traceback
 from typing import TYPE_CHECKING
 
 from . import __version__
-from .config import Config, load, missing_keys
+from .config import Config, load, missing_keys, parse_address
 from .errors import ConfigError
 from .loops import LOOPS, loop_factory
 
@@ -204,6 +204,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.port, loop_factory(args.loop), args.grpc_port)
 
 
+def _at_least_one(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError("expected a whole number >= 1, got %r" % value)
+    return number
+
+
+def _port(value: str) -> int:
+    if not value.isdigit() or not 0 <= int(value) <= 65535:
+        raise argparse.ArgumentTypeError("expected a port 0..65535, got %r" % value)
+    return int(value)
+
+
+def _address(value: str) -> str:
+    try:
+        parse_address(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmedge", description="LLM routing edge proxy")
     parser.add_argument("--version", action="version", version="llmedge " + __version__)
@@ -214,10 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve a configuration")
     serve.add_argument("-c", "--config", default=os.environ.get("LLMEDGE_CONFIG"),
                        required=not os.environ.get("LLMEDGE_CONFIG"))
-    serve.add_argument("--workers", type=int, default=int(os.environ.get("LLMEDGE_WORKERS", 0)),
+    # argparse applies a type to a string default too: LLMEDGE_WORKERS is checked as well.
+    serve.add_argument("--workers", type=_at_least_one, default=os.environ.get("LLMEDGE_WORKERS"),
                        help="processes sharing the port (default: server.workers)")
-    serve.add_argument("--http", help="override server.http (host:port)")
-    serve.add_argument("--grpc", help="override server.grpc (host:port)")
+    serve.add_argument("--http", type=_address, help="override server.http (host:port)")
+    serve.add_argument("--grpc", type=_address, help="override server.grpc (host:port)")
     serve.add_argument("--loop", choices=LOOPS, default=os.environ.get("LLMEDGE_LOOP", "auto"))
     serve.set_defaults(func=cmd_serve)
 
@@ -226,8 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_check)
 
     demo = sub.add_parser("demo", help="llmedge and three simulated upstreams, no keys needed")
-    demo.add_argument("--port", type=int, default=8080)
-    demo.add_argument("--grpc-port", type=int, default=None,
+    demo.add_argument("--port", type=_port, default=8080)
+    demo.add_argument("--grpc-port", type=_port, default=None,
                       help="default 50051, or a free one when it is taken; 0 picks a free one")
     demo.add_argument("--loop", choices=LOOPS, default="auto")
     demo.set_defaults(func=cmd_demo)

@@ -283,6 +283,20 @@ class Server:
                 self.grpc.force()
         self._stop.set()
 
+    async def undo_start(self) -> None:
+        """Close what a start-up that failed half-way had opened (a listener that could not
+        bind, say), while the loop still runs to close it."""
+        if self.grpc is not None:
+            await self.grpc.stop()
+        if self._http_server is not None:
+            self._http_server.close()
+        if self.fleet is not None:
+            await self.fleet.aclose()
+        if self.gateway is not None:
+            await self.gateway.aclose()
+        if self.router is not None:
+            self.router.close()
+
     async def serve_until_stopped(self) -> None:
         await self._stop.wait()
         await self.drain()
@@ -352,7 +366,11 @@ async def _ssl_context(config: Config) -> ssl.SSLContext | None:
 async def serve(config: Config, *, reuse_port: bool = False, ready_line: bool = True,
                 config_path: str | None = None, workers: WorkerSet | None = None) -> None:
     server = Server(config, reuse_port=reuse_port, config_path=config_path, workers=workers)
-    await server.start()
+    try:
+        await server.start()
+    except BaseException:
+        await server.undo_start()
+        raise
     server.install_signals()
     if ready_line:
         # One machine-readable line per front end, so scripts and tests learn ephemeral

@@ -132,3 +132,33 @@ def test_the_shipped_example_configuration_passes_check():
     proc = run("check", path, env={"OPENAI_API_KEY": "sk-example"})
     assert proc.returncode == 0, proc.stderr
     assert "OK" in proc.stdout
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--http", "nonsense"], "argument --http: expected host:port"),
+    (["--http", "127.0.0.1:99999"], "argument --http: expected host:port"),
+    (["--grpc", "x"], "argument --grpc: expected host:port"),
+    (["--workers", "0"], "argument --workers: expected a whole number >= 1"),
+    (["--workers", "-3"], "argument --workers: expected a whole number >= 1"),
+])
+def test_serve_refuses_bad_command_line_values(tmp_path, args, expected):
+    path = tmp_path / "llmedge.yaml"
+    path.write_text(DEPLOYMENT)
+    done = run("serve", path, *args)
+    assert done.returncode == 2, done.stderr
+    assert expected in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_start_up_that_cannot_listen_fails_cleanly(tmp_path):
+    taken = socket.create_server(("127.0.0.1", 0))
+    try:
+        path = tmp_path / "llmedge.yaml"
+        path.write_text("server: {http: 127.0.0.1:%d, grpc: 127.0.0.1:0}\n"
+                        % taken.getsockname()[1] + DEPLOYMENT)
+        done = run("serve", path)
+    finally:
+        taken.close()
+    assert done.returncode == 3
+    assert "cannot start" in done.stderr and "Address already in use" in done.stderr
+    # Whatever had started (the gRPC server) was closed while the loop still ran.
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr
