@@ -12,6 +12,7 @@ import re
 from urllib.parse import urlsplit
 
 import msgspec
+import yaml
 
 from .errors import ConfigError
 from .routing.classify_config import check_classify, writable_file_problem
@@ -305,14 +306,43 @@ def _msgspec_problem(exc: msgspec.MsgspecError) -> str:
     return "%s: %s" % (path or "(top level)", match.group("msg"))
 
 
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """YAML's safe loader, refusing a key given twice in one mapping: YAML keeps the last
+    one, and a second ``routes:`` would silently replace the first."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue   # "<<:" merges are meant to be overridden
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark.line + 1)
+                except TypeError:
+                    continue   # an unhashable key: the constructor reports it
+                if first != key_node.start_mark.line + 1:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, "key %r is given twice (first on line %d)" % (key, first),
+                        key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
 def parse(text: str | bytes) -> Config:
     """Decode and check a YAML document; raise ConfigError listing every problem."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(["(file): not UTF-8 text (byte %d)" % exc.start]) from None
     try:
-        config = msgspec.yaml.decode(text, type=Config)
+        doc = yaml.load(text, _Loader)
+    except (yaml.YAMLError, ValueError) as exc:
+        raise ConfigError(["(yaml): %s" % exc]) from None
+    try:
+        config = msgspec.convert(doc, Config)
     except msgspec.ValidationError as exc:
         raise ConfigError([_msgspec_problem(exc)]) from None
-    except msgspec.DecodeError as exc:
-        raise ConfigError(["(yaml): %s" % exc]) from None
     problems = check(config)
     if problems:
         raise ConfigError(problems)
@@ -340,12 +370,19 @@ def _check_url(url: str) -> str | None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
         return "expected an http:// or https:// URL, got %r" % url
+    if parts.username is not None or parts.password is not None:
+        # It would be shown wherever the URL is (metrics labels, /admin/upstreams) and
+        # never sent: keys come from api_key_env.
+        return "URL %r must not carry credentials; use api_key_env" % (
+            urlsplit(url)._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl())
     if not parts.hostname:
         return "URL %r has no host" % url
     try:
-        parts.port
+        port = parts.port
     except ValueError:
         return "URL %r has a bad port" % url
+    if port == 0:
+        return "URL %r has port 0" % url
     if parts.query or parts.fragment:
         return "URL %r must not have a query or fragment" % url
     return None

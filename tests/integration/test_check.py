@@ -162,3 +162,29 @@ def test_a_start_up_that_cannot_listen_fails_cleanly(tmp_path):
     assert "cannot start" in done.stderr and "Address already in use" in done.stderr
     # Whatever had started (the gRPC server) was closed while the loop still ran.
     assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr
+
+
+@pytest.mark.parametrize("text, expected", [
+    pytest.param(DEPLOYMENT + "routes:\n  - {name: r, deployments: [alpha]}\n"
+                 "routes:\n  - {name: r2, deployments: [alpha]}\n",
+                 "key 'routes' is given twice (first on line 4)", id="duplicate-key"),
+    pytest.param("deployments:\n  - name: a\n    base_url: http://user:secret@127.0.0.1:9/v1\n",
+                 "must not carry credentials", id="credentials-in-url"),
+    pytest.param("deployments:\n  - name: a\n    base_url: http://127.0.0.1:0/v1\n",
+                 "has port 0", id="port-0"),
+])
+def test_check_refuses_what_yaml_or_urls_would_hide(tmp_path, text, expected):
+    path = tmp_path / "llmedge.yaml"
+    path.write_text(text)
+    done = run("check", path)
+    assert done.returncode == 2 and expected in done.stderr, done.stderr
+    assert "secret" not in done.stderr
+
+
+def test_yaml_merge_keys_may_be_overridden(tmp_path):
+    path = tmp_path / "llmedge.yaml"
+    path.write_text("deployments:\n  - &base {name: a, base_url: 'http://127.0.0.1:9/v1'}\n"
+                    "  - <<: *base\n    name: b\n")
+    done = run("check", path)
+    assert done.returncode == 0, done.stderr
+    assert "deployments (2)" in done.stdout
