@@ -90,7 +90,13 @@ def from_http(status: int, body: bytes, header_block: bytes = b"") -> Failure:
     elif body:
         message = "%s: %s" % (message, body[:200].decode("utf-8", "replace"))
     trailers.append(("x-llmedge-http-status", str(status)))
-    return Failure(code_for(status), message, trailers)
+    code = code_for(status)
+    if code == grpc.StatusCode.INTERNAL and any(
+            name == "x-llmedge-upstream" and value != "-" for name, value in trailers):
+        # An upstream's own 5xx, passed on: a failing upstream (worth a retry), not a fault
+        # in llmedge.
+        code = grpc.StatusCode.UNAVAILABLE
+    return Failure(code, message, trailers)
 
 
 def from_error(exc: ProxyError) -> Failure:

@@ -295,6 +295,7 @@ def test_unknown_model_and_unsatisfiable_tags(sims, stub):
     (403, grpc.StatusCode.PERMISSION_DENIED),
     (400, grpc.StatusCode.INVALID_ARGUMENT),
     (503, grpc.StatusCode.UNAVAILABLE),
+    (500, grpc.StatusCode.UNAVAILABLE),   # the upstream failed, not llmedge: worth a retry
 ])
 def test_upstream_statuses_map_to_codes(sims, stub, upstream_status, code):
     sims.gamma.configure(status=upstream_status)
