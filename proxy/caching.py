@@ -99,6 +99,14 @@ class CacheBreaker:
             self.trial = False
 
 
+def cache_directives(value: bytes) -> set[bytes]:
+    """The directive names of a Cache-Control value (``no-cache, max-age=0`` -> {no-cache,
+    max-age}): matched whole, so ``x-no-cache`` is not no-cache."""
+    if not value:
+        return set()
+    return {part.partition(b"=")[0].strip().lower() for part in value.split(b",")}
+
+
 class ResponseCache:
     def __init__(self, section: CacheSection, metrics: Metrics) -> None:
         self.section = section
@@ -131,7 +139,7 @@ class ResponseCache:
         if policy.when != "always" and not repeatable(request):
             self.metrics.lookup(route, "bypass")
             return None
-        control = headers.get(b"cache-control", b"").lower()
+        control = cache_directives(headers.get(b"cache-control", b""))
         lookup, store = b"no-cache" not in control, b"no-store" not in control
         if not lookup:
             self.metrics.lookup(route, "bypass")

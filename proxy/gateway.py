@@ -7,7 +7,7 @@ import hmac
 import logging
 import os
 import time
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote, unquote_to_bytes
 
 import msgspec
 import orjson
@@ -36,6 +36,10 @@ class MessageView(msgspec.Struct):
     role: str
 
 
+class StreamOptionsView(msgspec.Struct):
+    include_usage: bool | None = None
+
+
 class ChatView(msgspec.Struct):
     """The part of a chat request routing needs; msgspec skips every other field."""
 
@@ -43,6 +47,9 @@ class ChatView(msgspec.Struct):
     messages: list[MessageView]
     stream: bool | None = False
     user: str | None = None
+    # Read because llmedge may set include_usage: a stream_options that is not an object
+    # would go upstream unread and its tokens uncounted.
+    stream_options: StreamOptionsView | None = None
 
 
 class EmbeddingsView(msgspec.Struct):
@@ -99,6 +106,8 @@ class Gateway:
             self._route(ex)
         elif path == b"/v1/models":
             self._get(ex) and ex.respond(200, self.router.models_body)
+        elif path.startswith(b"/v1/models/"):
+            self._get(ex) and self._model(ex, path[11:])
         elif path == b"/healthz":
             self._get(ex) and ex.respond(200, b'{"status":"ok"}')
         elif path == b"/readyz":
@@ -132,6 +141,19 @@ class Gateway:
                                          code="method_not_allowed"),
                     b"allow: %s\r\n" % (b"GET, HEAD" if method == b"GET" else method))
         return False
+
+    def _model(self, ex: Exchange, name: bytes) -> None:
+        body = self.router.model_bodies.get(name)
+        if body is None:
+            # Quoted or not, the same id: %2F and / alike.
+            body = self.router.model_bodies.get(quote(unquote_to_bytes(name), safe="").encode())
+        if body is None:
+            self._error(ex, NotFound("The model %r does not exist: it names no route or "
+                                     "deployment" % unquote_to_bytes(name).decode("utf-8",
+                                                                                   "replace"),
+                                     param="model"))
+            return
+        ex.respond(200, body)
 
     def _reload(self, ex: Exchange) -> None:
         if self.reloader is None:
@@ -174,10 +196,14 @@ class Gateway:
                 "server.admin_token_env to use them from elsewhere",
                 "permission_error", "admin_loopback_only"))
             return False
-        if hmac.compare_digest(ex.headers.get(b"authorization", b""), token):
+        scheme, _, credential = ex.headers.get(b"authorization", b"").partition(b" ")
+        # The scheme's name is case-insensitive (RFC 9110); the token is compared in
+        # constant time.
+        if scheme.lower() == b"bearer" and hmac.compare_digest(credential.strip(), token[7:]):
             return True
         ex.respond(401, wire.error_body("admin endpoints need the admin token",
-                                        "authentication_error", "invalid_admin_token"))
+                                        "authentication_error", "invalid_admin_token"),
+                   wire.JSON, b'www-authenticate: Bearer realm="llmedge admin"\r\n')
         return False
 
     def upstream_rows(self) -> list[dict]:
@@ -286,10 +312,15 @@ class Gateway:
                 return
             decision = plan.decide(*args)
         except ProxyError as exc:
-            self._error(ex, exc)
+            # Refused before any routing, but still one of the client's requests: it can be
+            # found by its id like any other.
+            request_id = self._request_id(ex)
+            self._error(ex, exc, b"x-request-id: %s\r\n" % request_id)
             self.metrics.request("-", "-", exc.status, time.perf_counter() - started)
             if self.access_log is not None:
-                self.access_log.write({"ts": time.time(), "path": "/v1" + path.decode(),
+                self.access_log.write({"ts": time.time(),
+                                       "request_id": request_id.decode("latin-1"),
+                                       "path": "/v1" + path.decode(),
                                        "status": exc.status, "error": exc.code or exc.type,
                                        "duration_ms": round((time.perf_counter() - started)
                                                             * 1e3, 3)})
@@ -488,7 +519,15 @@ class Gateway:
             return
         if not self._admin(ex):
             return
-        query = parse_qs(ex.url.partition(b"?")[2].decode("latin-1"))
+        query = parse_qs(ex.url.partition(b"?")[2].decode("latin-1"), keep_blank_values=True)
+        unknown = sorted(set(query) - {"route"})
+        if unknown or len(query.get("route", ())) > 1 or query.get("route") == [""]:
+            # A typo must not empty every route's cache.
+            self._error(ex, BadRequest(
+                "DELETE /admin/cache takes one query parameter, route=NAME (got %s)"
+                % ", ".join(unknown or ["route=%s" % v for v in query["route"]]),
+                param="route"))
+            return
         route = query.get("route", [None])[0]
         if route is not None and route not in self.router.routes:
             self._error(ex, NotFound("no such route: %s" % route, code="route_not_found"))

@@ -93,7 +93,8 @@ def _text_len(content) -> int:
         return len(content)
     if isinstance(content, list):
         # Multimodal message content: only text parts carry tokens worth estimating here.
-        return sum(len(p.get("text") or "") for p in content if isinstance(p, dict))
+        return sum(len(p["text"]) for p in content
+                   if isinstance(p, dict) and isinstance(p.get("text"), str))
     return 0
 
 

@@ -21,6 +21,21 @@ from .peer import is_loopback
 log = logging.getLogger("llmedge.http")
 
 
+def origin_form(url: bytes) -> bytes:
+    """``http://host:port/path?q`` -> ``/path?q``: the absolute form HTTP/1.1 servers must
+    accept (RFC 9112 3.2.2), as if the client had sent the path alone."""
+    scheme, sep, rest = url.partition(b"://")
+    if not sep:
+        return url
+    slash = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
+    path = rest[slash:]
+    return path if path.startswith(b"/") else b"/" + path
+
+
+# How long a refused request's remaining bytes are read and dropped before the close.
+LINGER_S = 2.0
+
+
 class Limits:
     __slots__ = ("max_body", "max_header_bytes", "max_headers", "request_timeout",
                  "keepalive_timeout", "max_pipelined")
@@ -147,7 +162,8 @@ class HttpFront(asyncio.Protocol):
     __slots__ = ("app", "limits", "loop", "transport", "parser", "write_paused", "closing",
                  "_url", "_headers", "_header_bytes", "_body", "_body_size", "_rejected",
                  "_current", "_queue", "_read_paused", "_timer", "_registry", "_deferred_error",
-                 "_continue_due", "_chunked", "_chunk", "_tail", "_begun", "_unparsed")
+                 "_continue_due", "_chunked", "_chunk", "_tail", "_begun", "_unparsed",
+                 "_discarding")
 
     def __init__(self, app: Application, limits: Limits, loop: asyncio.AbstractEventLoop,
                  registry: set[HttpFront]) -> None:
@@ -184,6 +200,7 @@ class HttpFront(asyncio.Protocol):
         # A request whose body the parser does not read (it asked to upgrade): the
         # exchange, the body bytes still to come, and those that came.
         self._unparsed: tuple[Exchange, int, list[bytes]] | None = None
+        self._discarding = False      # lingering after a refusal: what comes is dropped
 
     # === transport callbacks ===
 
@@ -205,13 +222,15 @@ class HttpFront(asyncio.Protocol):
         self._queue.clear()
 
     def data_received(self, data: bytes) -> None:
+        if self._discarding:
+            return   # the rest of a refused request: the answer has gone out
         if self._unparsed is not None:
             data = self._take_unparsed_body(data)
             if not data:
                 return
         try:
             self.parser.feed_data(data)
-            if self._chunked:
+            if self._chunked and not self._rejected:
                 if self._chunk >= 0:
                     self._check_chunk_size(data)
                 self._tail = data[-64:] if len(data) >= 64 else (self._tail + data)[-64:]
@@ -336,7 +355,10 @@ class HttpFront(asyncio.Protocol):
         self._continue_due = False
         self._disarm()
         parser = self.parser
-        exchange = Exchange(self, parser.get_method(), self._url, self._headers,
+        url = self._url
+        if url[:1] != b"/" and url[:4].lower() == b"http":
+            url = origin_form(url)
+        exchange = Exchange(self, parser.get_method(), url, self._headers,
                             b"".join(self._body), parser.should_keep_alive(),
                             parser.get_http_version() == "1.0")
         # Nothing of this request is pending any more: the idle timer must see a clean slate.
@@ -473,7 +495,7 @@ class HttpFront(asyncio.Protocol):
     def _fail(self, status: int, message: str) -> None:
         """Answer a request that cannot be parsed further, then close: the stream of
         requests has lost its framing. Requests complete before it are answered first."""
-        if self.transport is None:
+        if self.transport is None or self._discarding:
             return
         if self._current is None and not self._queue:
             self._write_error(status, message)
@@ -488,7 +510,21 @@ class HttpFront(asyncio.Protocol):
         self.transport.write(b"%scontent-type: application/json\r\ncontent-length: %d\r\n"
                              b"connection: close\r\n\r\n%s"
                              % (wire.status_line(status), len(body), body))
-        self._close_after_write()
+        if self._rejected and self.transport.can_write_eof():
+            self._linger()
+        else:
+            self._close_after_write()
+
+    def _linger(self) -> None:
+        """Close after a refusal while the client may still be sending what was refused
+        (a body past the limit): closing at once would reset the connection and lose the
+        answer in the client's socket. So half-close, read and drop what still comes for
+        a while, as nginx does, then close."""
+        self._discarding = True
+        self.transport.write_eof()
+        if self._read_paused or self._deferred_error is not None:
+            self.transport.resume_reading()
+        self._arm(LINGER_S)
 
     def _close_after_write(self) -> None:
         self._disarm()
@@ -509,7 +545,9 @@ class HttpFront(asyncio.Protocol):
         self._timer = None
         if self.transport is None:
             return
-        if self._current is None and not self._queue and self.parser_mid_request():
+        if self._discarding:
+            self.transport.close()
+        elif self._current is None and not self._queue and self.parser_mid_request():
             self._fail(408, "request not received in time")
         elif self._current is None and not self._queue:
             self.transport.close()

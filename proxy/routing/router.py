@@ -14,6 +14,8 @@ import random
 import ssl
 from collections.abc import Callable, Iterator
 
+from urllib.parse import quote
+
 import orjson
 import xxhash
 
@@ -205,7 +207,20 @@ def parse_tags(value: bytes) -> frozenset[str]:
         text = value.decode("utf-8")
     except UnicodeDecodeError:
         raise BadRequest("x-llmedge-tags: not UTF-8", param="x-llmedge-tags") from None
-    return frozenset(tag.strip() for tag in text.split(",") if tag.strip())
+    tags = set()
+    for item in text.split(","):
+        tag = item.strip()
+        if not tag:
+            continue
+        if "=" in tag:
+            key, _, value = tag.partition("=")
+            key, value = key.strip(), value.strip()
+            if not key or not value or "=" in value:
+                raise BadRequest("x-llmedge-tags: %r is not a tag (expected k=v or a name)"
+                                 % tag, param="x-llmedge-tags")
+            tag = key + "=" + value   # "region = eu" is the tag region=eu
+        tags.add(tag)
+    return frozenset(tags)
 
 
 class Router:
@@ -276,10 +291,12 @@ class Router:
                 plan.close()  # their own side parts only: the table may be the previous one's
             raise ConfigError(problems)
         self._previous = previous
-        self.models_body = orjson.dumps({"object": "list", "data": [
-            {"id": name, "object": "model", "created": 0,
-             "owned_by": "llmedge-route" if name in self.routes else "llmedge-deployment"}
-            for name in [*self.routes, *self.targets]]})
+        models = [{"id": name, "object": "model", "created": 0,
+                   "owned_by": "llmedge-route" if name in self.routes else "llmedge-deployment"}
+                  for name in [*self.routes, *self.targets]]
+        self.models_body = orjson.dumps({"object": "list", "data": models})
+        # GET /v1/models/{id} (the SDKs' models.retrieve), by the id as it appears in a URL.
+        self.model_bodies = {quote(m["id"], safe="").encode(): orjson.dumps(m) for m in models}
 
     def plan(self, model: str) -> RoutePlan:
         plan = self.routes.get(model) or self._direct.get(model)

@@ -95,6 +95,13 @@ def test_tenants_are_isolated_unless_the_cache_is_shared(edge, sims):
     assert ask(edge, chat("shared-faq"), other_tenant).headers["x-llmedge-cache"] == "hit"
 
 
+@pytest.mark.parametrize("value, state", [("no-cache", "bypass"), ("max-age=0, NO-CACHE", "bypass"),
+                                          ("x-no-cache", "hit"), ("no-cachex", "hit")])
+def test_cache_control_directives_are_matched_whole(edge, sims, value, state):
+    ask(edge, chat())
+    assert ask(edge, chat(), {"cache-control": value}).headers["x-llmedge-cache"] == state
+
+
 def test_cache_control(edge, sims):
     assert ask(edge, chat(), {"cache-control": "no-store"}).headers["x-llmedge-cache"] == "miss"
     assert ask(edge, chat(), {"cache-control": "no-cache"}).headers["x-llmedge-cache"] == "bypass"
@@ -354,11 +361,20 @@ routes:
     token = {"authorization": "Bearer s3cret"}
     ask(admin, chat())
     ask(admin, chat("other"))
-    assert admin.call("DELETE", "/admin/cache").status == 401
+    refused = admin.call("DELETE", "/admin/cache")
+    assert refused.status == 401 and refused.headers["www-authenticate"].startswith("Bearer")
+    assert admin.call("DELETE", "/admin/cache",
+                      headers={"authorization": "Bearer wrong"}).status == 401
     assert admin.call("GET", "/admin/cache", headers=token).status == 405
+    # A typo or an empty route must not empty every route's cache.
+    for query in ("?rout=faq", "?route=", "?route=faq&route=other"):
+        typo = admin.call("DELETE", "/admin/cache" + query, headers=token)
+        assert typo.status == 400, (query, typo)
+    assert ask(admin, chat()).headers["x-llmedge-cache"] == "hit"
     missing = admin.call("DELETE", "/admin/cache?route=nope", headers=token)
     assert missing.status == 404 and missing.json()["error"]["code"] == "route_not_found"
-    gone = admin.call("DELETE", "/admin/cache?route=faq", headers=token)
+    # The scheme's name is case-insensitive.
+    gone = admin.call("DELETE", "/admin/cache?route=faq", headers={"authorization": "bearer s3cret"})
     assert gone.status == 200 and gone.json() == {"deleted": 1, "route": "faq"}
     assert ask(admin, chat("other")).headers["x-llmedge-cache"] == "hit"
     assert ask(admin, chat()).headers["x-llmedge-cache"] == "miss"

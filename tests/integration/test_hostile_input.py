@@ -249,3 +249,57 @@ def test_a_request_head_cut_short_gets_a_408(start_edge, sims):
         resp = conn.read_response()
         assert resp.status == 408
         assert conn.at_eof()
+
+
+def test_a_body_past_the_limit_gets_its_413_not_a_reset(hostile_edge, sims):
+    # http.client sends the whole body before it reads: the answer must still be there.
+    import http.client
+
+    big = json.dumps({"model": "plain", "messages": MESSAGES,
+                      "pad": "x" * (MAX_BODY * 64)}).encode()
+    for _ in range(3):
+        conn = http.client.HTTPConnection("127.0.0.1", hostile_edge.port, timeout=30)
+        try:
+            conn.request("POST", "/v1/chat/completions", big,
+                         {"content-type": "application/json"})
+            resp = conn.getresponse()
+            assert resp.status == 413
+            assert json.loads(resp.read())["error"]["type"] == "invalid_request_error"
+        finally:
+            conn.close()
+    assert sims.alpha.stats()["chat"] == 0
+
+
+def test_request_ids_reach_refused_requests_too(hostile_edge):
+    resp = hostile_edge.call("POST", "/v1/chat/completions", {"model": "plain"},
+                             headers={"x-request-id": "client-id-7"})
+    assert resp.status == 400 and resp.headers["x-request-id"] == "client-id-7"
+
+
+def test_an_absolute_form_request_target_is_the_path(hostile_edge):
+    with RawConn(hostile_edge.port) as conn:
+        conn.send(b"GET http://127.0.0.1:%d/healthz HTTP/1.1\r\nhost: x\r\n\r\n"
+                  % hostile_edge.port)
+        assert conn.read_response().json() == {"status": "ok"}
+
+
+@pytest.mark.parametrize("value, status", [
+    ("region = eu", 200), (" region=eu , ", 200), (",,=,==", 400), ("region=", 400),
+    ("=eu", 400), ("a=b=c", 400)])
+def test_tags_are_read_or_refused(hostile_edge, value, status):
+    resp = hostile_edge.call("POST", "/v1/route", {"model": "plain", "messages": MESSAGES},
+                             headers={"x-llmedge-tags": value})
+    if status == 200:
+        # No deployment carries region=eu: read as that tag, so unsatisfiable, not malformed.
+        assert resp.status == 400 and resp.json()["error"]["code"] == "unsatisfiable_tags"
+        assert "region=eu" in resp.json()["error"]["message"]
+    else:
+        assert resp.status == 400 and "is not a tag" in resp.json()["error"]["message"]
+
+
+def test_stream_options_must_be_an_object(hostile_edge, sims):
+    resp = hostile_edge.call("POST", "/v1/chat/completions",
+                             {"model": "plain", "messages": MESSAGES, "stream": True,
+                              "stream_options": "x"})
+    assert resp.status == 400 and resp.json()["error"]["param"] == "stream_options"
+    assert sims.alpha.stats()["chat"] == 0

@@ -382,3 +382,13 @@ def test_unknown_path_is_404(edge):
         assert resp.status == 404, (path, resp)
         assert_openai_error(resp.json())
     assert edge.call("POST", CHAT, {"model": "auto", "messages": MESSAGES}).status == 200
+
+
+def test_models_retrieve_names_each_route_and_deployment(edge):
+    with edge.client() as client:
+        auto = client.models.retrieve("auto")
+        assert (auto.id, auto.owned_by) == ("auto", "llmedge-route")
+        assert client.models.retrieve("alpha").owned_by == "llmedge-deployment"
+        with pytest.raises(openai.NotFoundError):
+            client.models.retrieve("nope")
+    assert edge.call("GET", "/v1/models/auto/extra").status == 404

@@ -37,6 +37,12 @@ class Transport:
 
     abort = close
 
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.closed = True   # nothing more goes out: for these tests, the answer is complete
+
     def pause_reading(self) -> None:
         pass
 
