@@ -19,6 +19,7 @@ from .jsondoc import without_surrogate_escapes
 # The key of a usage object, in any layout: OpenAI itself pretty-prints (`"usage": {`), and a
 # stream asked for usage carries `"usage":null` in every chunk but the last. Inside a JSON
 # string the quotes would be escaped, so only a real key matches.
+USAGE_KEY = b'"usage"'
 _USAGE_OBJECT = re.compile(rb'"usage"[ \t\r\n]*:[ \t\r\n]*\{')
 # SSE events end with a blank line; any of the three line ends may be used (CRLF from some
 # servers), so the separator is kept as it came.
@@ -42,6 +43,11 @@ class _WithUsage(msgspec.Struct):
 
 
 class _Event(msgspec.Struct):
+    usage: Usage | None = None
+    choices: list[msgspec.Raw] | None = None
+
+
+class _AnyEvent(msgspec.Struct):
     usage: msgspec.Raw = msgspec.Raw(b"null")
     choices: list[msgspec.Raw] | None = None
 
@@ -62,12 +68,18 @@ _options_decoder = msgspec.json.Decoder(_WithOptions)
 _body_decoder = msgspec.json.Decoder(_WithUsage)
 _lenient_decoder = msgspec.json.Decoder(_AnyUsage)
 _event_decoder = msgspec.json.Decoder(_Event)
+_any_event_decoder = msgspec.json.Decoder(_AnyEvent)
 _usage_decoder = msgspec.json.Decoder(Usage | None)
 
 
 def has_usage(data: bytes) -> bool:
-    """Whether ``data`` holds a usage object. One regex search: no dearer than a substring
-    test, and a ``"usage":null`` in every chunk does not make it look further."""
+    """Whether ``data`` holds a usage object. Substring tests in C first (the compact
+    layout, no usage at all, or only the ``"usage":null`` a stream asked for usage carries in
+    every chunk); the regex only for the other layouts."""
+    if b'"usage":{' in data:
+        return True
+    if USAGE_KEY not in data or data.count(USAGE_KEY) == data.count(b'"usage":null'):
+        return False
     return _USAGE_OBJECT.search(data) is not None
 
 
@@ -161,36 +173,51 @@ def event_data(event: bytes) -> bytes:
     return b"\n".join(lines)
 
 
+def _event_usage(event: bytes) -> tuple[Usage | None, bool]:
+    """(the usage an SSE event carries, whether it carries choices too)."""
+    payload = event_data(event)
+    try:
+        parsed = _event_decoder.decode(payload)
+        return parsed.usage, bool(parsed.choices)
+    except msgspec.ValidationError:
+        pass   # a usage of another shape: read leniently below
+    except msgspec.DecodeError:
+        payload = without_surrogate_escapes(payload)
+    except RecursionError:
+        return None, False
+    try:
+        lenient = _any_event_decoder.decode(payload)
+    except (msgspec.MsgspecError, RecursionError):
+        return None, False
+    return _usage_of(lenient.usage), bool(lenient.choices)
+
+
 def take_usage(data: bytes, strip: bool) -> tuple[bytes, Usage | None]:
     """Find the usage event among whole SSE events in ``data``; with ``strip`` remove it
     when it carries nothing else (no choices). Returns the events to forward."""
+    if b"\r" in data:
+        # [event, end, event, end, ..., rest]: any line ends, each kept as it came.
+        parts = _EVENT_END.split(data)
+        events, ends, rest = parts[:-1:2], parts[1::2], parts[-1]
+    else:
+        # The usual \n line ends: split in C, several times faster than the regex.
+        events = data.split(b"\n\n")
+        rest = events.pop()
+        ends = None
     usage = None
-    # [event, end, event, end, ..., rest]: the rest is empty when data ends an event.
-    parts = _EVENT_END.split(data)
-    kept = []
-    changed = False
-    for i in range(0, len(parts), 2):
-        event = parts[i]
-        end = parts[i + 1] if i + 1 < len(parts) else b""
-        if has_usage(event):
-            payload = event_data(event)
-            try:
-                parsed = _event_decoder.decode(payload)
-            except msgspec.DecodeError:
-                try:
-                    parsed = _event_decoder.decode(without_surrogate_escapes(payload))
-                except (msgspec.MsgspecError, RecursionError):
-                    parsed = None
-            except RecursionError:
-                parsed = None
-            found = _usage_of(parsed.usage) if parsed is not None else None
+    dropped = []
+    for i, event in enumerate(events):
+        if USAGE_KEY in event and has_usage(event):
+            found, with_choices = _event_usage(event)
             if found is not None:
                 usage = found
-                if strip and not parsed.choices:
-                    changed = True
-                    continue
-        kept.append(event + end)
-    return (b"".join(kept) if changed else data), usage
+                if strip and not with_choices:
+                    dropped.append(i)
+    if not dropped:
+        return data, usage
+    kept = [event + (ends[i] if ends is not None else b"\n\n")
+            for i, event in enumerate(events) if i not in dropped]
+    return b"".join(kept) + rest, usage
 
 
 def cost_usd(usage: Usage, price_in: float, price_out: float) -> float:

@@ -13,7 +13,7 @@ import random
 import time
 
 
-from .accounting import NotJson, has_usage, read_answer, take_usage
+from .accounting import USAGE_KEY, NotJson, has_usage, read_answer, take_usage
 from .budget import RetryBudget
 from .cache import new_entry
 from .caching import ResponseCache, Ticket
@@ -141,7 +141,8 @@ class SseRelay:
                 return
             # else: past the bound without an event's end, passed on as it is
         answer = self.answer
-        if has_usage(data):
+        # One substring test for the chunks without usage (nearly all): no call.
+        if USAGE_KEY in data and (b'"usage":{' in data or has_usage(data)):
             data, usage = take_usage(data, answer.strip_usage)
             if usage is not None:
                 answer.usage = usage
@@ -375,7 +376,8 @@ class Dispatcher:
                         raise
                     # The stream's own end marker went out: the answer is whole, only the
                     # connection broke (or idled) after it.
-                relay.settle()
+                if relay.pending:
+                    relay.settle()
                 if not relay.done:
                     # Only the [DONE] tells a chat stream's end from a cut: HTTP's own end
                     # (a last chunk, or a close) may come from an upstream that crashed.
@@ -395,7 +397,13 @@ class Dispatcher:
             else:
                 payload = await conn.read_whole()
                 if succeeded:
-                    answer.usage = self._whole_answer(answer, target, head, payload)
+                    if answer.stream:
+                        raise self._not_a_stream(target, head, payload)
+                    try:
+                        answer.usage = read_answer(payload)
+                    except NotJson as exc:
+                        raise UpstreamBadResponse("%s answered %d but %s: %s" % (
+                            target.name, status, exc, excerpt(payload, 80))) from None
                     if b"json" not in content_type.lower():
                         content_type = wire.JSON  # it is JSON, whatever the upstream said
                 else:
@@ -417,20 +425,13 @@ class Dispatcher:
         return first_event_at
 
     @staticmethod
-    def _whole_answer(answer: Answer, target: Target, head: ResponseHead, payload: bytes):
-        """The usage of a successful whole answer; UpstreamBadResponse when it is not what
-        was asked for (retryable: nothing reached the client yet)."""
+    def _not_a_stream(target: Target, head: ResponseHead, payload: bytes) -> UpstreamError:
+        """A whole answer to a request for a stream: retryable, nothing reached the client."""
         content_type = head.headers.get(b"content-type", b"")
-        if answer.stream:
-            raise UpstreamBadResponse(
-                "%s answered a request for a stream with %d %s instead of an event stream: %s"
-                % (target.name, head.status, content_type.decode("latin-1") or "(no type)",
-                   excerpt(payload, 80)))
-        try:
-            return read_answer(payload)
-        except NotJson as exc:
-            raise UpstreamBadResponse("%s answered %d but %s: %s" % (
-                target.name, head.status, exc, excerpt(payload, 80))) from None
+        return UpstreamBadResponse(
+            "%s answered a request for a stream with %d %s instead of an event stream: %s"
+            % (target.name, head.status, content_type.decode("latin-1") or "(no type)",
+               excerpt(payload, 80)))
 
     @staticmethod
     def _request_head(answer: Answer, target: Target, endpoint: Endpoint, length: int) -> bytes:

@@ -293,11 +293,16 @@ class Gateway:
         task.add_done_callback(self._tasks.discard)
 
     def _proxy(self, ex: Exchange, path: bytes, decoder: msgspec.json.Decoder) -> None:
-        if not self._method(ex, b"POST"):
+        if ex.method != b"POST":
+            self._method(ex, b"POST")
             return
         started = time.perf_counter()
         try:
-            view = decode_view(decoder, ex.body)
+            try:
+                view = decoder.decode(ex.body)
+            except (msgspec.MsgspecError, RecursionError):
+                # Says why (or reads what only looked broken: a lone surrogate escape).
+                view = decode_view(decoder, ex.body)
             if path is CHAT_PATH and not view.messages:
                 raise BadRequest("messages: must contain at least one message",
                                  param="messages")

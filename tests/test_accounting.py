@@ -108,3 +108,16 @@ def test_read_answer_tells_broken_bodies_from_odd_but_valid_ones():
                    '{"x": 1}'.encode("utf-16")):
         with pytest.raises(NotJson):
             read_answer(broken)
+
+
+def test_take_usage_reads_odd_usage_leniently_and_still_strips_it():
+    events = (b'data: {"choices":[{"delta":{"content":"hi"}}],"usage":null}\n\n'
+              b'data: {"choices":[],"usage":{"prompt_tokens":7.0,"completion_tokens":1e30}}\n\n'
+              b'data: [DONE]\n\n')
+    kept, usage = take_usage(events, strip=True)
+    assert (usage.prompt_tokens, usage.completion_tokens) == (7, 0)
+    assert b"usage\":{" not in kept and kept.endswith(b"data: [DONE]\n\n")
+    # Only usage:null in every chunk is no usage, and costs no parse.
+    nulls = b'data: {"choices":[{"delta":{"content":"a"}}],"usage":null}\n\n' * 3
+    assert not has_usage(nulls)
+    assert take_usage(nulls, True) == (nulls, None)

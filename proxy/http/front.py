@@ -377,7 +377,10 @@ class HttpFront(asyncio.Protocol):
                 self._unparsed = (exchange, int(length), [])
                 self._arm(self.limits.request_timeout)
                 return
-        self._dispatch(exchange)
+        if self._current is None:
+            self._start(exchange)
+        else:
+            self._queue_exchange(exchange)
 
     def _take_unparsed_body(self, data: bytes) -> bytes:
         """Body bytes of the request the parser let go; returns what follows the body."""
@@ -397,11 +400,14 @@ class HttpFront(asyncio.Protocol):
         if self._current is None:
             self._start(exchange)
         else:
-            self._queue.append(exchange)
-            if len(self._queue) >= self.limits.max_pipelined and not self._read_paused:
-                self._read_paused = True
-                if self.transport is not None:
-                    self.transport.pause_reading()
+            self._queue_exchange(exchange)
+
+    def _queue_exchange(self, exchange: Exchange) -> None:
+        self._queue.append(exchange)
+        if len(self._queue) >= self.limits.max_pipelined and not self._read_paused:
+            self._read_paused = True
+            if self.transport is not None:
+                self.transport.pause_reading()
 
     def _check_chunk_size(self, data: bytes) -> None:
         """Refuse at once a chunk whose declared size alone passes the body limit, rather

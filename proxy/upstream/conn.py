@@ -129,19 +129,16 @@ class UpstreamConn(asyncio.Protocol):
 
     # === parser callbacks ===
 
-    def on_message_begin(self) -> None:
-        if self._complete:
-            # An answer nobody asked for: whatever comes next on this connection could be
-            # taken for the next request's answer.
-            self._surplus = True
-            self.abort()
-
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self._surplus:
             self._headers[name.lower()] = value
 
     def on_headers_complete(self) -> None:
-        if self._surplus:
+        if self._complete or self._surplus:
+            # An answer nobody asked for: whatever comes next on this connection could be
+            # taken for the next request's answer.
+            self._surplus = True
+            self.abort()
             return
         status = self.parser.get_status_code()
         if status < 200:  # 1xx interim responses carry nothing for us
@@ -178,8 +175,14 @@ class UpstreamConn(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self._surplus or self.parser.get_status_code() < 200:
             return
+        self._complete = True
         # Asked here: once feed_data returns, the parser has reset for the next message.
-        self._message_done(self.parser.should_keep_alive())
+        self._keep_alive = self.parser.should_keep_alive()
+        self._cancel_timer()
+        waiter = self._done_waiter
+        self._done_waiter = None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _message_done(self, keep_alive: bool) -> None:
         self._complete = True
@@ -204,7 +207,8 @@ class UpstreamConn(asyncio.Protocol):
         self._keep_alive = False
         self._until_close = False
         self._error = None
-        self.ready_to_idle()
+        if self._paused_by_client or self._early_paused:
+            self.ready_to_idle()
         self._idle_s = idle_s
         self._head_waiter = self.loop.create_future()
         self._timeout_kind = "first_byte"
@@ -264,6 +268,10 @@ class UpstreamConn(asyncio.Protocol):
         return (self.alive and self._complete and self._error is None
                 and self._keep_alive and not self._surplus
                 and head.headers.get(b"connection", b"").lower() != b"close")
+
+    @property
+    def paused(self) -> bool:
+        return self._paused_by_client or self._early_paused
 
     def ready_to_idle(self) -> None:
         """Read again whatever paused reading during the last answer (a slow client, a

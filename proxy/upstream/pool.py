@@ -97,7 +97,8 @@ class Endpoint:
 
     def release(self, conn: UpstreamConn) -> None:
         if conn.alive and len(self._idle) < self.max_idle:
-            conn.ready_to_idle()
+            if conn.paused:
+                conn.ready_to_idle()   # reading again: it must see the upstream close it
             conn.reused = True
             self._idle.append(conn)
         else:
