@@ -26,6 +26,7 @@ class Timeouts(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     connect_s: float = 5.0          # TCP (and TLS) connect
     first_byte_s: float = 120.0     # request sent -> response head; LLMs think before answering
     idle_s: float = 60.0            # between two chunks of a streamed body
+    first_token_s: float = 15.0     # streams: request sent -> the first content token
 
 
 class Price(msgspec.Struct, forbid_unknown_fields=True):
@@ -116,9 +117,15 @@ class RetryBudgetConfig(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class RetryConfig(msgspec.Struct, forbid_unknown_fields=True):
-    same_deployment: int = 0           # extra attempts on a deployment before its fallbacks
+    """What is tried again on the same deployment before its fallbacks (see
+    proxy/retry_rules.py): a 5xx, a reset or a bad answer ``same_deployment`` times after a
+    full-jitter backoff; a 429 once when its Retry-After is at most ``max_retry_after_s``;
+    a timeout never."""
+
+    same_deployment: int = 1           # extra attempts after a 5xx, reset or bad answer
     backoff_s: float = 0.05            # first backoff; doubles per retry, full jitter
     max_backoff_s: float = 1.0
+    max_retry_after_s: float = 2.0     # a 429 asking to wait this long or less is waited out
 
 
 class OutlierConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -467,6 +474,8 @@ def check(config: Config) -> list[str]:
         problems.append("server.drain_delay_s: must be >= 0 seconds")
     _check_timeouts("upstream.timeouts", config.upstream.timeouts, problems)
     retry = config.upstream.retry
+    if not (0 <= retry.max_retry_after_s < math.inf):
+        problems.append("upstream.retry.max_retry_after_s: must be >= 0 seconds")
     if retry.same_deployment < 0 or retry.backoff_s < 0 or retry.max_backoff_s < retry.backoff_s:
         problems.append("upstream.retry: same_deployment and backoff_s must be >= 0 and "
                         "max_backoff_s >= backoff_s")

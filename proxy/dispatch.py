@@ -13,19 +13,21 @@ import random
 import time
 
 
-from .accounting import USAGE_KEY, NotJson, has_usage, read_answer, take_usage
+from .accounting import NotJson, read_answer
 from .budget import RetryBudget
 from .cache import new_entry
 from .caching import ResponseCache, Ticket
 from .config import RetryConfig
-from .errors import (DeadlineExceeded, ProxyError, UpstreamBadResponse, UpstreamError,
-                     UpstreamReset, UpstreamSaturated, UpstreamStatus, UpstreamTimeout,
-                     UpstreamUnavailable)
+from .errors import (DeadlineExceeded, FirstTokenTimeout, ProxyError, UpstreamBadResponse,
+                     UpstreamError, UpstreamReset, UpstreamSaturated, UpstreamStatus,
+                     UpstreamTimeout, UpstreamUnavailable)
 from .http import wire
 from .http.front import Exchange
+from .retry_rules import retry_delay
 from .rewrite import replace_model
 from .metrics import Metrics
 from .routing.router import RoutePlan, Router, Target
+from .relay import SseRelay
 from .sse_assemble import assemble
 from .upstream.answers import error_for_client, excerpt
 from .upstream.conn import ResponseHead, UpstreamConn, failed_status, status_error
@@ -34,9 +36,6 @@ from .upstream.pool import Endpoint
 log = logging.getLogger("llmedge.dispatch")
 
 USER_AGENT = b"user-agent: llmedge/0.1\r\n"
-# A partial SSE event held back while waiting for its end is bounded: past this the
-# upstream is not speaking SSE and the bytes are passed on as they are.
-MAX_PENDING_EVENT = 1024 * 1024
 DEFAULT_RETRY_AFTER_S = 1.0
 
 
@@ -92,114 +91,6 @@ class Answer:
                b"x-llmedge-attempts: %d\r\nx-llmedge-decision: %s\r\nx-request-id: %s\r\n" % (
                    self.plan.name_bytes, self.upstream.name_bytes if self.upstream else b"-",
                    self.cache_state, self.attempts, self.reason, self.request_id)
-
-
-class SseRelay:
-    """Forwards whole SSE events from the upstream to the client as they arrive.
-
-    The response head goes out with the first complete event, so a failure before then
-    can still move to another candidate.
-    """
-
-    __slots__ = ("answer", "conn", "head", "pending", "committed", "committed_at", "kept",
-                 "kept_bytes", "keep_limit", "done")
-
-    def __init__(self, answer: Answer, conn: UpstreamConn, head: ResponseHead,
-                 keep_limit: int = 0) -> None:
-        self.answer = answer
-        self.conn = conn
-        self.head = head
-        self.pending = b""
-        self.committed = False
-        self.committed_at = 0.0
-        # A copy of the stream for the cache (None: not kept, or grown past keep_limit).
-        self.kept: list[bytes] | None = [] if keep_limit else None
-        self.kept_bytes = 0
-        self.keep_limit = keep_limit
-        self.done = False               # the stream's closing "data: [DONE]" went out
-
-    def feed(self, data: bytes) -> None:
-        kept = self.kept
-        if kept is not None:
-            self.kept_bytes += len(data)
-            if self.kept_bytes > self.keep_limit:
-                self.kept = None
-            else:
-                kept.append(data)
-        if self.pending:
-            data = self.pending + data
-            self.pending = b""
-        if not data.endswith(b"\n\n"):
-            lf = data.rfind(b"\n\n")
-            crlf = data.rfind(b"\r\n\r\n")
-            cut = max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
-            if cut:
-                self.pending = data[cut:]
-                data = data[:cut]
-            elif len(data) <= MAX_PENDING_EVENT:
-                self.pending = data   # no event ends here yet
-                return
-            # else: past the bound without an event's end, passed on as it is
-        answer = self.answer
-        # One substring test for the chunks without usage (nearly all): no call.
-        if USAGE_KEY in data and (b'"usage":{' in data or has_usage(data)):
-            data, usage = take_usage(data, answer.strip_usage)
-            if usage is not None:
-                answer.usage = usage
-            if not data:
-                return
-        if not self.committed:
-            self.commit()
-        answer.exchange.write(data)
-        if data.endswith(_DONE_ENDS) and ends_with_done(data):
-            # The client has the whole answer: however the upstream's connection ends
-            # now, and even if the client leaves before it does, this one succeeded.
-            self.done = answer.complete = True
-
-    def commit(self) -> None:
-        self.committed = True
-        self.committed_at = self.answer.first_event_at = time.monotonic()
-        answer = self.answer
-        answer.status = self.head.status
-        ex = answer.exchange
-        ex.start_stream(self.head.status, wire.EVENT_STREAM, answer.response_headers())
-        # Couple flow control: a client that cannot keep up stops us reading upstream.
-        conn = self.conn
-        ex.on_pause = conn.pause_reading
-        ex.on_resume = conn.resume_reading
-        if ex.client_paused:
-            conn.pause_reading()
-
-    def settle(self) -> None:
-        """The upstream's body has ended: a [DONE] left without its blank line (the body's
-        very end) still closes the stream, and goes out with the blank line."""
-        pending = self.pending
-        if pending and not self.done and ends_with_done(pending):
-            self.pending = b""
-            if not self.committed:
-                self.commit()
-            self.answer.exchange.write(pending.rstrip(b"\r\n") + b"\n\n")
-            self.done = self.answer.complete = True
-
-    def finish(self) -> None:
-        if self.pending:
-            if not self.committed:
-                self.commit()
-            self.answer.exchange.write(self.pending)
-            self.pending = b""
-        if not self.committed:
-            self.commit()
-        self.answer.exchange.end_stream()
-
-
-_DONE_ENDS = (b"[DONE]\n\n", b"[DONE]\r\n\r\n")
-
-
-def ends_with_done(data: bytes) -> bool:
-    """Whether the last SSE event in ``data`` is the ``[DONE]`` that closes a chat stream
-    (a ``[DONE]`` inside a JSON string is not)."""
-    last = data.rstrip().rpartition(b"\n")[2].rstrip()
-    return last in (b"data: [DONE]", b"data:[DONE]")
 
 
 class Dispatcher:
@@ -288,16 +179,11 @@ class Dispatcher:
 
     async def _backoff(self, answer: Answer, target: Target, exc: UpstreamError,
                        tries: int) -> bool:
-        """Whether to try the same deployment again, after a jittered backoff. A 429 is
-        left to the breaker (which honours Retry-After), and nothing waits past the
-        request's deadline."""
-        retry = self.retry
-        if tries >= retry.same_deployment:
+        """Whether to try the same deployment again (proxy/retry_rules.py), after the wait
+        the rules give; nothing waits past the request's deadline."""
+        delay = retry_delay(exc, tries, self.retry, self._rnd)
+        if delay is None:
             return False
-        if isinstance(exc, UpstreamStatus) and exc.upstream_status == 429:
-            return False
-        # Full jitter: clients that failed together do not come back together.
-        delay = self._rnd() * min(retry.max_backoff_s, retry.backoff_s * (2 ** tries))
         if answer.deadline and time.monotonic() + delay >= answer.deadline:
             return False
         self.metrics.retry(target.name)
@@ -336,7 +222,22 @@ class Dispatcher:
 
     async def _exchange(self, answer: Answer, target: Target, endpoint: Endpoint) -> float:
         """Send the request to one endpoint and answer the client from it; returns when the
-        first streamed event went out (0.0 for whole responses)."""
+        first streamed event went out (0.0 for whole responses). A stream is bounded from
+        the request to its first content token by the deployment's ``first_token_s``."""
+        if not answer.stream:
+            return await self._exchange_bounded(answer, target, endpoint, None)
+        first_token_s = target.timeouts.first_token_s
+        if answer.deadline:
+            first_token_s = min(first_token_s, max(0.0, answer.deadline - time.monotonic()))
+        try:
+            async with asyncio.timeout(first_token_s) as bound:
+                return await self._exchange_bounded(answer, target, endpoint, bound)
+        except TimeoutError:
+            raise FirstTokenTimeout("%s sent no content within %.3gs (first_token_s)"
+                                    % (target.name, first_token_s)) from None
+
+    async def _exchange_bounded(self, answer: Answer, target: Target, endpoint: Endpoint,
+                                bound: asyncio.Timeout | None) -> float:
         timeouts = target.timeouts
         connect_s, first_byte_s = timeouts.connect_s, timeouts.first_byte_s
         if answer.deadline:
@@ -365,7 +266,8 @@ class Dispatcher:
             if (answer.stream and succeeded
                     and content_type[:17].lower().startswith(wire.EVENT_STREAM)):
                 relay = SseRelay(answer, conn, head,
-                                 self.cache.section.max_entry_bytes if storing else 0)
+                                 self.cache.section.max_entry_bytes if storing else 0,
+                                 on_commit=(lambda: bound.reschedule(None)) if bound else None)
                 early = conn.take_early()
                 if early:
                     relay.feed(early)
@@ -378,12 +280,14 @@ class Dispatcher:
                     # connection broke (or idled) after it.
                 if relay.pending:
                     relay.settle()
-                if not relay.done:
-                    # Only the [DONE] tells a chat stream's end from a cut: HTTP's own end
-                    # (a last chunk, or a close) may come from an upstream that crashed.
+                if not relay.done and not (relay.committed and relay.finished):
+                    # HTTP's own end (a last chunk, or a close) may come from an upstream
+                    # that crashed: only the [DONE], or at least a finish reason, tells a
+                    # chat stream's end from a cut.
                     if conn.framed_by_close:
-                        raise UpstreamReset("upstream closed the stream before its [DONE]")
-                    raise UpstreamBadResponse("upstream ended the stream without its [DONE]")
+                        raise UpstreamReset("upstream closed the stream before its end")
+                    raise UpstreamBadResponse("upstream ended the stream before its end "
+                                              "(no finish reason, no [DONE])")
                 answer.status = status
                 if storing and relay.kept is not None:
                     # Stored before the stream's last byte: whoever reads the whole stream

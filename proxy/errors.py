@@ -57,6 +57,12 @@ class UpstreamTimeout(UpstreamError):
     kind = "timeout"
 
 
+class FirstTokenTimeout(UpstreamTimeout):
+    """A stream sent no content token within its deployment's first_token_s."""
+
+    kind = "first_token"
+
+
 class DeadlineExceeded(UpstreamError):
     """The request's overall deadline passed before an upstream answered: not a fault of
     the endpoint that was being tried, so it does not count against it."""
@@ -74,6 +80,12 @@ class UpstreamBadResponse(UpstreamError):
     that is not a JSON object, or a whole answer to a request for a stream."""
 
     kind = "bad_response"
+
+
+class UpstreamStreamError(UpstreamError):
+    """A stream that opened with an error event instead of content."""
+
+    kind = "stream_error"
 
 
 class UpstreamUnavailable(UpstreamError):

@@ -28,8 +28,12 @@ def chunk(data: bytes) -> bytes:
 
 
 class ScriptedUpstream:
-    def __init__(self, script: Sequence[Step]) -> None:
-        self.script = list(script)
+    """``script``: the steps every request gets; or ``scripts``: the first request gets the
+    first, the second the second, ..., and every later one the last."""
+
+    def __init__(self, script: Sequence[Step] = (),
+                 scripts: Sequence[Sequence[Step]] = ()) -> None:
+        self.scripts = [list(s) for s in scripts] or [list(script)]
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.url = "http://127.0.0.1:%d/v1" % self.port
@@ -98,7 +102,8 @@ class ScriptedUpstream:
                 buf = rest
                 with self._lock:
                     self.requests += 1
-                for step in self.script:
+                    script = self.scripts[min(self.requests, len(self.scripts)) - 1]
+                for step in script:
                     if isinstance(step, bytes):
                         sock.sendall(step)
                     elif isinstance(step, float):

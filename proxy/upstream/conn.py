@@ -293,6 +293,12 @@ class UpstreamConn(asyncio.Protocol):
         if self.transport is not None:
             self.transport.resume_reading()
 
+    def fail(self, err: UpstreamError) -> None:
+        """End the answer in progress with ``err`` (what the request's side then raises),
+        and the connection with it: its framing is no longer known."""
+        self._fail(err)
+        self.abort()
+
     def abort(self) -> None:
         self.alive = False
         self._cancel_timer()

@@ -114,12 +114,13 @@ def test_attempts_by_outcome_and_fallbacks(start_edge, sims, tmp_path):
     assert resp.status == 200 and resp.headers["x-llmedge-upstream"] == "beta"
     text = edge.metrics()
     assert metric_value(text, "llmedge_upstream_attempts_total", deployment="alpha",
-                        outcome="status") == 1
+                        outcome="status") == 2   # the default retry on the same deployment
     assert metric_value(text, "llmedge_upstream_attempts_total", deployment="beta",
                         outcome="ok") == 1
+    assert metric_value(text, "llmedge_retries_total", deployment="alpha") == 1
     assert metric_value(text, "llmedge_fallbacks_total", route="auto") == 1
     [line] = access_lines(tmp_path, 1)
-    assert line["failures"] == ["status"] and line["attempts"] == 2
+    assert line["failures"] == ["status", "status"] and line["attempts"] == 3
 
 
 def test_same_deployment_retries_back_off_then_fall_back(start_edge, sims, tmp_path):

@@ -12,6 +12,7 @@ server:
 upstream:
   retry_budget: {{ratio: 0.0, min_per_s: 0.1, window_s: 50}}   # 5 retries per 50 s
   breaker: {{consecutive_failures: 1000, min_requests: 1000}}   # keep circuits out of it
+  retry: {{same_deployment: 0}}   # one retry per failed request: the fallback
 deployments:
   - name: alpha
     base_url: {sims.alpha.url}
@@ -40,6 +41,7 @@ server:
 upstream:
   retry_budget: {{ratio: 0.5, min_per_s: 0.0, window_s: 50}}
   breaker: {{consecutive_failures: 1000, min_requests: 1000}}
+  retry: {{same_deployment: 0}}   # one retry per failed request: the fallback
 deployments:
   - name: alpha
     base_url: {sims.alpha.url}
@@ -60,3 +62,31 @@ routes:
     fell_back = sum(1 for a in answers if a.status == 200)
     assert fell_back == 10, [a.status for a in answers]
     assert answers[0].status == 200 and 500 in [a.status for a in answers]
+
+
+def test_the_default_same_deployment_retry_is_budgeted_too(start_edge, sims):
+    # With the defaults a 5xx is retried once on its deployment, then falls back: two
+    # retries per failed request, both counted against the budget.
+    edge = start_edge(f"""\
+server:
+  http: 127.0.0.1:0
+upstream:
+  retry_budget: {{ratio: 0.0, min_per_s: 0.1, window_s: 50}}   # 5 retries per 50 s
+  breaker: {{consecutive_failures: 1000, min_requests: 1000}}
+deployments:
+  - name: alpha
+    base_url: {sims.alpha.url}
+  - name: beta
+    base_url: {sims.beta.url}
+routes:
+  - name: auto
+    deployments: [alpha]
+    fallbacks: [beta]
+""")
+    sims.alpha.configure(status=500)
+    answers = [edge.call("POST", "/v1/chat/completions", {"model": "auto", "messages": MESSAGES})
+               for _ in range(4)]
+    # 1st and 2nd: retry + fallback (4 of the 5); 3rd: the retry, then the budget is spent.
+    assert [a.status for a in answers] == [200, 200, 500, 500]
+    assert sims.alpha.stats()["chat"] == 2 + 2 + 2 + 1
+    assert sims.beta.stats()["chat"] == 2

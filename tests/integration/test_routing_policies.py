@@ -74,7 +74,7 @@ def test_cost_policy_respects_constraints(start_edge, sims):
     sims.alpha.configure(status=500)
     resp = _ask(edge, "good-enough")
     assert resp.status == 500
-    assert resp.headers["x-llmedge-attempts"] == "2"
+    assert resp.headers["x-llmedge-attempts"] == "4"   # each tried twice, beta never
     assert sims.beta.stats()["chat"] == 0
 
 
@@ -134,7 +134,7 @@ def test_request_tags_narrow_the_choice_and_fallbacks(start_edge, sims):
     sims.beta.configure(status=503)
     resp = _ask(edge, "auto", tagged)
     assert resp.status == 503
-    assert resp.headers["x-llmedge-attempts"] == "1"
+    assert resp.headers["x-llmedge-attempts"] == "2"   # beta, and beta once more
     assert sims.alpha.stats()["chat"] == 1 and sims.gamma.stats()["chat"] == 0
 
 

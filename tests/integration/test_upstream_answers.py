@@ -134,8 +134,9 @@ def test_a_200_that_is_not_a_json_object_falls_back(edge, sims, body, kind):
     resp = post_chat(edge, {"model": "auto", "messages": MESSAGES})
     assert resp.status == 200, resp
     assert resp.headers["x-llmedge-upstream"] == "beta"
-    assert resp.headers["x-llmedge-attempts"] == "2"
-    assert attempts(edge, "alpha", "bad_response") == 1
+    # Tried once more on its deployment (it may have been a passing fault), then the fallback.
+    assert resp.headers["x-llmedge-attempts"] == "3"
+    assert attempts(edge, "alpha", "bad_response") == 2
 
 
 def test_a_200_that_is_not_json_fails_clearly_when_nothing_is_left(edge, sims):
@@ -157,7 +158,7 @@ def test_a_whole_answer_to_a_stream_request_falls_back(edge, sims, body, kind):
                                                      stream=True))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text.startswith("Beta answers")
-    assert attempts(edge, "alpha", "bad_response") == 1
+    assert attempts(edge, "alpha", "bad_response") == 2
 
 
 def test_a_whole_answer_to_a_stream_request_is_an_error_when_nothing_is_left(edge, sims):
@@ -382,7 +383,7 @@ def test_a_redirect_is_a_bad_response_and_falls_back(edge, sims):
     sims.alpha.configure(status=301)
     resp = post_chat(edge, {"model": "auto", "messages": MESSAGES})
     assert resp.status == 200 and resp.headers["x-llmedge-upstream"] == "beta"
-    assert attempts(edge, "alpha", "bad_response") == 1
+    assert attempts(edge, "alpha", "bad_response") == 2
 
 
 def test_a_stream_that_ends_without_its_done_is_not_passed_off_as_complete(start_edge, sims):

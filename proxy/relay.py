@@ -1,0 +1,249 @@
+"""SseRelay: an upstream's SSE chat stream, relayed to the client event by event.
+
+Whole events only: bytes of an event not yet ended wait for the rest (bounded). Until the
+first event that carries content (text, a tool call, a refusal, reasoning, a finish reason,
+``[DONE]``), events are held back — a role-only opening, empty deltas, comments — so that a
+failure before the first token still moves to another candidate without the client having
+seen anything; the response head goes out with the first content. An error event in that
+opening is the upstream failing, not an answer. After the first content the relay does no
+parsing at all: substring tests find the usage event (taken out when llmedge asked for it)
+and the closing ``[DONE]``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+
+import msgspec
+
+from .accounting import USAGE_KEY, event_data, has_usage, take_usage
+from .errors import UpstreamStreamError
+from .http import wire
+from .upstream.conn import ResponseHead, UpstreamConn
+
+# A partial SSE event held back while waiting for its end is bounded: past this the
+# upstream is not speaking SSE and the bytes are passed on as they are.
+MAX_PENDING_EVENT = 1024 * 1024
+# The events sent to the client, kept so that a cut answer can be continued elsewhere; past
+# this much the answer is too long to hand to another model as a prefill.
+MAX_TRANSCRIPT = 4 * 1024 * 1024
+
+_DONE_ENDS = (b"[DONE]\n\n", b"[DONE]\r\n\r\n")
+_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+_FINISHED = re.compile(rb'"finish_reason"[ \t\r\n]*:[ \t\r\n]*"')
+
+
+def ends_with_done(data: bytes) -> bool:
+    """Whether the last SSE event in ``data`` is the ``[DONE]`` that closes a chat stream
+    (a ``[DONE]`` inside a JSON string is not)."""
+    last = data.rstrip().rpartition(b"\n")[2].rstrip()
+    return last in (b"data: [DONE]", b"data:[DONE]")
+
+
+class _Delta(msgspec.Struct):
+    content: str | None = None
+    refusal: str | None = None
+    reasoning_content: str | None = None
+    reasoning: str | None = None
+    tool_calls: list[msgspec.Raw] | None = None
+    function_call: dict | None = None
+
+
+class _Choice(msgspec.Struct):
+    delta: _Delta | None = None
+    finish_reason: str | None = None
+
+
+class _Opening(msgspec.Struct):
+    choices: list[_Choice] | None = None
+    error: dict | str | None = None
+
+
+_opening_decoder = msgspec.json.Decoder(_Opening)
+
+EMPTY, CONTENT, ERROR = 0, 1, 2
+
+
+def opening_kind(event: bytes) -> tuple[int, str]:
+    """What one event of a stream's opening is: EMPTY (nothing the client needs yet),
+    CONTENT, or ERROR (with its message)."""
+    data = event_data(event)
+    if not data:
+        return EMPTY, ""      # a comment, or only event:/id:/retry: lines
+    if data.strip() == b"[DONE]":
+        return CONTENT, ""
+    try:
+        chunk = _opening_decoder.decode(data)
+    except (msgspec.MsgspecError, RecursionError):
+        return CONTENT, ""    # not ours to judge: passed on as it came, as ever
+    if chunk.error is not None:
+        error = chunk.error
+        message = error.get("message") if isinstance(error, dict) else error
+        return ERROR, message if isinstance(message, str) else str(error)[:200]
+    for choice in chunk.choices or ():
+        if choice.finish_reason is not None:
+            return CONTENT, ""
+        delta = choice.delta
+        if delta is not None and (delta.content or delta.refusal or delta.reasoning_content
+                                  or delta.reasoning or delta.tool_calls
+                                  or delta.function_call):
+            return CONTENT, ""
+    return EMPTY, ""
+
+
+class SseRelay:
+    """Forwards whole SSE events from the upstream to the client as they arrive."""
+
+    __slots__ = ("answer", "conn", "head", "pending", "committed", "committed_at", "kept",
+                 "kept_bytes", "keep_limit", "done", "held", "on_commit", "transcript",
+                 "transcript_bytes", "last", "previous")
+
+    def __init__(self, answer, conn: UpstreamConn, head: ResponseHead, keep_limit: int = 0,
+                 on_commit: Callable[[], None] | None = None,
+                 transcript: list[bytes] | None = None) -> None:
+        self.answer = answer
+        self.conn = conn
+        self.head = head
+        self.pending = b""
+        self.committed = False
+        self.committed_at = 0.0
+        # A copy of the stream for the cache (None: not kept, or grown past keep_limit).
+        self.kept: list[bytes] | None = [] if keep_limit else None
+        self.kept_bytes = 0
+        self.keep_limit = keep_limit
+        self.done = False               # the stream's closing "data: [DONE]" went out
+        self.held: list[bytes] = []     # opening events without content, not yet sent
+        self.on_commit = on_commit      # the first content went out
+        # What the client was sent (None: not kept), for a continuation elsewhere.
+        self.transcript = transcript
+        self.transcript_bytes = 0
+        self.last = self.previous = b""  # the last two writes: a finish_reason in them?
+
+    def feed(self, data: bytes) -> None:
+        kept = self.kept
+        if kept is not None:
+            self.kept_bytes += len(data)
+            if self.kept_bytes > self.keep_limit:
+                self.kept = None
+            else:
+                kept.append(data)
+        if self.pending:
+            data = self.pending + data
+            self.pending = b""
+        if not data.endswith(b"\n\n"):
+            lf = data.rfind(b"\n\n")
+            crlf = data.rfind(b"\r\n\r\n")
+            cut = max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+            if cut:
+                self.pending = data[cut:]
+                data = data[:cut]
+            elif len(data) <= MAX_PENDING_EVENT:
+                self.pending = data   # no event ends here yet
+                return
+            # else: past the bound without an event's end, passed on as it is
+        answer = self.answer
+        # One substring test for the chunks without usage (nearly all): no call.
+        if USAGE_KEY in data and (b'"usage":{' in data or has_usage(data)):
+            data, usage = take_usage(data, answer.strip_usage)
+            if usage is not None:
+                answer.usage = usage
+            if not data:
+                return
+        if not self.committed:
+            data = self._opening(data)
+            if not data:
+                return
+            self.commit()
+        self.write(data)
+        if data.endswith(_DONE_ENDS) and ends_with_done(data):
+            # The client has the whole answer: however the upstream's connection ends
+            # now, and even if the client leaves before it does, this one succeeded.
+            self.done = answer.complete = True
+
+    def write(self, data: bytes) -> None:
+        self.answer.exchange.write(data)
+        self.previous, self.last = self.last, data
+        transcript = self.transcript
+        if transcript is not None:
+            self.transcript_bytes += len(data)
+            if self.transcript_bytes > MAX_TRANSCRIPT:
+                self.transcript = None
+            else:
+                transcript.append(data)
+
+    def _opening(self, data: bytes) -> bytes:
+        """Before the first content: hold events without it; return what may go out now
+        (the held events and everything from the first content on), or b"". An error event
+        fails the attempt, before anything reached the client."""
+        if len(data) > MAX_PENDING_EVENT:
+            return b"".join(self.held) + data   # not SSE as we know it: as it came
+        parts = _EVENT_END.split(data)
+        position = 0
+        for event in parts[:-1]:
+            end = _event_end(data, position, event)
+            kind, message = opening_kind(event)
+            if kind == CONTENT:
+                out = b"".join(self.held) + data[position:]
+                self.held = []
+                return out
+            if kind == ERROR:
+                self.conn.fail(UpstreamStreamError(
+                    "upstream sent an error before any content: %s" % message[:300]))
+                return b""
+            self.held.append(data[position:end])
+            position = end
+        return b""
+
+    def commit(self) -> None:
+        self.committed = True
+        self.committed_at = self.answer.first_event_at = time.monotonic()
+        answer = self.answer
+        answer.status = self.head.status
+        ex = answer.exchange
+        ex.start_stream(self.head.status, wire.EVENT_STREAM, answer.response_headers())
+        if self.on_commit is not None:
+            self.on_commit()
+        # Couple flow control: a client that cannot keep up stops us reading upstream.
+        conn = self.conn
+        ex.on_pause = conn.pause_reading
+        ex.on_resume = conn.resume_reading
+        if ex.client_paused:
+            conn.pause_reading()
+
+    @property
+    def finished(self) -> bool:
+        """A finish reason went out lately: the answer ended, even if no [DONE] follows."""
+        return bool(_FINISHED.search(self.previous) or _FINISHED.search(self.last))
+
+    def settle(self) -> None:
+        """The upstream's body has ended: a [DONE] left without its blank line (the body's
+        very end) still closes the stream, and goes out with the blank line."""
+        pending = self.pending
+        if pending and not self.done and ends_with_done(pending):
+            self.pending = b""
+            if not self.committed:
+                self.commit()
+            self.write(pending.rstrip(b"\r\n") + b"\n\n")
+            self.done = self.answer.complete = True
+
+    def finish(self) -> None:
+        if self.pending:
+            if not self.committed:
+                self.commit()
+            self.write(self.pending)
+            self.pending = b""
+        if not self.committed:
+            self.commit()
+        self.answer.exchange.end_stream()
+
+
+def _event_end(data: bytes, position: int, event: bytes) -> int:
+    """Where the event starting at ``position`` (its text ``event``) ends, separator
+    included."""
+    end = position + len(event)
+    for separator in (b"\r\n\r\n", b"\n\n", b"\r\r"):
+        if data.startswith(separator, end):
+            return end + len(separator)
+    return end
