@@ -167,6 +167,9 @@ class Deployment(msgspec.Struct, forbid_unknown_fields=True):
     timeouts: Timeouts | None = None
     health: HealthOverride | None = None
     max_inflight: int = 0               # requests at once; past it, the next candidate (0: no limit)
+    # Tokens the model takes in one request (prompt and answer); known, it lets a prompt too
+    # long for a smaller model go to a larger one.
+    context_window: int | None = None
 
     @property
     def upstream_model(self) -> str:
@@ -531,6 +534,8 @@ def check(config: Config) -> list[str]:
             _url_problem("%s.endpoints[%d]" % (where, j), url, problems)
             if url in dep.endpoints[:j]:
                 problems.append("%s.endpoints[%d]: %r is listed twice" % (where, j, url))
+        if dep.context_window is not None and dep.context_window < 1:
+            problems.append("%s.context_window: must be a number of tokens >= 1" % where)
         if dep.max_inflight < 0:
             problems.append("%s.max_inflight: must be >= 0 (0: no limit)" % where)
         if not 0.0 <= dep.quality <= 1.0:

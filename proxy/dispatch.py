@@ -18,7 +18,8 @@ from .budget import RetryBudget
 from .cache import new_entry
 from .caching import ResponseCache, Ticket
 from .config import RetryConfig
-from .errors import (DeadlineExceeded, FirstTokenTimeout, ProxyError, UpstreamBadResponse,
+from .errors import (ContextWindowExceeded, DeadlineExceeded, FirstTokenTimeout, ProxyError,
+                     UpstreamBadResponse,
                      UpstreamError, UpstreamReset, UpstreamSaturated, UpstreamStatus,
                      UpstreamTimeout, UpstreamUnavailable)
 from .http import wire
@@ -30,6 +31,7 @@ from .routing.router import RoutePlan, Router, Target
 from .relay import SseRelay
 from .sse_assemble import assemble
 from .upstream.answers import error_for_client, excerpt
+from .upstream.context_limit import context_exceeded
 from .upstream.conn import ResponseHead, UpstreamConn, failed_status, status_error
 from .upstream.pool import Endpoint
 
@@ -109,9 +111,17 @@ class Dispatcher:
         errors: list[str] = []
         last: UpstreamError | None = None
         metrics = self.metrics
+        # After a prompt too long for a deployment's context window: only deployments with
+        # a larger window, or one not known, may take it (None: no such limit yet).
+        window_over: int | None = None
         for target in candidates:
             if target.unusable:
                 errors.append("%s: %s" % (target.name, target.unusable))
+                continue
+            if window_over is not None and target.context_window is not None \
+                    and target.context_window <= window_over:
+                errors.append("%s: not tried: its context window (%d) is no larger"
+                              % (target.name, target.context_window))
                 continue
             tries = 0
             while True:
@@ -168,6 +178,8 @@ class Dispatcher:
                     errors.append("%s: %s" % (target.name, exc.message))
                     answer.failures.append(exc)
                     last = exc
+                    if isinstance(exc, ContextWindowExceeded) and target.context_window:
+                        window_over = max(window_over or 0, target.context_window)
                 finally:
                     target.inflight -= 1
                 if isinstance(last, DeadlineExceeded):
@@ -201,6 +213,12 @@ class Dispatcher:
         started = time.monotonic()
         try:
             first_event_at = await self._exchange(answer, target, endpoint)
+        except ContextWindowExceeded:
+            # The endpoint did its job: it answered, fast, that the prompt is too long.
+            now = time.monotonic()
+            answer.upstream_s += now - started
+            router.attempt_succeeded(row, started, now, answer.head_at)
+            raise
         except UpstreamError as exc:
             now = time.monotonic()
             answer.upstream_s += now - started
@@ -311,6 +329,11 @@ class Dispatcher:
                     if b"json" not in content_type.lower():
                         content_type = wire.JSON  # it is JSON, whatever the upstream said
                 else:
+                    if context_exceeded(status, payload):
+                        raise ContextWindowExceeded(
+                            "%s refused the prompt as too long for its context window"
+                            % target.name, upstream_status=status, body=payload,
+                            content_type=content_type)
                     payload, content_type = error_for_client(status, payload, content_type,
                                                              target.name)
                 answer.status = status

@@ -123,6 +123,13 @@ class UpstreamStatus(UpstreamError):
         self.content_type = content_type
 
 
+class ContextWindowExceeded(UpstreamStatus):
+    """The upstream refused the prompt as too long for its context window: the request's
+    trouble, not the endpoint's, and a deployment with a larger window may take it."""
+
+    kind = "context_length"
+
+
 class NoHealthyUpstream(ProxyError):
     status = 503
     type = "upstream_error"

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .config import RetryConfig
-from .errors import (UpstreamBadResponse, UpstreamError, UpstreamReset, UpstreamStatus,
+from .errors import (ContextWindowExceeded, UpstreamBadResponse, UpstreamError, UpstreamReset, UpstreamStatus,
                      UpstreamStreamError, UpstreamTimeout)
 
 
@@ -29,8 +29,8 @@ def retry_delay(exc: UpstreamError, tries: int, retry: RetryConfig,
                 rnd: Callable[[], float]) -> float | None:
     """Seconds to wait before trying the same deployment again after ``exc`` (its
     ``tries``-th retry would be next), or None: move on to the next candidate."""
-    if isinstance(exc, UpstreamTimeout):
-        return None
+    if isinstance(exc, (UpstreamTimeout, ContextWindowExceeded)):
+        return None   # the same model would refuse the same prompt again
     if isinstance(exc, UpstreamStatus) and exc.upstream_status == 429:
         wait = exc.retry_after
         if tries == 0 and wait is not None and wait <= retry.max_retry_after_s:

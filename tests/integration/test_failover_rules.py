@@ -177,3 +177,82 @@ def test_a_stream_that_finishes_without_done_keeps_working(start_edge, sims):
     assert chunks[0].choices[0].delta.content == "whole"
     assert attempts(edge, "primary", "ok") == 1
     assert metric_value(edge.metrics(), "llmedge_stream_failures_total") == 0
+
+
+# === a prompt too long for the model ===
+
+CONTEXT_ERRORS = {
+    "openai": {"error": {"message": "This model's maximum context length is 4096 tokens. "
+                                    "However, your messages resulted in 5000 tokens.",
+                         "type": "invalid_request_error", "param": "messages",
+                         "code": "context_length_exceeded"}},
+    "vllm": {"object": "error", "message": "This model's maximum context length is 4096 "
+             "tokens. However, you requested 5000 tokens (4000 in the messages, 1000 in the "
+             "completion). Please reduce the length of the messages or completion.",
+             "type": "BadRequestError", "param": None, "code": 400},
+    "anthropic": {"type": "error", "error": {"type": "invalid_request_error",
+                                             "message": "prompt is too long: 5000 tokens > "
+                                                        "4096 maximum"}},
+}
+FILTERED = {"error": {"message": "The response was filtered due to the prompt triggering "
+                                 "the content management policy.",
+                      "type": "invalid_request_error", "param": "prompt",
+                      "code": "content_filter"}}
+
+
+def window_config(sims, windows: dict[str, int | None], order: list[str]) -> str:
+    deployments = "".join(
+        f"  - name: {name}\n    base_url: {sims[name].url}\n"
+        + (f"    context_window: {windows[name]}\n" if windows[name] else "")
+        for name in windows)
+    return f"""\
+server: {{http: 127.0.0.1:0}}
+upstream: {{health: {{enabled: false}}}}
+deployments:
+{deployments}routes:
+  - name: auto
+    deployments: {json.dumps(order)}
+"""
+
+
+@pytest.mark.parametrize("style", sorted(CONTEXT_ERRORS))
+def test_a_prompt_too_long_goes_to_a_deployment_with_a_larger_window(start_edge, sims, style):
+    edge = start_edge(window_config(sims, {"alpha": 4096, "beta": 2048, "gamma": 128000},
+                                    ["alpha", "beta", "gamma"]))
+    sims.alpha.configure(status=400, answer_body=json.dumps(CONTEXT_ERRORS[style]),
+                         answer_type="application/json")
+    resp = ask(edge)
+    assert resp.status == 200 and resp.headers["x-llmedge-upstream"] == "gamma"
+    # beta's window is no larger than alpha's: not tried.
+    assert resp.headers["x-llmedge-attempts"] == "2"
+    assert sims.beta.stats()["chat"] == 0 and sims.alpha.stats()["chat"] == 1
+    # Not the endpoint's fault: its circuit and error rate are untouched.
+    [alpha] = [r for r in edge.call("GET", "/admin/upstreams").json()["endpoints"]
+               if r["deployment"] == "alpha"]
+    assert alpha["circuit"] == "closed" and alpha["error_rate"] == 0
+
+
+def test_an_unknown_window_may_take_it_and_the_error_comes_back_when_none_does(start_edge,
+                                                                                sims):
+    edge = start_edge(window_config(sims, {"alpha": 4096, "beta": None, "gamma": 1024},
+                                    ["alpha", "beta", "gamma"]))
+    error = json.dumps(CONTEXT_ERRORS["openai"])
+    for name in ("alpha", "beta"):
+        sims[name].configure(status=400, answer_body=error, answer_type="application/json")
+    resp = ask(edge)
+    # alpha refused, beta (window unknown) was tried and refused too, gamma is smaller:
+    # the client gets the upstream's own error, unchanged.
+    assert resp.status == 400 and resp.json() == CONTEXT_ERRORS["openai"]
+    assert resp.headers["x-llmedge-attempts"] == "2"
+    assert sims.gamma.stats()["chat"] == 0
+
+
+def test_a_filtered_prompt_is_not_shopped_around(start_edge, sims):
+    edge = start_edge(window_config(sims, {"alpha": 4096, "beta": None, "gamma": 128000},
+                                    ["alpha", "beta", "gamma"]))
+    sims.alpha.configure(status=400, answer_body=json.dumps(FILTERED),
+                         answer_type="application/json")
+    resp = ask(edge)
+    assert resp.status == 400 and resp.json() == FILTERED
+    assert resp.headers["x-llmedge-attempts"] == "1"
+    assert sims.beta.stats()["chat"] == 0 and sims.gamma.stats()["chat"] == 0
