@@ -20,6 +20,7 @@ from .routing.classify_config import check_classify, writable_file_problem
 POLICIES = ("ordered", "weighted", "cost", "latency", "score", "classify")
 AFFINITIES = ("session",)
 PROVIDERS = ("openai",)
+CONTINUATIONS = ("none", "prefill")
 
 
 class Timeouts(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -170,6 +171,9 @@ class Deployment(msgspec.Struct, forbid_unknown_fields=True):
     # Tokens the model takes in one request (prompt and answer); known, it lets a prompt too
     # long for a smaller model go to a larger one.
     context_window: int | None = None
+    # Whether the deployment can continue a prefilled assistant turn (vLLM's
+    # continue_final_message), so a stream cut elsewhere can be finished by it.
+    continuation: str = "none"          # none | prefill
 
     @property
     def upstream_model(self) -> str:
@@ -534,6 +538,9 @@ def check(config: Config) -> list[str]:
             _url_problem("%s.endpoints[%d]" % (where, j), url, problems)
             if url in dep.endpoints[:j]:
                 problems.append("%s.endpoints[%d]: %r is listed twice" % (where, j, url))
+        if dep.continuation not in CONTINUATIONS:
+            problems.append("%s.continuation: unknown value %r (known: %s)"
+                            % (where, dep.continuation, ", ".join(CONTINUATIONS)))
         if dep.context_window is not None and dep.context_window < 1:
             problems.append("%s.context_window: must be a number of tokens >= 1" % where)
         if dep.max_inflight < 0:

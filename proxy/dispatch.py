@@ -28,6 +28,7 @@ from .retry_rules import retry_delay
 from .rewrite import replace_model
 from .metrics import Metrics
 from .routing.router import RoutePlan, Router, Target
+from .continuation import Splice, continuation_body, read_partial
 from .relay import SseRelay
 from .sse_assemble import assemble
 from .upstream.answers import error_for_client, excerpt
@@ -47,7 +48,8 @@ class Answer:
     __slots__ = ("exchange", "plan", "path", "body", "model", "stream", "request_id",
                  "attempts", "upstream", "status", "session", "reason", "head_at", "candidates",
                  "cache_state", "ticket", "failures", "_bodies", "deadline", "upstream_s",
-                 "first_event_at", "usage", "strip_usage", "retries", "complete")
+                 "first_event_at", "usage", "strip_usage", "retries", "complete",
+                 "transcript", "transcript_bytes", "continuing", "continuations")
 
     def __init__(self, exchange: Exchange, plan: RoutePlan, path: bytes, body: bytes,
                  model: str, stream: bool, request_id: bytes, session: str | None = None,
@@ -77,6 +79,11 @@ class Answer:
         self.strip_usage = False        # usage was asked for by llmedge, not the client
         self.retries = 0
         self.complete = False           # a stream's [DONE] reached the client
+        # The events the client was sent, while a candidate could continue a cut answer.
+        self.transcript: list[bytes] | None = None
+        self.transcript_bytes = 0
+        self.continuing: tuple[Splice, bytes] | None = None   # the attempt continues one
+        self.continuations: list[dict] = []
 
     def body_for(self, target: Target) -> bytes:
         model = target.upstream_model
@@ -108,13 +115,15 @@ class Dispatcher:
 
     async def run(self, answer: Answer, candidates: list[Target]) -> None:
         self.budget.request()
+        if answer.stream and any(t.continuation for t in candidates[1:]):
+            answer.transcript = []
         errors: list[str] = []
         last: UpstreamError | None = None
         metrics = self.metrics
         # After a prompt too long for a deployment's context window: only deployments with
         # a larger window, or one not known, may take it (None: no such limit yet).
         window_over: int | None = None
-        for target in candidates:
+        for index, target in enumerate(candidates):
             if target.unusable:
                 errors.append("%s: %s" % (target.name, target.unusable))
                 continue
@@ -173,7 +182,9 @@ class Dispatcher:
                     metrics.attempt(target.name, exc.kind)
                     metrics.upstream_error(target.name, exc.kind)
                     if answer.exchange.started:
-                        self._end_broken_stream(answer, target, exc)
+                        if not await self._continue(answer, target, exc,
+                                                    candidates[index + 1:]):
+                            self._end_broken_stream(answer, target, exc)
                         return
                     errors.append("%s: %s" % (target.name, exc.message))
                     answer.failures.append(exc)
@@ -261,7 +272,8 @@ class Dispatcher:
         if answer.deadline:
             left = max(0.0, answer.deadline - time.monotonic())
             connect_s, first_byte_s = min(connect_s, left), min(first_byte_s, left)
-        body = answer.body_for(target)
+        continuing = answer.continuing
+        body = continuing[1] if continuing is not None else answer.body_for(target)
         request = [self._request_head(answer, target, endpoint, len(body)), body]
         conn, head = await endpoint.send(request, connect_s, first_byte_s, timeouts.idle_s)
         try:
@@ -279,13 +291,22 @@ class Dispatcher:
                                              if where else ""))
             content_type = head.headers.get(b"content-type", wire.JSON)
             ticket = answer.ticket
-            storing = ticket is not None and ticket.store and status == 200
+            # A continued answer is two models' work: not stored as either's.
+            storing = (ticket is not None and ticket.store and status == 200
+                       and continuing is None and not answer.continuations)
             succeeded = 200 <= status < 300
+            if continuing is not None and not (
+                    succeeded and content_type[:17].lower().startswith(wire.EVENT_STREAM)):
+                # Whatever else it answered cannot go into a stream already under way.
+                payload = await conn.read_whole()
+                raise UpstreamBadResponse("%s answered a continuation with %d %s: %s" % (
+                    target.name, status, content_type.decode("latin-1"), excerpt(payload, 80)))
             if (answer.stream and succeeded
                     and content_type[:17].lower().startswith(wire.EVENT_STREAM)):
                 relay = SseRelay(answer, conn, head,
                                  self.cache.section.max_entry_bytes if storing else 0,
-                                 on_commit=(lambda: bound.reschedule(None)) if bound else None)
+                                 on_commit=(lambda: bound.reschedule(None)) if bound else None,
+                                 transform=continuing[0].rewrite if continuing else None)
                 early = conn.take_early()
                 if early:
                     relay.feed(early)
@@ -368,6 +389,66 @@ class Dispatcher:
                     target.auth_header,
                     wire.EVENT_STREAM if answer.stream else wire.JSON,
                     answer.request_id, USER_AGENT))
+
+    async def _continue(self, answer: Answer, failed: Target, exc: UpstreamError,
+                        rest: list[Target]) -> bool:
+        """Finish an answer cut mid-stream on the next candidates that can continue it
+        (proxy/continuation.py); False when none could, and the stream must end broken.
+        A continuation cut in turn is continued again, from the longer answer."""
+        metrics = self.metrics
+        route = answer.plan.name
+        while answer.transcript is not None:
+            partial = read_partial(answer.transcript)
+            if partial is None:
+                return False
+            for position, target in enumerate(rest):
+                if not target.continuation or target.unusable or (
+                        target.max_inflight and target.inflight >= target.max_inflight):
+                    continue
+                picked = self.router.pick_endpoint(target, answer.session, answer.plan.epsilon)
+                if picked is None:
+                    continue
+                if answer.deadline and time.monotonic() >= answer.deadline:
+                    return False
+                if not self.budget.try_retry():
+                    metrics.shed("retry_budget")
+                    return False
+                before = answer.usage
+                splice = Splice(partial, failed.name, target.name, before)
+                answer.continuing = (splice, continuation_body(answer.body, partial,
+                                                               target.upstream_model))
+                sent = answer.transcript_bytes
+                metrics.fallback(route)
+                answer.attempts += 1
+                answer.upstream = target
+                target.inflight += 1
+                try:
+                    await self._attempt(answer, target, *picked)
+                except UpstreamError as again:
+                    metrics.attempt(target.name, again.kind)
+                    metrics.upstream_error(target.name, again.kind)
+                    metrics.continuation(route, target.name, "failed")
+                    answer.failures.append(again)
+                    if answer.transcript_bytes != sent:
+                        # It added to the answer before it broke: continue from there.
+                        failed, exc, rest = target, again, rest[position + 1:]
+                        break
+                    continue
+                finally:
+                    target.inflight -= 1
+                    answer.continuing = None
+                metrics.attempt(target.name, "ok")
+                metrics.continuation(route, target.name, "ok")
+                since = answer.usage if answer.usage is not before else None
+                splice.usage = since
+                answer.usage = splice.total()
+                answer.continuations.append({"from": failed.name, "to": target.name,
+                                             "at_chars": splice.continued_at,
+                                             "after": exc.kind})
+                return True
+            else:
+                return False
+        return False
 
     def _end_broken_stream(self, answer: Answer, target: Target, exc: UpstreamError) -> None:
         self.metrics.stream_failure(target.name)

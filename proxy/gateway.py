@@ -467,6 +467,8 @@ class Gateway:
                 record["cost_usd"] = cost
             if answer.failures:
                 record["failures"] = [e.kind for e in answer.failures]
+            if answer.continuations:
+                record["continued"] = answer.continuations
             log.write(record)
 
     def _from_cache(self, answer: Answer, stream: bool) -> bool:

@@ -66,6 +66,11 @@ class Metrics:
             "llmedge_stream_failures",
             "Streams ended by an upstream failure after the client got the first byte.",
             ["deployment"], registry=registry)
+        self._continuations = Counter(
+            "llmedge_stream_continuations",
+            "Streams cut mid-answer and continued on another deployment, by route, the "
+            "deployment that continued, and result (ok, failed).",
+            ["route", "deployment", "result"], registry=registry)
         self._tokens = Counter(
             "llmedge_tokens", "Tokens reported by upstreams' usage, by direction.",
             ["route", "deployment", "direction"], registry=registry)
@@ -122,6 +127,9 @@ class Metrics:
 
     def stream_failure(self, deployment: str) -> None:
         self._stream_failures.labels(deployment).inc()
+
+    def continuation(self, route: str, deployment: str, result: str) -> None:
+        self._continuations.labels(route, deployment, result).inc()
 
     def usage(self, route: str, deployment: str, prompt: int, completion: int,
               cost: float) -> None:

@@ -97,12 +97,12 @@ class SseRelay:
     """Forwards whole SSE events from the upstream to the client as they arrive."""
 
     __slots__ = ("answer", "conn", "head", "pending", "committed", "committed_at", "kept",
-                 "kept_bytes", "keep_limit", "done", "held", "on_commit", "transcript",
-                 "transcript_bytes", "last", "previous")
+                 "kept_bytes", "keep_limit", "done", "held", "on_commit", "transform", "last",
+                 "previous")
 
     def __init__(self, answer, conn: UpstreamConn, head: ResponseHead, keep_limit: int = 0,
                  on_commit: Callable[[], None] | None = None,
-                 transcript: list[bytes] | None = None) -> None:
+                 transform: Callable[[bytes], bytes] | None = None) -> None:
         self.answer = answer
         self.conn = conn
         self.head = head
@@ -116,9 +116,8 @@ class SseRelay:
         self.done = False               # the stream's closing "data: [DONE]" went out
         self.held: list[bytes] = []     # opening events without content, not yet sent
         self.on_commit = on_commit      # the first content went out
-        # What the client was sent (None: not kept), for a continuation elsewhere.
-        self.transcript = transcript
-        self.transcript_bytes = 0
+        # Continuing an answer begun elsewhere: its events are rewritten into that stream.
+        self.transform = transform
         self.last = self.previous = b""  # the last two writes: a finish_reason in them?
 
     def feed(self, data: bytes) -> None:
@@ -163,13 +162,19 @@ class SseRelay:
             self.done = answer.complete = True
 
     def write(self, data: bytes) -> None:
-        self.answer.exchange.write(data)
+        if self.transform is not None:
+            data = self.transform(data)
+            if not data:
+                return
+        answer = self.answer
+        answer.exchange.write(data)
         self.previous, self.last = self.last, data
-        transcript = self.transcript
+        transcript = answer.transcript
         if transcript is not None:
-            self.transcript_bytes += len(data)
-            if self.transcript_bytes > MAX_TRANSCRIPT:
-                self.transcript = None
+            # What the client was sent, kept so that a cut answer can be continued elsewhere.
+            answer.transcript_bytes += len(data)
+            if answer.transcript_bytes > MAX_TRANSCRIPT:
+                answer.transcript = None
             else:
                 transcript.append(data)
 
@@ -198,11 +203,13 @@ class SseRelay:
 
     def commit(self) -> None:
         self.committed = True
-        self.committed_at = self.answer.first_event_at = time.monotonic()
+        self.committed_at = time.monotonic()
         answer = self.answer
-        answer.status = self.head.status
         ex = answer.exchange
-        ex.start_stream(self.head.status, wire.EVENT_STREAM, answer.response_headers())
+        if not ex.started:   # else: continuing a stream the client is already reading
+            answer.first_event_at = self.committed_at
+            answer.status = self.head.status
+            ex.start_stream(self.head.status, wire.EVENT_STREAM, answer.response_headers())
         if self.on_commit is not None:
             self.on_commit()
         # Couple flow control: a client that cannot keep up stops us reading upstream.

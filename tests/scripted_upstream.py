@@ -39,6 +39,7 @@ class ScriptedUpstream:
         self.url = "http://127.0.0.1:%d/v1" % self.port
         self.connections = 0
         self.requests = 0
+        self.bodies: list[bytes] = []   # every request's body, in order
         self._socks: list[socket.socket] = []
         self._stopped = threading.Event()
         self._lock = threading.Lock()
@@ -90,6 +91,8 @@ class ScriptedUpstream:
             if not data:
                 return None
             rest += data
+        with self._lock:
+            self.bodies.append(rest[:length])
         return rest[length:]
 
     def _serve(self, sock: socket.socket) -> None:

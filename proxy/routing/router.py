@@ -36,7 +36,7 @@ class Target:
 
     __slots__ = ("name", "name_bytes", "upstream_model", "endpoints", "rows", "auth_header",
                  "unusable", "timeouts", "tags", "price", "quality", "affinity", "inflight",
-                 "max_inflight", "price_in", "price_out", "context_window")
+                 "max_inflight", "price_in", "price_out", "context_window", "continuation")
 
     def __init__(self, dep: Deployment, defaults: Timeouts, max_idle: int,
                  ssl_context: ssl.SSLContext | None, table: EndpointTable,
@@ -70,6 +70,7 @@ class Target:
         self.inflight = 0
         self.max_inflight = dep.max_inflight
         self.context_window = dep.context_window
+        self.continuation = dep.continuation == "prefill"
         self.unusable: str | None = None
         self.auth_header = b""
         if dep.api_key_env:
