@@ -19,8 +19,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT = 30.0
 POLL_LIMIT = 20.0
-BEHAVIOUR_KEYS = ("ttft_ms", "tokens_per_s", "chunks", "status", "error_rate", "error_status",
-                  "retry_after", "stall_after", "drop_after", "reply")
 
 
 def start_simulator(*args: str) -> tuple[subprocess.Popen, int]:
@@ -112,8 +110,8 @@ def sim():
 
 @pytest.fixture(autouse=True)
 def clean(sim):
-    sim.configure(**dict.fromkeys(BEHAVIOUR_KEYS))
-    sim.json("POST", "/_sim/reset")
+    # The startup config back, whatever options a test changed, and zeroed counters.
+    sim.json("POST", "/_sim/reset", {"config": True})
     yield
 
 
