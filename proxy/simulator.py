@@ -31,6 +31,41 @@ Flags (all behaviour flags can also be changed at runtime, see ``POST /_sim/conf
                       --status, or 200), e.g. an HTML error page; --answer-type its type
   --layout L          JSON layout of answers: compact, spaced, pretty (indented; in streams
                       over several data: lines) or reordered (keys reversed) (compact)
+  --early-role        streams send the role event (``"delta":{"role":"assistant",
+                      "content":""}``) and an SSE comment ``: keep-alive`` with the headers,
+                      and the first content only after --ttft-ms (without it the role rides
+                      with the first content); no effect on non-streamed answers
+  --malformed-after N streams send one ``data: {not json`` event after N content chunks (0:
+                      right after the role event) and then carry on to [DONE]
+  --continuation C    prefill (default) or none. prefill: a chat request whose last message
+                      is the assistant's and that has ``"continue_final_message": true`` (or
+                      ``"add_generation_prompt": false``) continues that message: when --reply
+                      starts with its text (the partial) only the rest of the reply is
+                      answered, else the whole reply. A partial ending where a stream's chunk
+                      ended (what a cut stream delivered) leaves exactly the stream's remaining
+                      chunks; one ending mid-chunk leaves that chunk's tail, then the rest;
+                      always at least one chunk (possibly empty). Streamed or not as asked;
+                      usage counts the whole prompt (partial included) and the new chunks.
+                      Counted as ``continuations`` in /_sim/stats (a continuation request with
+                      an empty or non-matching partial too), the partial kept as
+                      ``last_continuation_prefix``. none: the markers are ignored, as by a
+                      server that cannot continue. Without the markers a trailing assistant
+                      message is an ordinary prompt.
+  --context-window N  chat requests whose estimated prompt (~4 characters a token, all
+                      messages' text) is longer than N tokens are answered 400 at once,
+                      worded as --context-error says, and counted as ``context_exceeded``;
+                      checked after the request is validated, before any continuation
+  --context-error S   openai (default): OpenAI's ``context_length_exceeded`` error; vllm:
+                      vLLM's OpenAI server's ``BadRequestError`` (code 400, "However, you
+                      requested ..."); anthropic: ``{"type":"error","error":{"type":
+                      "invalid_request_error","message":"prompt is too long: P tokens > N
+                      maximum"}}``
+
+The stream limits (--stall-after, --drop-after, --malformed-after) count the content chunks of
+the answer actually streamed, a continuation's own chunks included. With --early-role a limit
+of 0 cuts the stream after the role event, once the TTFT has passed (a drop then closes the
+connection when the first token was due). A malformed event due at the same count as a stall or
+drop goes out before it.
 
 Endpoints: POST /v1/chat/completions, POST /v1/embeddings, GET /v1/models, GET /_sim/stats,
 POST /_sim/reset (zero counters, reseed; body ``{"config": true}`` also restores the startup
@@ -73,7 +108,7 @@ MAX_PIPELINE = 64
 
 STAT_KEYS = ("requests", "chat", "embeddings", "models", "streams_started", "streams_completed",
              "streams_aborted", "streams_dropped", "streams_stalled", "errors_injected",
-             "connections_opened", "connections_closed")
+             "connections_opened", "connections_closed", "continuations", "context_exceeded")
 
 
 def _read_int(digits: str) -> int | str:
@@ -295,23 +330,45 @@ class SimProtocol(asyncio.Protocol):
         self.closed = True
         self.transport.close()
 
-    def start_stream(self, req: Request, events: list, beh: Behaviour) -> None:
-        n = beh.fragments.completion_tokens
+    def start_stream(self, req: Request, events: list, beh: Behaviour, n: int) -> None:
+        """Stream ``events`` (role, ``n`` contents, finish, [usage], [DONE]) as ``beh`` says."""
         cut, drop = len(events), False
         # A limit at or past the finish event withholds nothing, so it is ignored.
         for limit, is_drop in ((beh.stall_after, False), (beh.drop_after, True)):
             if limit is not None and limit <= n and limit + 1 <= cut:
                 cut, drop = limit + 1, is_drop
         chunked = beh.framing == "length"
-        self.stream = Stream(events, n, cut, drop, beh.interval, req.keep_alive and chunked,
-                             chunked)
+        self.stream = st = Stream(events, n, cut, drop, beh.interval,
+                                  req.keep_alive and chunked, chunked)
         self.sim.stats["streams_started"] += 1
-        self.transport.write(self.head(req, 200, b"text/event-stream", None,
-                                       b"cache-control: no-cache\r\n", beh.framing))
+        head = self.head(req, 200, b"text/event-stream", None, b"cache-control: no-cache\r\n",
+                         beh.framing)
+        if beh.stream_tweaks:
+            head = self._tweak_stream(st, beh, head)
+        self.transport.write(head)
         if beh.ttft > 0:
             self.timer = self.loop.call_later(beh.ttft, self._stream_step)
         else:
             self._stream_step()
+
+    def _tweak_stream(self, st: Stream, beh: Behaviour, head: bytes) -> bytes:
+        """Apply early_role and malformed_after to a fresh stream; returns what to write now.
+
+        Both add bytes to existing events rather than new events, so event i stays content
+        chunk i for the pacing and stall/drop code.
+        """
+        events = st.events
+        if beh.early_role:
+            events[0] += wire.KEEP_ALIVE_COMMENT
+        bad = beh.malformed_after
+        if bad is not None and bad <= st.n_content:
+            events[bad] += wire.MALFORMED_EVENT
+        if beh.early_role:
+            # The role goes out with the headers; _stream_step carries on from the first
+            # content once the TTFT has passed.
+            st.idx = 1
+            head += wire.chunk(events[0]) if st.chunked else events[0]
+        return head
 
     def _stream_step(self) -> None:
         """Write every event that is due now, then schedule the next one or end the stream."""
@@ -332,7 +389,9 @@ class SimProtocol(asyncio.Protocol):
                 break
         st.idx = idx
         done = idx == len(st.events)
-        if st.chunked:
+        if idx == start:
+            pass  # early_role's role already went out and the stream is cut at once
+        elif st.chunked:
             self.transport.write(b"".join([wire.chunk(e) for e in st.events[start:idx]])
                                  + (wire.CHUNK_END if done else b""))
         else:
@@ -372,6 +431,7 @@ class Simulator:
         self.last_headers: list = []
         self.last_body = None
         self.last_body_text = ""     # the last /v1 body as sent (valid UTF-8 or not)
+        self.last_continuation_prefix: str | None = None
         self.connections: set[SimProtocol] = set()
         self.stopping = False
         self.loop = None
@@ -512,7 +572,12 @@ class Simulator:
         model = obj.get("model")
         model_json = orjson.dumps(model) if isinstance(model, str) else self._model_json
         prompt_tokens = wire.estimate_prompt_tokens(messages)
+        if beh.context_window is not None and prompt_tokens > beh.context_window:
+            return self._context_exceeded(conn, req, beh, obj, prompt_tokens)
         frags = beh.fragments
+        if beh.prefill and (obj.get("continue_final_message") is True
+                            or obj.get("add_generation_prompt") is False):
+            frags = self._continuation(messages, beh)
         layout = beh.layout
         if obj.get("stream") is True:
             opts = obj.get("stream_options")
@@ -525,7 +590,7 @@ class Simulator:
             else:
                 events = frags.stream_laid_out(self._head("chat.completion.chunk", model),
                                                prompt_tokens, include_usage, layout)
-            conn.start_stream(req, events, beh)
+            conn.start_stream(req, events, beh, frags.completion_tokens)
         elif beh.stall_after == 0:
             pass  # leave the request unanswered: the connection stays busy until closed
         elif beh.drop_after == 0:
@@ -538,7 +603,30 @@ class Simulator:
             else:
                 body = frags.completion_laid_out(self._head("chat.completion", model),
                                                  prompt_tokens, layout)
-            conn.send(req, 200, body, delay=beh.nonstream_delay, framing=beh.framing)
+            delay = beh.nonstream_delay if frags is beh.fragments else beh.answer_delay(frags)
+            conn.send(req, 200, body, delay=delay, framing=beh.framing)
+
+    def _context_exceeded(self, conn, req, beh: Behaviour, obj: dict, prompt_tokens: int) -> None:
+        # At once, as a server refuses before it queues the prompt for prefill.
+        self.stats["context_exceeded"] += 1
+        budget = obj.get("max_completion_tokens")
+        if budget is None:
+            budget = obj.get("max_tokens")
+        if not isinstance(budget, int) or isinstance(budget, bool):
+            budget = None
+        conn.send(req, 400, wire.context_error_body(beh.context_error, beh.context_window,
+                                                    prompt_tokens, budget),
+                  framing=beh.framing)
+
+    def _continuation(self, messages: list, beh: Behaviour) -> wire.ReplyFragments:
+        """The fragments answering a request that asks to continue its last message."""
+        last = messages[-1] if messages else None
+        if not isinstance(last, dict) or last.get("role") != "assistant":
+            return beh.fragments  # nothing to continue: an ordinary answer
+        partial = wire.message_text(last.get("content"))
+        self.stats["continuations"] += 1
+        self.last_continuation_prefix = partial
+        return beh.continuation_fragments(partial)
 
     def _prefix(self, head: bytes, model_json: bytes) -> bytes:
         return b'%s,"created":%d,"model":%s,"system_fingerprint":%s,' % (
@@ -596,6 +684,7 @@ class Simulator:
         stats["last_headers"] = headers
         stats["last_body"] = self.last_body
         stats["last_body_text"] = self.last_body_text
+        stats["last_continuation_prefix"] = self.last_continuation_prefix
         try:
             body = orjson.dumps(stats)
         except TypeError:
@@ -625,6 +714,7 @@ class Simulator:
         self.last_headers = []
         self.last_body = None
         self.last_body_text = ""
+        self.last_continuation_prefix = None
         self.rng = random.Random(self.seed)
         if obj.get("config") is True:
             self.behaviour = Behaviour(dict(self.startup))
@@ -666,6 +756,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--framing", default="length", choices=wire.FRAMINGS)
     p.add_argument("--answer-body", default=None)
     p.add_argument("--answer-type", default="text/html")
+    p.add_argument("--early-role", action="store_true")
+    p.add_argument("--continuation", default="prefill", choices=wire.CONTINUATIONS)
+    p.add_argument("--context-window", type=int, default=None)
+    p.add_argument("--context-error", default="openai", choices=wire.CONTEXT_ERRORS)
+    p.add_argument("--malformed-after", type=int, default=None)
     p.add_argument("--log-level", default="WARNING")
     p.add_argument("--tls-cert", help="serve https with this certificate (PEM)")
     p.add_argument("--tls-key", help="the certificate's private key (PEM)")

@@ -22,6 +22,11 @@ KEEP_ALIVE = b"connection: keep-alive\r\n"
 JSON_TYPE = b"application/json"
 CHUNK_END = b"0\r\n\r\n"
 SSE_DONE = b"data: [DONE]\n\n"
+# What early_role sends after the role event: servers that flush headers before the first token
+# often add such a comment so idle-timeout middleboxes see bytes.
+KEEP_ALIVE_COMMENT = b": keep-alive\n\n"
+# What malformed_after slips into a stream: a data: line that is not JSON.
+MALFORMED_EVENT = b"data: {not json\n\n"
 
 DEFAULT_REPLY = "The quick brown fox jumps over the lazy dog while the simulator streams tokens."
 
@@ -29,7 +34,8 @@ BEHAVIOUR_DEFAULTS = {
     "ttft_ms": 0.0, "tokens_per_s": 0.0, "chunks": 8, "reply": DEFAULT_REPLY, "status": None,
     "error_rate": 0.0, "error_status": 500, "retry_after": None, "stall_after": None,
     "drop_after": None, "layout": "compact", "framing": "length", "answer_body": None,
-    "answer_type": "text/html",
+    "answer_type": "text/html", "early_role": False, "continuation": "prefill",
+    "context_window": None, "context_error": "openai", "malformed_after": None,
 }
 # How an answer's end is marked: length (Content-Length, or chunks for streams), close
 # (Connection: close and the body up to EOF) or http10 (an HTTP/1.0 answer up to EOF).
@@ -40,8 +46,17 @@ FRAMINGS = ("length", "close", "http10")
 # object's keys in reverse order (usage before choices). Except compact, streams asked for
 # usage carry "usage": null in every chunk but the last, as OpenAI's do.
 LAYOUTS = ("compact", "spaced", "pretty", "reordered")
-_INT_OPTIONS = {"chunks", "status", "error_status", "stall_after", "drop_after"}
-NULLABLE = {"status", "retry_after", "stall_after", "drop_after", "answer_body"}
+# prefill: a trailing assistant message marked for continuation is continued, as vLLM does
+# with continue_final_message; none: the markers are ignored, as by a server that cannot.
+CONTINUATIONS = ("prefill", "none")
+# Whose words a context-length refusal uses: OpenAI's, vLLM's OpenAI server's or Anthropic's.
+CONTEXT_ERRORS = ("openai", "vllm", "anthropic")
+_INT_OPTIONS = {"chunks", "status", "error_status", "stall_after", "drop_after",
+                "context_window", "malformed_after"}
+_CHOICES = {"layout": LAYOUTS, "framing": FRAMINGS, "continuation": CONTINUATIONS,
+            "context_error": CONTEXT_ERRORS}
+NULLABLE = {"status", "retry_after", "stall_after", "drop_after", "answer_body",
+            "context_window", "malformed_after"}
 
 
 # What OpenAI itself answers with, so SDK exception mapping in clients behaves as in production.
@@ -96,6 +111,62 @@ def _text_len(content) -> int:
         return sum(len(p["text"]) for p in content
                    if isinstance(p, dict) and isinstance(p.get("text"), str))
     return 0
+
+
+def message_text(content) -> str:
+    """The text of a message's content: a string, or the text parts of a list joined."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p["text"] for p in content
+                       if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return ""
+
+
+def continuation_pieces(pieces: list[str], done: int) -> list[str]:
+    """What is left of ``pieces`` once their first ``done`` characters were already answered.
+
+    A partial that ends on a piece boundary (what a stream cut after k chunks delivered) leaves
+    exactly the remaining pieces, so the two answers join to the whole reply chunk for chunk;
+    one ending mid-piece leaves that piece's tail first. Never empty: at least one piece.
+    """
+    rest = []
+    pos = 0
+    for piece in pieces:
+        end = pos + len(piece)
+        if end > done:
+            rest.append(piece[max(0, done - pos):])
+        pos = end
+    return rest or [""]
+
+
+def context_error_body(style: str, window: int, prompt_tokens: int,
+                       max_tokens: int | None) -> bytes:
+    """A 400 body refusing a prompt longer than ``window``, worded as ``style``'s server does."""
+    if style == "anthropic":
+        return orjson.dumps({"type": "error", "error": {
+            "type": "invalid_request_error",
+            "message": "prompt is too long: %d tokens > %d maximum" % (prompt_tokens, window)}})
+    if style == "vllm":
+        # vLLM's OpenAI server: its ErrorResponse nests an ErrorInfo whose code is the HTTP
+        # status; the wording depends on whether the request set a completion budget.
+        if max_tokens is None:
+            message = ("This model's maximum context length is %d tokens. However, you "
+                       "requested %d tokens in the messages, Please reduce the length of the "
+                       "messages." % (window, prompt_tokens))
+        else:
+            message = ("This model's maximum context length is %d tokens. However, you "
+                       "requested %d tokens (%d in the messages, %d in the completion). "
+                       "Please reduce the length of the messages or completion."
+                       % (window, prompt_tokens + max_tokens, prompt_tokens, max_tokens))
+        return orjson.dumps({"error": {"message": message, "type": "BadRequestError",
+                                       "param": None, "code": 400}})
+    return orjson.dumps({"error": {
+        "message": "This model's maximum context length is %d tokens. However, your messages "
+                   "resulted in %d tokens. Please reduce the length of the messages."
+                   % (window, prompt_tokens),
+        "type": "invalid_request_error", "param": "messages",
+        "code": "context_length_exceeded"}})
 
 
 def estimate_prompt_tokens(messages) -> int:
@@ -166,8 +237,8 @@ class ReplyFragments:
     __slots__ = ("pieces", "completion_tokens", "message_tail", "role_event", "content_events",
                  "finish_event")
 
-    def __init__(self, reply: str, chunks: int) -> None:
-        self.pieces = split_reply(reply, chunks)
+    def __init__(self, pieces: list[str]) -> None:
+        self.pieces = pieces
         self.completion_tokens = len(self.pieces)
         content = orjson.dumps("".join(self.pieces))
         self.message_tail = (b'"choices":[{"index":0,"message":{"role":"assistant","content":'
@@ -248,11 +319,15 @@ def validate_option(key: str, value):
         if not isinstance(value, str):
             raise ConfigError("reply must be a string")
         return value
-    for name, allowed in (("layout", LAYOUTS), ("framing", FRAMINGS)):
-        if key == name:
-            if value not in allowed:
-                raise ConfigError("%s must be one of %s" % (name, ", ".join(allowed)))
-            return value
+    allowed = _CHOICES.get(key)
+    if allowed is not None:
+        if value not in allowed:
+            raise ConfigError("%s must be one of %s" % (key, ", ".join(allowed)))
+        return value
+    if key == "early_role":
+        if not isinstance(value, bool):
+            raise ConfigError("early_role must be true or false")
+        return value
     if key in ("answer_body", "answer_type"):
         # answer_body: what chat and embeddings requests get instead of an answer (with
         # --status, or 200), e.g. a load balancer's HTML page; answer_type its content type.
@@ -282,14 +357,17 @@ class Behaviour:
 
     __slots__ = ("options", "ttft", "interval", "nonstream_delay", "fragments", "status",
                  "error_rate", "error_status", "retry_after", "stall_after", "drop_after",
-                 "layout", "framing", "answer_body", "answer_type")
+                 "layout", "framing", "answer_body", "answer_type", "reply", "early_role",
+                 "prefill", "context_window", "context_error", "malformed_after",
+                 "stream_tweaks")
 
     def __init__(self, options: dict) -> None:
         self.options = options
         self.ttft = options["ttft_ms"] / 1000.0
         rate = options["tokens_per_s"]
         self.interval = 1.0 / rate if rate > 0 else 0.0
-        self.fragments = ReplyFragments(options["reply"], options["chunks"])
+        self.reply = options["reply"]
+        self.fragments = ReplyFragments(split_reply(self.reply, options["chunks"]))
         self.nonstream_delay = self.ttft + self.interval * max(0, options["chunks"] - 1)
         self.status = options["status"]
         self.error_rate = options["error_rate"]
@@ -302,3 +380,20 @@ class Behaviour:
         body = options["answer_body"]
         self.answer_body = body.encode() if body is not None else None
         self.answer_type = options["answer_type"].encode()
+        self.early_role = options["early_role"]
+        self.prefill = options["continuation"] == "prefill"
+        self.context_window = options["context_window"]
+        self.context_error = options["context_error"]
+        self.malformed_after = options["malformed_after"]
+        # One test on the streaming fast path for everything that reshapes a stream's events.
+        self.stream_tweaks = self.early_role or self.malformed_after is not None
+
+    def continuation_fragments(self, partial: str) -> ReplyFragments:
+        """The answer to a request continuing ``partial``: the reply's rest, or all of it."""
+        if partial and self.reply.startswith(partial):
+            return ReplyFragments(continuation_pieces(self.fragments.pieces, len(partial)))
+        return self.fragments
+
+    def answer_delay(self, fragments: ReplyFragments) -> float:
+        """How long a non-streamed answer waits: as long as its stream's last chunk would."""
+        return self.ttft + self.interval * max(0, fragments.completion_tokens - 1)
