@@ -128,3 +128,39 @@ routes:
         assert broken.requests == 1 and second.requests == 1
     assert metric_value(edge.metrics(), "llmedge_stream_continuations_total",
                         deployment="broken", result="failed") == 1
+
+
+@pytest.mark.parametrize("cut", ["drop_after", "stall_after"])
+def test_the_simulators_cut_and_continue_one_reply(start_edge, sims, cut):
+    reply = "one two three four five six seven eight"
+    sims.alpha.configure(reply=reply, chunks=8, **{cut: 3})
+    sims.beta.configure(reply=reply, chunks=8)    # continues a prefix of its reply
+    edge = start_edge(f"""\
+server: {{http: 127.0.0.1:0}}
+upstream: {{health: {{enabled: false}}}}
+deployments:
+  - name: alpha
+    base_url: {sims.alpha.url}
+    timeouts: {{idle_s: 0.5}}
+  - name: beta
+    base_url: {sims.beta.url}
+    continuation: prefill
+routes:
+  - name: auto
+    deployments: [alpha]
+    fallbacks: [beta]
+""")
+    with edge.client() as client:
+        chunks = list(client.chat.completions.create(model="auto", messages=MESSAGES,
+                                                     stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    # alpha's three pieces and beta's five: the one reply, once.
+    assert text == reply
+    stats = sims.beta.stats()
+    assert stats["continuations"] == 1
+    assert reply.startswith(stats["last_continuation_prefix"])
+    assert len(stats["last_continuation_prefix"]) > 0
+    assert len({c.id for c in chunks}) == 1
+    assert chunks[-1].model_extra["x_llmedge"]["from"] == "alpha"
+    wait_for(lambda: metric_value(edge.metrics(), "llmedge_requests_total", status="200") == 1,
+             message="the request to be counted as answered")
