@@ -18,7 +18,7 @@ from .budget import RetryBudget
 from .cache import new_entry
 from .caching import ResponseCache, Ticket
 from .config import RetryConfig
-from .errors import (ContextWindowExceeded, DeadlineExceeded, FirstTokenTimeout, ProxyError,
+from .errors import (ContextWindowExceeded, DeadlineExceeded, ProxyError,
                      UpstreamBadResponse,
                      UpstreamError, UpstreamReset, UpstreamSaturated, UpstreamStatus,
                      UpstreamTimeout, UpstreamUnavailable)
@@ -253,32 +253,25 @@ class Dispatcher:
         """Send the request to one endpoint and answer the client from it; returns when the
         first streamed event went out (0.0 for whole responses). A stream is bounded from
         the request to its first content token by the deployment's ``first_token_s``."""
-        if not answer.stream:
-            return await self._exchange_bounded(answer, target, endpoint, None)
-        first_token_s = target.timeouts.first_token_s
-        if answer.deadline:
-            first_token_s = min(first_token_s, max(0.0, answer.deadline - time.monotonic()))
-        try:
-            async with asyncio.timeout(first_token_s) as bound:
-                return await self._exchange_bounded(answer, target, endpoint, bound)
-        except TimeoutError:
-            raise FirstTokenTimeout("%s sent no content within %.3gs (first_token_s)"
-                                    % (target.name, first_token_s)) from None
-
-    async def _exchange_bounded(self, answer: Answer, target: Target, endpoint: Endpoint,
-                                bound: asyncio.Timeout | None) -> float:
         timeouts = target.timeouts
         connect_s, first_byte_s = timeouts.connect_s, timeouts.first_byte_s
+        first_token_s = timeouts.first_token_s if answer.stream else 0.0
         if answer.deadline:
-            left = max(0.0, answer.deadline - time.monotonic())
+            left = max(0.001, answer.deadline - time.monotonic())
             connect_s, first_byte_s = min(connect_s, left), min(first_byte_s, left)
+            if first_token_s:
+                first_token_s = min(first_token_s, left)
         continuing = answer.continuing
         body = continuing[1] if continuing is not None else answer.body_for(target)
         request = [self._request_head(answer, target, endpoint, len(body)), body]
-        conn, head = await endpoint.send(request, connect_s, first_byte_s, timeouts.idle_s)
+        conn, head = await endpoint.send(request, connect_s, first_byte_s, timeouts.idle_s,
+                                         first_token_s)
         try:
             answer.head_at = time.monotonic()
             status = head.status
+            if first_token_s and not (200 <= status < 300 and head.headers.get(
+                    b"content-type", b"")[:17].lower().startswith(wire.EVENT_STREAM)):
+                conn.content_started()   # not a stream: its body is the whole answer
             if failed_status(status):
                 raise status_error(head, await conn.read_whole())
             if 300 <= status < 400:
@@ -305,7 +298,7 @@ class Dispatcher:
                     and content_type[:17].lower().startswith(wire.EVENT_STREAM)):
                 relay = SseRelay(answer, conn, head,
                                  self.cache.section.max_entry_bytes if storing else 0,
-                                 on_commit=(lambda: bound.reschedule(None)) if bound else None,
+                                 on_commit=conn.content_started,
                                  transform=continuing[0].rewrite if continuing else None)
                 early = conn.take_early()
                 if early:

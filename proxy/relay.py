@@ -31,8 +31,9 @@ MAX_PENDING_EVENT = 1024 * 1024
 MAX_TRANSCRIPT = 4 * 1024 * 1024
 
 _DONE_ENDS = (b"[DONE]\n\n", b"[DONE]\r\n\r\n")
-_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 _FINISHED = re.compile(rb'"finish_reason"[ \t\r\n]*:[ \t\r\n]*"')
+# A delta's text that is not empty (a quote after the opening one would end it at once).
+_TEXT = re.compile(rb'"content"[ \t\r\n]*:[ \t\r\n]*"[^"]')
 
 
 def ends_with_done(data: bytes) -> bool:
@@ -69,6 +70,12 @@ EMPTY, CONTENT, ERROR = 0, 1, 2
 def opening_kind(event: bytes) -> tuple[int, str]:
     """What one event of a stream's opening is: EMPTY (nothing the client needs yet),
     CONTENT, or ERROR (with its message)."""
+    if _TEXT.search(event) is not None:
+        return CONTENT, ""    # the usual first token, told without decoding
+    if (b'"content":""' in event and b'"finish_reason":null' in event
+            and b'"tool_calls"' not in event and b'"refusal":"' not in event
+            and b'"reasoning' not in event and b'"function_call"' not in event):
+        return EMPTY, ""      # the usual role-only opening, told without decoding
     data = event_data(event)
     if not data:
         return EMPTY, ""      # a comment, or only event:/id:/retry: lines
@@ -181,24 +188,24 @@ class SseRelay:
     def _opening(self, data: bytes) -> bytes:
         """Before the first content: hold events without it; return what may go out now
         (the held events and everything from the first content on), or b"". An error event
-        fails the attempt, before anything reached the client."""
+        fails the attempt, before anything reached the client. Only the opening events are
+        looked at: the first content usually comes in the first or second."""
         if len(data) > MAX_PENDING_EVENT:
             return b"".join(self.held) + data   # not SSE as we know it: as it came
-        parts = _EVENT_END.split(data)
-        position = 0
-        for event in parts[:-1]:
-            end = _event_end(data, position, event)
-            kind, message = opening_kind(event)
+        position, size = 0, len(data)
+        while position < size:
+            end, after = _next_event(data, position)
+            kind, message = opening_kind(data[position:end])
             if kind == CONTENT:
-                out = b"".join(self.held) + data[position:]
+                out = b"".join(self.held) + data[position:] if self.held else data[position:]
                 self.held = []
                 return out
             if kind == ERROR:
                 self.conn.fail(UpstreamStreamError(
                     "upstream sent an error before any content: %s" % message[:300]))
                 return b""
-            self.held.append(data[position:end])
-            position = end
+            self.held.append(data[position:after])
+            position = after
         return b""
 
     def commit(self) -> None:
@@ -246,11 +253,13 @@ class SseRelay:
         self.answer.exchange.end_stream()
 
 
-def _event_end(data: bytes, position: int, event: bytes) -> int:
-    """Where the event starting at ``position`` (its text ``event``) ends, separator
-    included."""
-    end = position + len(event)
-    for separator in (b"\r\n\r\n", b"\n\n", b"\r\r"):
-        if data.startswith(separator, end):
-            return end + len(separator)
-    return end
+def _next_event(data: bytes, position: int) -> tuple[int, int]:
+    """(where the event starting at ``position`` ends, where the next one starts); ``data``
+    holds whole events only."""
+    lf = data.find(b"\n\n", position)
+    crlf = data.find(b"\r\n\r\n", position)
+    if crlf >= 0 and (lf < 0 or crlf < lf):
+        return crlf, crlf + 4
+    if lf >= 0:
+        return lf, lf + 2
+    return len(data), len(data)

@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 import httptools
 
-from ..errors import UpstreamError, UpstreamReset, UpstreamStatus, UpstreamTimeout
+from ..errors import (FirstTokenTimeout, UpstreamError, UpstreamReset, UpstreamStatus,
+                      UpstreamTimeout)
 
 # Whole (non-streamed) upstream bodies above this are refused rather than buffered.
 MAX_WHOLE_BODY = 64 * 1024 * 1024
@@ -56,7 +57,8 @@ class UpstreamConn(asyncio.Protocol):
                  "_headers", "_head_waiter", "_done_waiter", "_body", "_body_size",
                  "_sink", "_complete", "_error", "_timer", "_idle_s",
                  "_last_activity", "_timeout_kind", "_paused_by_client", "_early_paused",
-                 "_keep_alive", "_until_close", "_surplus", "on_close")
+                 "_keep_alive", "_until_close", "_surplus", "_first_token_at",
+                 "_first_token_s", "on_close")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -84,6 +86,8 @@ class UpstreamConn(asyncio.Protocol):
         self._until_close = False
         # Bytes came after the answer was complete: the connection's framing is lost.
         self._surplus = False
+        self._first_token_at = 0.0     # loop time by which content must start (0: no bound)
+        self._first_token_s = 0.0
         self.on_close: Callable[[UpstreamConn], None] | None = None
 
     # === transport callbacks ===
@@ -195,8 +199,12 @@ class UpstreamConn(asyncio.Protocol):
 
     # === the request's side ===
 
-    def send(self, data: list[bytes], first_byte_s: float, idle_s: float) -> None:
-        """Write one request and start its first-byte timer."""
+    def send(self, data: list[bytes], first_byte_s: float, idle_s: float,
+             first_token_s: float = 0.0) -> None:
+        """Write one request and start its first-byte timer; with ``first_token_s`` (a
+        stream) the answer's content must also begin that soon (``content_started``). One
+        timer handle serves every bound: a second timer per request costs as much as the
+        rest of the bookkeeping."""
         assert self.transport is not None
         self.received_any = False
         self._headers = {}
@@ -213,8 +221,19 @@ class UpstreamConn(asyncio.Protocol):
         self._head_waiter = self.loop.create_future()
         self._timeout_kind = "first_byte"
         self._cancel_timer()
+        if first_token_s:
+            self._first_token_s = first_token_s
+            self._first_token_at = self.loop.time() + first_token_s
+            if first_token_s < first_byte_s:
+                first_byte_s = first_token_s
+        else:
+            self._first_token_at = 0.0
         self._timer = self.loop.call_later(first_byte_s, self._on_timer)
         self.transport.writelines(data)
+
+    def content_started(self) -> None:
+        """The answer's first content token arrived: the first-token bound is met."""
+        self._first_token_at = 0.0
 
     async def head(self) -> ResponseHead:
         waiter = self._head_waiter
@@ -316,19 +335,29 @@ class UpstreamConn(asyncio.Protocol):
     def _arm_idle(self) -> None:
         self._timeout_kind = "idle"
         self._cancel_timer()
-        self._last_activity = self.loop.time()
-        self._timer = self.loop.call_later(self._idle_s, self._on_timer)
+        now = self._last_activity = self.loop.time()
+        delay = self._idle_s
+        if self._first_token_at and self._first_token_at - now < delay:
+            delay = max(0.0, self._first_token_at - now)
+        self._timer = self.loop.call_later(delay, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
-        if self._timeout_kind == "idle":
+        now = self.loop.time()
+        first_token_at = self._first_token_at
+        if first_token_at and now >= first_token_at - 0.001:
+            err: UpstreamError = FirstTokenTimeout(
+                "upstream sent no content within %.3gs (first_token_s)" % self._first_token_s)
+        elif self._timeout_kind == "idle":
             # Rearming on every chunk would cost a timer per chunk; instead check the
             # last activity and sleep for the rest. A reader paused by the client is
             # not idle on the upstream's account.
-            remaining = self._last_activity + self._idle_s - self.loop.time()
+            remaining = self._last_activity + self._idle_s - now
             if remaining > 0 or self._paused_by_client:
-                self._timer = self.loop.call_later(max(remaining, self._idle_s / 4),
-                                                   self._on_timer)
+                delay = max(remaining, self._idle_s / 4)
+                if first_token_at:
+                    delay = min(delay, max(0.0, first_token_at - now))
+                self._timer = self.loop.call_later(delay, self._on_timer)
                 return
             err = UpstreamTimeout("upstream sent nothing for %.3gs" % self._idle_s)
         else:

@@ -72,14 +72,15 @@ class Endpoint:
         return conn
 
     async def send(self, request: list[bytes], connect_s: float, first_byte_s: float,
-                   idle_s: float) -> tuple[UpstreamConn, ResponseHead]:
+                   idle_s: float, first_token_s: float = 0.0
+                   ) -> tuple[UpstreamConn, ResponseHead]:
         """Send ``request`` on an idle connection (or a new one) and wait for the response
         head; on failure the connection is aborted before the error propagates."""
         conn = self.take_idle()
         if conn is None:
             conn = await self.connect(connect_s)
         try:
-            conn.send(request, first_byte_s, idle_s)
+            conn.send(request, first_byte_s, idle_s, first_token_s)
             try:
                 return conn, await conn.head()
             except UpstreamReset:
@@ -89,7 +90,7 @@ class Endpoint:
                 # was processed, so the same endpoint gets one more go on a fresh one.
                 conn.abort()
                 conn = await self.connect(connect_s)
-                conn.send(request, first_byte_s, idle_s)
+                conn.send(request, first_byte_s, idle_s, first_token_s)
                 return conn, await conn.head()
         except BaseException:
             conn.abort()
