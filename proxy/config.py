@@ -73,8 +73,11 @@ class BreakerConfig(msgspec.Struct, forbid_unknown_fields=True):
     failure_rate: float = 0.5          # ... or this share of failures in the window
     min_requests: int = 20             # ... once the window holds at least this many
     window_s: float = 10.0
-    open_s: float = 5.0                # first backoff; doubles with each re-opening
-    max_open_s: float = 60.0
+    # First backoff, doubling with each re-opening up to max_open_s. Short, because the cap
+    # is how long a recovered endpoint that probes cannot vouch for (or with probes off) may
+    # wait for its next trial; a trial costs one failed attempt, answered by a fallback.
+    open_s: float = 2.0
+    max_open_s: float = 10.0
     jitter: float = 0.1                # +- share of the backoff, so replicas do not sync
     cooldown_429_s: float = 5.0        # a 429 without Retry-After keeps the circuit open this long
 

@@ -112,3 +112,32 @@ def test_probe_verdicts_and_outcomes_follow_the_rules(events):
 def test_default_settings_cap_the_backoff(events):
     run_events(events, BreakerConfig())
 
+
+def test_default_backoff_is_capped_within_seconds():
+    # The cap is what a recovered endpoint nobody can vouch for waits at most: a few
+    # seconds, not a minute.
+    config = BreakerConfig()
+    assert config.max_open_s <= 10.0 and config.open_s <= config.max_open_s
+
+    async def main():
+        table = EndpointTable()
+        row = table.add()
+        breakers = Breakers(table, config, rnd=lambda: 1.0)  # the longest jitter
+        waits = []
+        for _ in range(config.consecutive_failures):
+            breakers.on_failure(row, "connect")
+        for _ in range(8):
+            waits.append(breakers.describe(row)["open_for_s"])
+            # Probes see it down and up: half-open without waiting out the backoff.
+            breakers.probe_verdict(row, False)
+            breakers.probe_verdict(row, True)
+            assert breakers.state(row) == HALF_OPEN
+            breakers.on_failure(row, "connect")   # the trial fails
+        breakers.aclose()
+        return waits
+
+    waits = asyncio.run(main())
+    # Doubling from open_s, then flat at the cap.
+    assert waits[0] <= config.open_s * (1 + config.jitter) + 0.01
+    assert all(b >= a - 0.01 for a, b in zip(waits, waits[1:])), waits
+    assert max(waits) <= config.max_open_s * (1 + config.jitter) + 0.01, waits
