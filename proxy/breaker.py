@@ -5,12 +5,19 @@ Classic terms: *closed* lets traffic through; *open* lets none; *half-open* admi
 one trial request (the table's pick only takes a half-open endpoint with nothing in flight).
 
     closed --(K consecutive failures, or failure rate over a minimum volume)--> open
-    open --(backoff, growing with each re-opening)--> half-open
+    open --(backoff, growing with each re-opening up to a cap)--> half-open
+    open --(a health probe passes right after one failed)--> half-open at once
     half-open --(trial succeeds)--> closed;  --(trial fails)--> open, longer backoff
     a 429 opens the circuit exactly until its Retry-After (or a default cooldown)
 
 Health probes report separately (``set_probe``): an endpoint whose probes fail is ejected
 whatever its breaker says, and comes back to its breaker's state when they pass again.
+
+Every probe verdict also reaches the circuit (``probe_verdict``). A pass that follows a
+failure means the probe saw the endpoint down and back, so an open circuit stops waiting out
+its backoff. A pass alone proves nothing: a server can answer ``/models`` while failing every
+completion, and half-opening on every passing probe would then send a doomed trial each
+probe interval instead of each backoff. A circuit opened by a 429 keeps its Retry-After.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable
 
 from _fastpath import EP_EJECTED, EP_HALF_OPEN, EP_HEALTHY, EP_OPEN, EndpointTable
 
@@ -28,8 +36,8 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
 
 class _Circuit:
     __slots__ = ("state", "consecutive", "openings", "open_until", "timer", "probe_ok",
-                 "window_start", "ok", "failed", "reason", "rate_limited", "outlier_timer",
-                 "ejections")
+                 "probe_down", "window_start", "ok", "failed", "reason", "rate_limited",
+                 "outlier_timer", "ejections")
 
     def __init__(self) -> None:
         self.state = CLOSED
@@ -38,6 +46,7 @@ class _Circuit:
         self.open_until = 0.0
         self.timer: asyncio.TimerHandle | None = None
         self.probe_ok = True
+        self.probe_down = False         # the last health probe failed
         self.window_start = 0.0
         self.ok = 0
         self.failed = 0
@@ -60,6 +69,9 @@ class Breakers:
         self.opened_total = 0
         # [successes, failures] per row since outlier detection last looked.
         self.tally: dict[int, list[int]] = {}
+        # Told the row of each circuit that opens for a fault (not a 429), so the health
+        # checker can probe it sooner than its interval; set by the checker running now.
+        self.on_open: Callable[[int], None] | None = None
 
     def _circuit(self, row: int) -> _Circuit:
         circuit = self._circuits.get(row)
@@ -141,6 +153,8 @@ class Breakers:
             circuit.timer.cancel()
         circuit.timer = asyncio.get_running_loop().call_later(wait, self._half_open, row)
         self._publish(row, circuit)
+        if grow and self.on_open is not None:
+            self.on_open(row)
 
     def _half_open(self, row: int) -> None:
         circuit = self._circuits[row]
@@ -150,12 +164,39 @@ class Breakers:
             circuit.reason = "backoff over: admitting one trial request"
             self._publish(row, circuit)
 
+    def probe_verdict(self, row: int, ok: bool) -> None:
+        """One health probe's result, whatever the probe streaks make of it."""
+        circuit = self._circuits.get(row)
+        if circuit is None:
+            if ok:
+                return  # nothing ever failed there
+            circuit = self._circuit(row)
+        was_down, circuit.probe_down = circuit.probe_down, not ok
+        if ok and was_down and circuit.state == OPEN and not circuit.rate_limited:
+            if circuit.timer is not None:
+                circuit.timer.cancel()
+                circuit.timer = None
+            circuit.state = HALF_OPEN
+            circuit.reason = ("a health probe passes again after failing: admitting one trial "
+                              "request" if circuit.probe_ok else "a health probe passes again "
+                              "after failing: one trial request once the probes restore it")
+            self._publish(row, circuit)
+
+    def in_doubt(self, row: int) -> bool:
+        """Open for a fault, so a health probe may find it back sooner than its backoff."""
+        circuit = self._circuits.get(row)
+        return circuit is not None and circuit.state == OPEN and not circuit.rate_limited
+
     def set_probe(self, row: int, ok: bool, reason: str = "") -> None:
         """Health probes' verdict: a failing endpoint is ejected whatever its breaker says."""
         circuit = self._circuit(row)
+        if ok:
+            circuit.probe_down = False  # also when probing stops: no stale failure may count
         if circuit.probe_ok != ok:
             circuit.probe_ok = ok
             if reason:
+                if ok and circuit.state == HALF_OPEN:
+                    reason += ": admitting one trial request"
                 circuit.reason = reason
             self._publish(row, circuit)
 

@@ -75,8 +75,11 @@ class BreakerConfig(msgspec.Struct, forbid_unknown_fields=True):
     failure_rate: float = 0.5          # ... or this share of failures in the window
     min_requests: int = 20             # ... once the window holds at least this many
     window_s: float = 10.0
-    open_s: float = 5.0                # first backoff; doubles with each re-opening
-    max_open_s: float = 60.0
+    # First backoff, doubling with each re-opening up to max_open_s. Short, because the cap
+    # is how long a recovered endpoint that probes cannot vouch for (or with probes off) may
+    # wait for its next trial; a trial costs one failed attempt, answered by a fallback.
+    open_s: float = 2.0
+    max_open_s: float = 10.0
     jitter: float = 0.1                # +- share of the backoff, so replicas do not sync
     cooldown_429_s: float = 5.0        # a 429 without Retry-After keeps the circuit open this long
 
@@ -87,6 +90,9 @@ class HealthConfig(msgspec.Struct, forbid_unknown_fields=True):
     enabled: bool = True
     path: str = "/models"              # appended to the endpoint's base path; GET, never billed
     interval_s: float = 10.0           # between the end of one probe and the next
+    # ... instead, while the endpoint is in doubt (last probe failed, ejected, or its circuit
+    # open): a recovery is noticed within about this long, not a whole interval later.
+    unhealthy_interval_s: float = 1.0
     timeout_s: float = 2.0             # connect + response head of one probe
     jitter: float = 0.1                # +- share of the interval, so endpoints do not sync
     unhealthy_after: int = 3           # consecutive failed probes that eject an endpoint
@@ -100,6 +106,7 @@ class HealthOverride(msgspec.Struct, forbid_unknown_fields=True):
     enabled: bool | None = None
     path: str | None = None
     interval_s: float | None = None
+    unhealthy_interval_s: float | None = None
     timeout_s: float | None = None
     jitter: float | None = None
     unhealthy_after: int | None = None
@@ -440,7 +447,7 @@ def _check_health(where: str, health: HealthConfig, problems: list[str]) -> None
     if not _PROBE_PATH.match(health.path):
         problems.append("%s.path: must start with / and hold printable ASCII without spaces, "
                         "got %r" % (where, health.path))
-    for field in ("interval_s", "timeout_s"):
+    for field in ("interval_s", "unhealthy_interval_s", "timeout_s"):
         value = getattr(health, field)
         if not (value > 0 and math.isfinite(value)):
             problems.append("%s.%s: must be a positive number of seconds" % (where, field))

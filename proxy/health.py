@@ -15,10 +15,17 @@ read; the status is the verdict:
   is logged once per endpoint so the path or key gets fixed.
 
 ``unhealthy_after`` failures in a row eject the endpoint, ``healthy_after`` passes in a row
-restore it; only these transitions are reported, through ``Breakers.set_probe`` (the one
-writer of endpoint states). Probes start one interval after ``start()``, not at once: a
-starting proxy should not open a connection to every upstream in the same instant, and until
-the first verdict real traffic and the breaker guard the endpoint anyway.
+restore it; these transitions are reported through ``Breakers.set_probe`` (the one writer of
+endpoint states). Every single verdict also goes to ``Breakers.probe_verdict``: a pass right
+after a failure half-opens an open circuit at once, ejected or not.
+
+An endpoint in doubt -- its last probe failed, probes ejected it, or its circuit is open for
+a fault -- is probed every ``unhealthy_interval_s`` instead of ``interval_s``, so that a
+recovery is seen within about a second rather than a whole interval later. The breaker tells
+the checker when a circuit opens (``Breakers.on_open``), and that endpoint's sleep is cut
+short. Probes start one interval after ``start()``, not at once: a starting proxy should not
+open a connection to every upstream in the same instant, and until the first verdict real
+traffic and the breaker guard the endpoint anyway.
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ class _Probe:
     """One endpoint's probe request and its streaks."""
 
     __slots__ = ("target", "endpoint", "row", "config", "request", "healthy", "passed",
-                 "failed", "last", "last_at", "warned")
+                 "failed", "last", "last_at", "warned", "wake")
 
     def __init__(self, target: Target, endpoint: Endpoint, row: int,
                  config: HealthConfig) -> None:
@@ -62,6 +69,7 @@ class _Probe:
         self.last = "not probed yet"
         self.last_at = 0.0        # time.monotonic() of the last verdict
         self.warned: set[int] = set()   # 4xx statuses already logged
+        self.wake = asyncio.Event()     # set when the endpoint's circuit opens
 
 
 class HealthChecker:
@@ -113,6 +121,8 @@ class HealthChecker:
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
+        # This checker hears of openings from now on; the one it replaces no longer does.
+        self._breakers.on_open = self._circuit_opened
         for probe in self._probes.values():
             task = loop.create_task(self._run(probe), name="health %s" % probe.endpoint.url)
             self._tasks.add(task)
@@ -128,7 +138,14 @@ class HealthChecker:
             log.error("%s stopped: please report this bug", task.get_name(),
                       exc_info=task.exception())
 
+    def _circuit_opened(self, row: int) -> None:
+        probe = self._probes.get(row)
+        if probe is not None:
+            probe.wake.set()
+
     async def aclose(self) -> None:
+        if self._breakers.on_open == self._circuit_opened:
+            self._breakers.on_open = None
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -137,12 +154,29 @@ class HealthChecker:
     # === one endpoint ===
 
     async def _run(self, probe: _Probe) -> None:
-        config = probe.config
+        loop = asyncio.get_running_loop()
+        due = loop.time() + self._interval(probe)
         while True:
-            await asyncio.sleep(config.interval_s
-                                * (1.0 + config.jitter * (2.0 * self._rnd() - 1.0)))
-            ok, reason = await self._probe(probe)
-            self._record(probe, ok, reason)
+            probe.wake.clear()
+            try:
+                async with asyncio.timeout_at(due):
+                    await probe.wake.wait()
+            except TimeoutError:
+                ok, reason = await self._probe(probe)
+                self._record(probe, ok, reason)
+                due = loop.time() + self._interval(probe)
+            else:
+                # The circuit just opened: the next probe comes as soon as for an endpoint
+                # in doubt, or sooner if it was due anyway.
+                due = min(due, loop.time() + self._interval(probe))
+
+    def _interval(self, probe: _Probe) -> float:
+        """Until the next probe: short while the endpoint is in doubt, jittered."""
+        config = probe.config
+        interval = config.interval_s
+        if probe.failed or not probe.healthy or self._breakers.in_doubt(probe.row):
+            interval = min(interval, config.unhealthy_interval_s)
+        return interval * (1.0 + config.jitter * (2.0 * self._rnd() - 1.0))
 
     async def _probe(self, probe: _Probe) -> tuple[bool, str]:
         """(passed, what happened); every failure mode is caught here."""
@@ -178,6 +212,7 @@ class HealthChecker:
             self._metrics.probe(probe.target.name, ok)
         probe.last = reason
         probe.last_at = time.monotonic()
+        self._breakers.probe_verdict(probe.row, ok)
         config = probe.config
         if ok:
             probe.passed += 1

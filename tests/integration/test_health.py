@@ -173,16 +173,17 @@ def test_check_rejects_bad_health_config(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("""\
 upstream:
-  health: {interval_s: 0, jitter: 1.5, unhealthy_after: 0}
+  health: {interval_s: 0, jitter: 1.5, unhealthy_after: 0, unhealthy_interval_s: .inf}
 deployments:
   - name: small
     base_url: http://127.0.0.1:9001/v1
-    health: {path: "models list", timeout_s: -1}
+    health: {path: "models list", timeout_s: -1, unhealthy_interval_s: 0}
 """)
     proc = subprocess.run([PYTHON, "-m", "proxy", "check", "-c", str(path)], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     for problem in ("upstream.health.interval_s", "upstream.health.jitter",
-                    "upstream.health.unhealthy_after", "deployments[0].health.path",
-                    "deployments[0].health.timeout_s"):
+                    "upstream.health.unhealthy_after", "upstream.health.unhealthy_interval_s",
+                    "deployments[0].health.path", "deployments[0].health.timeout_s",
+                    "deployments[0].health.unhealthy_interval_s"):
         assert problem in proc.stderr, (problem, proc.stderr)
