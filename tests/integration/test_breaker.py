@@ -14,6 +14,7 @@ server:
   http: 127.0.0.1:0
 upstream:
   breaker: {{consecutive_failures: 3, open_s: 0.5, max_open_s: 2, jitter: 0}}
+  retry: {{same_deployment: 0}}   # one attempt per request: the counts below are the breaker's
 deployments:
   - name: alpha
     base_url: {sims.alpha.url}
