@@ -36,9 +36,10 @@ SECOND = [SSE_HEAD, sse("chatcmpl-second", "model-b", {"role": "assistant", "con
           chunk(b"data: [DONE]\n\n"), b"0\r\n\r\n"]
 
 
-def config(first, second, continuation: str = "prefill", idle_s: float = 60.0) -> str:
+def config(first, second, continuation: str = "prefill", idle_s: float = 60.0,
+           access_log: str = "") -> str:
     return f"""\
-server: {{http: 127.0.0.1:0}}
+server: {{http: 127.0.0.1:0{", access_log: " + access_log if access_log else ""}}}
 upstream: {{health: {{enabled: false}}}}
 deployments:
   - name: first
@@ -56,10 +57,12 @@ routes:
 
 @pytest.mark.parametrize("cut", ["reset", "stall"])
 def test_a_cut_stream_is_continued_on_the_fallback_in_one_uninterrupted_stream(start_edge,
-                                                                              cut):
+                                                                              tmp_path, cut):
     ending = [RESET] if cut == "reset" else [HOLD]
+    log = tmp_path / "access.jsonl"
     with ScriptedUpstream(FIRST + ending) as first, ScriptedUpstream(SECOND) as second:
-        edge = start_edge(config(first, second, idle_s=60.0 if cut == "reset" else 0.5))
+        edge = start_edge(config(first, second, idle_s=60.0 if cut == "reset" else 0.5,
+                                 access_log=str(log)))
         with edge.client() as client:
             chunks = list(client.chat.completions.create(
                 model="auto", messages=MESSAGES, stream=True,
@@ -85,6 +88,13 @@ def test_a_cut_stream_is_continued_on_the_fallback_in_one_uninterrupted_stream(s
                         deployment="second", result="ok") == 1
     assert metric_value(text, "llmedge_stream_failures_total") == 0
     assert metric_value(text, "llmedge_requests_total", status="200") == 1
+    line = wait_for(lambda: log.exists() and log.read_text().strip(),
+                    message="the access log line")
+    record = json.loads(line.splitlines()[0])
+    assert record["continued"] == [{"from": "first", "to": "second",
+                                    "at_chars": len("The quick brown "),
+                                    "after": "reset" if cut == "reset" else "timeout"}]
+    assert record["completion_tokens"] == 3 and record["deployment"] == "second"
 
 
 def test_without_a_deployment_that_can_continue_the_stream_ends_with_an_error(start_edge):

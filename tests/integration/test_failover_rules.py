@@ -256,3 +256,16 @@ def test_a_filtered_prompt_is_not_shopped_around(start_edge, sims):
     assert resp.status == 400 and resp.json() == FILTERED
     assert resp.headers["x-llmedge-attempts"] == "1"
     assert sims.beta.stats()["chat"] == 0 and sims.gamma.stats()["chat"] == 0
+
+
+@pytest.mark.parametrize("style", ["openai", "vllm", "anthropic"])
+def test_the_simulators_context_window_reroutes_to_the_larger_model(start_edge, sims, style):
+    sims.alpha.configure(context_window=8, context_error=style)   # ~4 chars a token
+    edge = start_edge(window_config(sims, {"alpha": 8, "beta": None, "gamma": None},
+                                    ["alpha", "beta"]))
+    long_prompt = [{"role": "user", "content": "a question far longer than eight tokens " * 3}]
+    resp = edge.call("POST", "/v1/chat/completions", {"model": "auto",
+                                                      "messages": long_prompt})
+    assert resp.status == 200 and resp.headers["x-llmedge-upstream"] == "beta"
+    assert sims.alpha.stats()["context_exceeded"] == 1
+    assert attempts(edge, "alpha", "context_length") == 1
