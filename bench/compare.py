@@ -42,6 +42,11 @@ per request summed over the parent and its workers, each worker's CPU seconds an
 its connections, and the 2-worker / 1-worker ratio. Two workers need two CPUs: on a 2-CPU
 machine they share the load CPU with the simulator and the generator.
 
+``--baseline TREE`` measures a second llmedge, from another checkout of the repository (its
+``_fastpath`` built in place), as target ``baseline``: same config, same core, each load run
+on it right after llmedge's, and the ratios llmedge / baseline printed. This is how a change's
+cost is measured: both versions in one run, on the same machine's mood.
+
     python bench/compare.py                    # 5 s per measurement
     python bench/compare.py --quick --json out.json
     python bench/compare.py --peers litellm,portkey --json out.json
@@ -241,13 +246,13 @@ class Proc:
 
 def start_listening(name: str, cmd: list[str], cpu: int | None, tmp: Path,
                     env: dict | None = None, count: int = 1,
-                    affinity: set[int] | None = None) -> Proc:
+                    affinity: set[int] | None = None, cwd: Path = REPO) -> Proc:
     """Start a process that prints ``LISTENING host:port`` when ready (``count`` such lines
     for ``llmedge --workers``, one per worker)."""
     log_path = tmp / ("%s.log" % name)
     log = open(log_path, "wb")
     t0 = time.perf_counter()
-    popen = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True,
+    popen = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=log, text=True,
                              env=env, preexec_fn=pin_at_exec(affinity))
     log.close()
     pin(popen.pid, cpu)
@@ -1136,6 +1141,7 @@ def markdown(report: dict) -> str:
                       / le["c64_cpu_us_per_request"], "%.1fx"),
                 _n(r["c64_rps"] and r["c64_rps"] / (le["c64_rps"] or 1), "%.3fx"))
             for n, r in peer_rows)]
+    out += baseline_markdown(report)
     out += workers_markdown(report.get("workers"), rows.get("llmedge"))
     if report["budget"]:
         out += ["", "| budget (issue 3) | limit | measured | status |", "|---|---|---|---|"]
@@ -1202,6 +1208,36 @@ def workers_markdown(workers: dict | None, le: dict | None) -> list[str]:
 
 # === main ===
 
+def git_state_of(tree: Path) -> dict:
+    def git(*cmd: str) -> str:
+        try:
+            return subprocess.run(["git", "-C", str(tree), *cmd], capture_output=True,
+                                  text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+    return {"sha": git("rev-parse", "HEAD") or None,
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+
+
+def baseline_markdown(report: dict) -> list[str]:
+    """llmedge against the baseline checkout, as ratios of the same run."""
+    rows, base = report["summary"], report["meta"].get("baseline")
+    le, bl = rows.get("llmedge"), rows.get("baseline")
+    if not base or not le or not bl:
+        return []
+    out = ["", "`baseline` is the llmedge of %s (git %s%s); llmedge / baseline, same run:" % (
+        base["tree"], (base["git"]["sha"] or "?")[:12], " (dirty)" if base["git"]["dirty"]
+        else ""), ""]
+    for key, what in (("c64_cpu_us_per_request", "c64 CPU µs per request"),
+                      ("c64_rps", "c64 requests/s"),
+                      ("added_c1_p50_us", "added p50 at 1 connection"),
+                      ("added_stream_ttfb_p50_us", "added stream TTFB p50")):
+        a, b = le.get(key), bl.get(key)
+        if a is not None and b:
+            out.append("- %s: %s / %s = %.3f" % (what, _n(a, "%.1f"), _n(b, "%.1f"), a / b))
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench/compare.py", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -1228,6 +1264,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default=None, metavar="PATH",
                    help="run llmedge under cProfile and write its stats here "
                         "(its numbers are then not comparable)")
+    p.add_argument("--baseline", default=None, metavar="TREE",
+                   help="also measure the llmedge of this checkout (its _fastpath built in "
+                        "place), as target 'baseline', right after llmedge in each load")
     p.add_argument("--json", default=None, help="write the whole report as JSON here")
     return p
 
@@ -1322,6 +1361,15 @@ def main(argv: list[str] | None = None) -> int:
                                                           "-c", str(cfg)], cpus["proxy"], tmp)
                 procs.append(le)
                 live["llmedge"] = le
+            if args.baseline:
+                tree = Path(args.baseline).resolve()
+                base = start_listening("baseline", [sys.executable, "-m", "proxy", "--log-level",
+                                                    "warning", "serve", "-c", str(cfg)],
+                                       cpus["proxy"], tmp, cwd=tree,
+                                       env=dict(os.environ, PYTHONPATH=str(tree)))
+                procs.append(base)
+                live["baseline"] = base
+                report["meta"]["baseline"] = {"tree": str(tree), "git": git_state_of(tree)}
             # Idle RSS, before any request.
             time.sleep(0.2)
             for name, proc in live.items():

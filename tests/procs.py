@@ -259,7 +259,7 @@ class Proc:
     and whose stderr goes to a file kept for diagnostics."""
 
     def __init__(self, argv: list[str], log_path: Path, env: dict[str, str] | None = None,
-                 label: str = "process") -> None:
+                 label: str = "process", cwd: Path = REPO) -> None:
         self.label = label
         self.log_path = log_path
         self._log = open(log_path, "wb")
@@ -267,7 +267,7 @@ class Proc:
         self._cond = threading.Condition()
         self._eof = False
         try:
-            self.proc = subprocess.Popen(argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+            self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                          stdout=subprocess.PIPE, stderr=self._log, text=True)
         except BaseException:
             self._log.close()
@@ -425,18 +425,23 @@ class Simulator(Proc):
 
 
 class Llmedge(Proc):
-    """``python -m proxy serve -c CONFIG`` on an ephemeral port (or one given in the config)."""
+    """``python -m proxy serve -c CONFIG`` on an ephemeral port (or one given in the config);
+    ``tree``: run the llmedge of another checkout (its ``_fastpath`` built), for benches
+    that compare two versions in one run."""
 
     def __init__(self, workdir: Path, config_text: str, env: dict[str, str] | None = None,
-                 args: Iterable[str] = (), name: str = "llmedge", ready_lines: int = 1) -> None:
+                 args: Iterable[str] = (), name: str = "llmedge", ready_lines: int = 1,
+                 tree: Path = REPO) -> None:
         config_path = workdir / ("%s.yaml" % name)
         config_path.write_text(config_text)
         self.config_path = config_path
         full_env = dict(os.environ)
         full_env.update(env or {})
+        if tree != REPO:
+            full_env["PYTHONPATH"] = str(tree)
         full_env = {k: v for k, v in full_env.items() if v is not None}
         super().__init__([PYTHON, "-m", "proxy", "serve", "-c", str(config_path), *args],
-                         workdir / ("%s.log" % name), env=full_env, label=name)
+                         workdir / ("%s.log" % name), env=full_env, label=name, cwd=tree)
         # Workers print a line each: count announcements, whatever the line breaks.
         self.ready = self.wait_output(LISTENING, ready_lines)
         self.port = int(self.ready[0].group(2))

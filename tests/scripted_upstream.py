@@ -23,17 +23,26 @@ HOLD = "hold"        # keep the connection open and silent until the server stop
 Step = bytes | float | str
 
 
+_MODELS_BODY = b'{"object":"list","data":[{"id":"scripted","object":"model","owned_by":"scripted"}]}'
+MODELS = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (
+    len(_MODELS_BODY), _MODELS_BODY)
+
+
 def chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
 class ScriptedUpstream:
     """``script``: the steps every request gets; or ``scripts``: the first request gets the
-    first, the second the second, ..., and every later one the last."""
+    first, the second the second, ..., and every later one the last. With
+    ``answer_probes`` a GET (a health probe) is answered with a model list instead, and
+    neither counted nor recorded: the scripts are the completions' alone."""
 
     def __init__(self, script: Sequence[Step] = (),
-                 scripts: Sequence[Sequence[Step]] = ()) -> None:
+                 scripts: Sequence[Sequence[Step]] = (), answer_probes: bool = False) -> None:
         self.scripts = [list(s) for s in scripts] or [list(script)]
+        self.answer_probes = answer_probes
+        self.probes = 0
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.url = "http://127.0.0.1:%d/v1" % self.port
@@ -73,8 +82,9 @@ class ScriptedUpstream:
                 self._socks.append(sock)
             threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
 
-    def _read_request(self, sock: socket.socket, buf: bytes) -> bytes | None:
-        """The bytes after one whole request (its head and Content-Length body)."""
+    def _read_request(self, sock: socket.socket, buf: bytes) -> tuple[bytes, bytes] | None:
+        """The request's method and the bytes after the whole request (its head and
+        Content-Length body)."""
         while b"\r\n\r\n" not in buf:
             data = sock.recv(65536)
             if not data:
@@ -91,18 +101,25 @@ class ScriptedUpstream:
             if not data:
                 return None
             rest += data
-        with self._lock:
-            self.bodies.append(rest[:length])
-        return rest[length:]
+        method = head.split(b" ", 1)[0]
+        if not (self.answer_probes and method == b"GET"):
+            with self._lock:
+                self.bodies.append(rest[:length])
+        return method, rest[length:]
 
     def _serve(self, sock: socket.socket) -> None:
         buf = b""
         try:
             while True:
-                rest = self._read_request(sock, buf)
-                if rest is None:
+                request = self._read_request(sock, buf)
+                if request is None:
                     return
-                buf = rest
+                method, buf = request
+                if self.answer_probes and method == b"GET":
+                    with self._lock:
+                        self.probes += 1
+                    sock.sendall(MODELS)
+                    continue
                 with self._lock:
                     self.requests += 1
                     script = self.scripts[min(self.requests, len(self.scripts)) - 1]

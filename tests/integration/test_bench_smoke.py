@@ -145,3 +145,44 @@ def test_compare_quick(tmp_path):
         status = report["peers"][peer]["status"]
         assert status == "measured" or status.startswith("not available: "), status
     assert "| llmedge |" in proc.stdout and "| direct (simulator) |" in proc.stdout
+
+
+def test_compare_against_a_baseline_checkout(tmp_path):
+    # The repository itself serves as the other checkout: what is checked is that a second
+    # llmedge is started from the tree given, measured alike and set against llmedge.
+    out = tmp_path / "compare.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "compare.py"), "--quick", "--seconds", "0.3",
+         "--warmup", "0.1", "--targets", "llmedge", "--baseline", str(REPO),
+         "--json", str(out)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(out.read_text())
+    assert report["meta"]["baseline"]["tree"] == str(REPO)
+    for name in ("llmedge", "baseline"):
+        scenarios = report["targets"][name]["scenarios"]
+        assert scenarios["c64"]["requests"] > 0 and scenarios["c64"]["error_count"] == 0
+    assert report["targets"]["baseline"]["pid"] != report["targets"]["llmedge"]["pid"]
+    assert "| baseline |" in proc.stdout
+    assert "- c64 CPU µs per request: " in proc.stdout
+
+
+def test_faults_bench_reports_each_fault(tmp_path):
+    out = tmp_path / "faults.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "faults.py"), "--only",
+         "500-once,content-filter,cut-mid-stream", "--recovery-down-s", "0",
+         "--json", str(out)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(out.read_text())
+    (after,) = report["trees"]
+    runs = {name: case["runs"][after] for name, case in report["cases"].items()}
+    assert set(runs) == {"500-once", "content-filter", "cut-mid-stream"}
+    assert runs["500-once"]["saw"] == "200, primary's answer"
+    assert runs["500-once"]["attempts"] == {"primary": 2, "fallback": 0}
+    assert runs["content-filter"]["saw"] == "400 content_filter"
+    assert runs["content-filter"]["attempts"] == {"primary": 1, "fallback": 0}
+    assert runs["cut-mid-stream"]["saw"].startswith(
+        "stream: the whole answer, continued on fallback at char ")
+    assert "| 500 once (500-once) | 200, primary's answer |" in proc.stdout
