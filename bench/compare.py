@@ -1219,6 +1219,35 @@ def git_state_of(tree: Path) -> dict:
             "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
 
 
+ROUND_SCENARIOS = (C64, SCENARIOS[2])
+
+
+def baseline_rounds(llmedge: Proc, baseline: Proc, sim: Proc, args, cpus: dict,
+                    tmp: Path) -> dict:
+    """CPU µs per request of llmedge and the baseline, ``args.rounds`` times each, the order
+    swapped every round so drift in the machine's speed falls on both alike."""
+    out: dict = {}
+    for scenario in ROUND_SCENARIOS:
+        pairs = []
+        for i in range(args.rounds):
+            order = (llmedge, baseline) if i % 2 == 0 else (baseline, llmedge)
+            got = {}
+            for proc in order:
+                print("compare: round %d %s %s ..." % (i + 1, proc.name, scenario["name"]),
+                      file=sys.stderr, flush=True)
+                got[proc.name] = measure(proc, sim, scenario, args, cpus, tmp)[
+                    "target_cpu_us_per_request"]
+            pairs.append((got["llmedge"], got["baseline"]))
+        ratios = sorted(a / b for a, b in pairs if b)
+        out[scenario["name"]] = {
+            "pairs_cpu_us_per_request": pairs,
+            "ratio_median": round(ratios[len(ratios) // 2], 3) if ratios else None,
+            "ratio_min": round(ratios[0], 3) if ratios else None,
+            "ratio_max": round(ratios[-1], 3) if ratios else None,
+        }
+    return out
+
+
 def baseline_markdown(report: dict) -> list[str]:
     """llmedge against the baseline checkout, as ratios of the same run."""
     rows, base = report["summary"], report["meta"].get("baseline")
@@ -1235,6 +1264,13 @@ def baseline_markdown(report: dict) -> list[str]:
         a, b = le.get(key), bl.get(key)
         if a is not None and b:
             out.append("- %s: %s / %s = %.3f" % (what, _n(a, "%.1f"), _n(b, "%.1f"), a / b))
+    for name, r in (report.get("rounds") or {}).items():
+        out.append("- %s CPU µs per request over %d alternating rounds (llmedge / baseline): "
+                   "median ratio %s (min %s, max %s); pairs %s" % (
+                       name, len(r["pairs_cpu_us_per_request"]), r["ratio_median"],
+                       r["ratio_min"], r["ratio_max"], ", ".join(
+                           "%s/%s" % (_n(a, "%.1f"), _n(b, "%.1f"))
+                           for a, b in r["pairs_cpu_us_per_request"])))
     return out
 
 
@@ -1267,6 +1303,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", default=None, metavar="TREE",
                    help="also measure the llmedge of this checkout (its _fastpath built in "
                         "place), as target 'baseline', right after llmedge in each load")
+    p.add_argument("--rounds", type=int, default=0, metavar="N",
+                   help="with --baseline: N more rounds of c64 and stream_c1 CPU per request "
+                        "on llmedge and the baseline, their order swapped every round, and "
+                        "the median of the per-round ratios")
     p.add_argument("--json", default=None, help="write the whole report as JSON here")
     return p
 
@@ -1384,6 +1424,9 @@ def main(argv: list[str] | None = None) -> int:
             live = {n: p for n, p in live.items() if "error" not in report["targets"][n]}
 
             run_scenarios(live, sim, scenarios, args, cpus, tmp, report)
+            if args.baseline and args.rounds > 0 and {"llmedge", "baseline"} <= set(live):
+                report["rounds"] = baseline_rounds(live["llmedge"], live["baseline"], sim,
+                                                   args, cpus, tmp)
             for name, proc in live.items():
                 report["targets"][name].update(after_facts(proc))
             # From here on only the simulator is needed: an idle proxy left running would
