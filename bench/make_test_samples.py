@@ -1,6 +1,6 @@
 """Draws the small data samples the tests read from the larger development data.
 
-    python tests/data/make_samples.py [--source ../shared/data]
+    python bench/make_test_samples.py --source DIR
 
 For maintainers only: the tests read the files this writes and never run it, so a bare clone
 needs nothing beside it. Every draw is seeded and rows are copied byte for byte, so the same
@@ -17,7 +17,7 @@ import random
 from collections.abc import Callable, Hashable
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1] / "tests" / "data"
 SEED = 13
 HWU64_TRAIN_PER_LABEL = 12   # the tests draw 8 and 10 per label: leave those draws a choice
 HWU64_TEST_ROWS = 400
