@@ -38,7 +38,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from faultproxy import PASS, RESET as FP_RESET, FaultProxy  # noqa: E402
 from procs import Llmedge, Simulator, parse_sse  # noqa: E402
 from scripted_upstream import CLOSE, HOLD, RESET, ScriptedUpstream, chunk  # noqa: E402
 
@@ -310,43 +309,15 @@ def run_case(case: Case, tree: Path, workdir: Path, knows_new_fields: bool) -> d
 
 def run_recovery(tree: Path, down_s: float) -> dict:
     """The primary's connections reset for ``down_s`` seconds, then healed; a request every
-    0.2 s throughout (bench/recovery.py, in short)."""
-    from recovery import Client, config as recovery_config
+    0.2 s throughout (bench/recovery.py's run, on ``tree``)."""
+    import recovery
 
-    workdir = Path(tempfile.mkdtemp(prefix="llmedge-faults-recovery-"))
-    primary, spare = Sim(workdir, "primary"), Sim(workdir, "fallback")
-    fault = FaultProxy(primary.proc.port)
-    edge = client = None
-    try:
-        edge = Llmedge(workdir, recovery_config(fault.url, spare.url, True), tree=tree)
-        client = Client(edge.port, 0.2)
-        client.start()
-        time.sleep(2.0)
-        fault.set(FP_RESET)
-        time.sleep(down_s)
-        up_at = time.monotonic()
-        fault.set(PASS)
-        back = None
-        while back is None and time.monotonic() < up_at + 90:
-            back = next((t for t, upstream, _, _ in list(client.log)
-                         if t >= up_at and upstream == "primary"), None)
-            time.sleep(0.05)
-        client.stop.set()
-        client.join(30)
-        failed = sum(1 for _, _, _, status in client.log if status != 200)
-        after = "primary serves again %s after its return" % (
-            "%.1f s" % (back - up_at) if back is not None else "not within 90 s")
-        return {"saw": "%s; %d of %d requests failed" % (after, failed, len(client.log)),
-                "seconds": None if back is None else round(back - up_at, 2),
-                "attempts": None}
-    finally:
-        if client is not None:
-            client.stop.set()
-        if edge is not None:
-            edge.stop()
-        fault.close()
-        primary.stop()
-        spare.stop()
+    r = recovery.run(argparse.Namespace(fault="reset", down_s=down_s, warmup=2.0, pace=0.2,
+                                        max_wait=90.0, no_probes=False), tree)
+    back = r["back_after_s"]
+    return {"saw": "primary serves again %s after its return; %d requests failed" % (
+                "%.1f s" % back if back is not None else "not within 90 s", r["non_200"]),
+            "seconds": back, "attempts": None}
 
 
 def git_sha(tree: Path) -> str:

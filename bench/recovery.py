@@ -79,14 +79,16 @@ class Client(threading.Thread):
             self.stop.wait(max(0.0, due - time.monotonic()))
 
 
-def run(args) -> dict:
+def run(args, tree: Path | None = None) -> dict:
+    """``tree``: run another checkout's llmedge (bench/faults.py --baseline)."""
     workdir = Path(tempfile.mkdtemp(prefix="llmedge-recovery-"))
     primary = Simulator(workdir, "primary")
     fallback = Simulator(workdir, "fallback")
     fault = FaultProxy(primary.port)
     edge = client = None
     try:
-        edge = Llmedge(workdir, config(fault.url, fallback.url, not args.no_probes))
+        edge = Llmedge(workdir, config(fault.url, fallback.url, not args.no_probes),
+                       **({"tree": tree} if tree is not None else {}))
         client = Client(edge.port, args.pace)
         client.start()
         time.sleep(args.warmup)
