@@ -363,13 +363,19 @@ def train_softmax(rows: Sequence[Sequence[tuple[int, float]]], labels: Sequence[
                        else [float(w) for w in weights])
     data = _check_training(rows, labels, n_rows, n_classes, epochs, l2, lr, example_weights)
     nc = n_classes
-    v = [0.0] * (n_rows * nc)
+    # One weight list per class and each example split into its rows and values: the same
+    # arithmetic in the same order as the C twin, with far less index work per step, which
+    # is what makes start-up training bearable without the compiled module.
+    columns = [[0.0] * n_rows for _ in range(nc)]
+    examples = [([row for row, _ in pairs], [x for _, x in pairs]) for pairs in data]
+    # Two classes (the complexity router's strong-or-weak) get both columns in one pass.
+    binary = nc == 2
+    first, second = columns[0], columns[-1]
     bias = [0.0] * nc
     scale = 1.0
     t = 0
     draw = _rng(operator.index(seed))
     order = list(range(len(data)))
-    z = [0.0] * nc
     for _ in range(epochs):
         for i in range(len(order) - 1, 0, -1):
             j = draw(i + 1)
@@ -377,31 +383,46 @@ def train_softmax(rows: Sequence[Sequence[tuple[int, float]]], labels: Sequence[
         for index in order:
             eta = lr / (1.0 + lr * l2 * t)
             t += 1
-            example = data[index]
-            for c in range(nc):
-                z[c] = 0.0
-            for row, x in example:
-                base = row * nc
+            example_rows, values = examples[index]
+            if binary:
+                acc0 = acc1 = 0.0
+                for row, x in zip(example_rows, values):
+                    acc0 += x * first[row]
+                    acc1 += x * second[row]
+                z = [acc0 * scale + bias[0], acc1 * scale + bias[1]]
+            else:
+                z = []
                 for c in range(nc):
-                    z[c] += x * v[base + c]
-            for c in range(nc):
-                z[c] = z[c] * scale + bias[c]
+                    column = columns[c]
+                    acc = 0.0
+                    for row, x in zip(example_rows, values):
+                        acc += x * column[row]
+                    z.append(acc * scale + bias[c])
             p = softmax(z)
             p[labels[index]] -= 1.0
             we = example_weights[index]
-            for c in range(nc):
-                p[c] *= we
             scale *= 1.0 - eta * l2
             step = eta / scale
-            for row, x in example:
-                base = row * nc
-                g = step * x
+            if binary:
+                p0 = p[0] * we
+                p1 = p[1] * we
+                for row, x in zip(example_rows, values):
+                    g = step * x
+                    first[row] -= g * p0
+                    second[row] -= g * p1
+                bias[0] -= eta * p0
+                bias[1] -= eta * p1
+            else:
+                steps = [step * x for x in values]
                 for c in range(nc):
-                    v[base + c] -= g * p[c]
-            for c in range(nc):
-                bias[c] -= eta * p[c]
+                    pc = p[c] * we
+                    column = columns[c]
+                    for row, g in zip(example_rows, steps):
+                        column[row] -= g * pc
+                    bias[c] -= eta * pc
             if scale < 1e-9:
-                for k in range(len(v)):
-                    v[k] *= scale
+                for column in columns:
+                    for row in range(n_rows):
+                        column[row] *= scale
                 scale = 1.0
-    return [w * scale for w in v], bias
+    return [columns[c][row] * scale for row in range(n_rows) for c in range(nc)], bias
