@@ -40,6 +40,7 @@ log = logging.getLogger("llmedge.dispatch")
 
 USER_AGENT = b"user-agent: llmedge/0.1\r\n"
 DEFAULT_RETRY_AFTER_S = 1.0
+_NO_TAGS: frozenset[str] = frozenset()
 
 
 class Answer:
@@ -49,7 +50,7 @@ class Answer:
                  "attempts", "upstream", "status", "session", "reason", "head_at", "candidates",
                  "cache_state", "ticket", "failures", "_bodies", "deadline", "upstream_s",
                  "first_event_at", "usage", "strip_usage", "retries", "complete",
-                 "transcript", "transcript_bytes", "continuing", "continuations")
+                 "transcript", "transcript_bytes", "continuing", "continuations", "tags")
 
     def __init__(self, exchange: Exchange, plan: RoutePlan, path: bytes, body: bytes,
                  model: str, stream: bool, request_id: bytes, session: str | None = None,
@@ -84,6 +85,7 @@ class Answer:
         self.transcript_bytes = 0
         self.continuing: tuple[Splice, bytes] | None = None   # the attempt continues one
         self.continuations: list[dict] = []
+        self.tags: frozenset[str] = _NO_TAGS   # what the client's x-llmedge-tags require
 
     def body_for(self, target: Target) -> bytes:
         model = target.upstream_model

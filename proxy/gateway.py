@@ -310,12 +310,21 @@ class Gateway:
             tags = ex.headers.get(b"x-llmedge-tags")
             session = ex.headers.get(b"x-llmedge-session")
             session = session.decode("utf-8", "replace") if session else view.user
-            args = (self.router.table, self.router.rnd, parse_tags(tags) if tags else NO_TAGS,
-                    session, ex.body)
-            if plan.asynchronous:  # a classify route that may ask an LLM for the class
-                self._spawn(ex, self._decide_async(ex, path, view, plan, args, started))
+            required = parse_tags(tags) if tags else NO_TAGS
+            args = (self.router.table, self.router.rnd, required, session, ex.body)
+            stream = bool(getattr(view, "stream", False))
+            answer = Answer(ex, plan, path, ex.body, view.model, stream, self._request_id(ex),
+                            session)
+            answer.tags = required
+            # The cache looks first: a hit pays for no classifier and no LLM tier.
+            if plan.cache is not None and path is CHAT_PATH and self._from_cache(answer, stream):
+                self._account(answer, started)
                 return
-            decision = plan.decide(*args)
+            if answer.ticket is None and not plan.asynchronous:
+                self._decided(answer, plan.decide(*args))
+                args = None
+            # else: decided in the request's task, after the cache's lookup that waits (a
+            # Redis GET, an identical request in flight), or awaiting the LLM tier.
         except ProxyError as exc:
             # Refused before any routing, but still one of the client's requests: it can be
             # found by its id like any other.
@@ -330,54 +339,31 @@ class Gateway:
                                        "duration_ms": round((time.perf_counter() - started)
                                                             * 1e3, 3)})
             return
-        self._proxy_decided(ex, path, view, plan, decision, started)
+        self._start(answer, started, args)
 
-    async def _decide_async(self, ex: Exchange, path: bytes, view, plan, args,
-                            started: float) -> None:
-        # A request waiting for its decision is in flight: a drain waits for it too.
-        self.inflight += 1
-        self.idle.clear()
-        decision = None
-        try:
-            decision = await plan.decide_async(*args)
-        except ProxyError as exc:
-            self._error(ex, exc)
-            self.metrics.request("-", "-", exc.status, time.perf_counter() - started)
-        except Exception:
-            log.exception("unexpected error deciding a route")
-            ex.respond_error(500, wire.error_body("internal error", "server_error"))
-            self.metrics.request("-", "-", 500, time.perf_counter() - started)
-        finally:
-            # Handed over without an await in between: the count is never seen at zero
-            # while the request still has to be answered.
-            self.inflight -= 1
-            if decision is not None:
-                self._proxy_decided(ex, path, view, plan, decision, started)
-            if self.inflight == 0:
-                self.idle.set()
-
-    def _proxy_decided(self, ex: Exchange, path: bytes, view, plan, decision,
-                       started: float) -> None:
-        stream = bool(getattr(view, "stream", False))
-        answer = Answer(ex, plan, path, ex.body, view.model, stream, self._request_id(ex),
-                        decision.session, decision.reason)
+    def _decided(self, answer: Answer, decision) -> None:
         answer.candidates = decision.targets
+        answer.session = decision.session
+        answer.reason = decision.reason.encode("utf-8", "replace")
+
+    def _start(self, answer: Answer, started: float, args: tuple | None) -> None:
+        """Hand the request to its task; ``args`` when its route is still to decide."""
+        ex = answer.exchange
         if self.deadline_s is not None:
             answer.deadline = time.monotonic() + self.deadline_s
         if ex.deadline and (not answer.deadline or ex.deadline < answer.deadline):
             answer.deadline = ex.deadline  # the client's own (a gRPC deadline)
-        if plan.cache is not None and path is CHAT_PATH and self._from_cache(answer, stream):
-            self._account(answer, started)
-            return
         if self.inflight >= self.max_inflight:
             # Shed at once: a bounded answer now beats an unbounded queue.
             answer.status = 503
             self._error(ex, Overloaded("llmedge is at max_inflight (%d requests); retry shortly"
                                        % self.max_inflight, retry_after=1.0))
             self.metrics.shed("server_max_inflight")
+            if answer.ticket is not None:
+                self.cache.release(answer.ticket)
             self._account(answer, started)
             return
-        if stream and path is CHAT_PATH:
+        if answer.stream and answer.path is CHAT_PATH:
             # Ask for usage so tokens and cost are counted; strip it again on the way back
             # if the client did not ask.
             with_usage = ask_for_usage(answer.body)
@@ -387,27 +373,39 @@ class Gateway:
         self.inflight += 1
         self.metrics.inflight.inc()
         self.idle.clear()
-        task = asyncio.get_running_loop().create_task(self._run(answer, started))
+        task = asyncio.get_running_loop().create_task(self._run(answer, started, args))
         ex.task = task
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, answer: Answer, started: float) -> None:
+    async def _run(self, answer: Answer, started: float, args: tuple | None) -> None:
         ticket = answer.ticket
+        ex = answer.exchange
         try:
             if ticket is not None:
                 entry = await self.cache.resolve(ticket)
                 if entry is not None and self._serve_hit(answer, ticket, entry):
                     return
+            if args is not None:
+                plan = answer.plan
+                self._decided(answer, await plan.decide_async(*args) if plan.asynchronous
+                              else plan.decide(*args))
             await self.dispatcher.run(answer, answer.candidates)
         except asyncio.CancelledError:
             if not answer.complete:
                 answer.status = 499  # the client went away; nothing left to answer
             raise
+        except ProxyError as exc:
+            # The route refused the request while deciding (no deployment fits its tags,
+            # say): answered in the client's protocol, like any other refusal.
+            answer.status = exc.status
+            if not ex.started:
+                self._error(ex, exc, answer.response_headers())
+            elif not ex.finished:
+                ex.abort()
         except Exception:
             log.exception("unexpected error answering %s", answer.request_id)
             answer.status = 500
-            ex = answer.exchange
             if not ex.started:
                 ex.respond_error(500, wire.error_body("internal error", "server_error"))
             elif not ex.finished:
@@ -496,10 +494,15 @@ class Gateway:
         return False
 
     def _serve_hit(self, answer: Answer, ticket: Ticket, entry: Entry) -> bool:
-        """Answer from ``entry``; False (nothing sent) when it cannot be used, which only a
-        foreign or damaged value in a shared Redis can cause: the request then goes on as
-        a miss."""
+        """Answer from ``entry``; False (nothing sent) when it cannot be used — stored from
+        a deployment the request's tags rule out, or a foreign or damaged value in a shared
+        Redis: the request then goes on as a miss."""
         ex = answer.exchange
+        upstream = self.router.targets.get(entry.upstream.decode("utf-8", "replace"))
+        if answer.tags and (upstream is None or not answer.tags <= upstream.tags):
+            # Stored from a deployment this request's tags rule out: looked up before the
+            # route decided, so the tags are checked here.
+            return False
         content_type = entry.content_type
         try:
             replay = sse_replay(entry.body, ticket.include_usage) if ticket.stream else b""
@@ -508,7 +511,7 @@ class Gateway:
         if b"\r" in content_type or b"\n" in content_type:
             content_type = wire.JSON
         answer.cache_state = b"hit"
-        answer.upstream = self.router.targets.get(entry.upstream.decode("utf-8", "replace"))
+        answer.upstream = upstream
         answer.reason = b"cache hit"
         answer.status = 200
         extra = answer.response_headers() + b"age: %d\r\n" % entry.age_s

@@ -445,3 +445,39 @@ def test_stream_stored_without_include_usage_still_answers_with_usage(edge, sims
     assert whole.json()["usage"]["total_tokens"] > 0
     headers, replay = sdk_stream(edge, usage=True)
     assert headers["x-llmedge-cache"] == "hit" and replay[-1].usage.total_tokens > 0
+
+
+def test_a_hit_still_honours_the_requests_tags(start_edge, sims):
+    # The cache looks before the route decides, so a stored answer from a deployment the
+    # request's tags rule out must not be served to it.
+    edge = start_edge(f"""\
+server:
+  http: 127.0.0.1:0
+deployments:
+  - name: alpha
+    base_url: {sims.alpha.url}
+    tags: [region=us]
+  - name: beta
+    base_url: {sims.beta.url}
+    tags: [region=eu]
+routes:
+  - name: faq
+    deployments: [alpha, beta]
+    policy: ordered
+    cache: {{ttl_s: 600}}
+""")
+    first = ask(edge, chat())
+    assert first.headers["x-llmedge-upstream"] == "alpha", first
+    eu = ask(edge, chat(), {"x-llmedge-tags": "region=eu"})
+    assert eu.status == 200, eu
+    assert eu.headers["x-llmedge-upstream"] == "beta"
+    assert eu.headers["x-llmedge-cache"] == "miss"
+    assert sims.beta.stats()["chat"] == 1
+    # The EU answer is now the stored one: a request that allows it gets it from the cache.
+    again = ask(edge, chat(), {"x-llmedge-tags": "region=eu"})
+    assert again.headers["x-llmedge-cache"] == "hit" and again.headers[
+        "x-llmedge-upstream"] == "beta"
+    # Tags no deployment carries are refused as before, cached answer or not.
+    mars = ask(edge, chat(), {"x-llmedge-tags": "region=mars"})
+    assert mars.status == 400 and mars.json()["error"]["code"] == "unsatisfiable_tags"
+    assert sims.alpha.stats()["chat"] == 1 and sims.beta.stats()["chat"] == 1

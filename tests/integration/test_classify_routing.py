@@ -478,6 +478,45 @@ def test_llm_tier_decides_and_is_cached(start_edge, sims):
                         result="answered") == 1
 
 
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+def test_a_cached_answer_skips_the_classifier_and_the_llm_tier(start_edge, sims, tmp_path,
+                                                               backend):
+    from procs import metric_value, parse_sse
+    from redisproc import REDIS_SERVER, SKIP_REASON, RedisServer
+
+    if backend == "redis" and REDIS_SERVER is None:
+        pytest.skip(SKIP_REASON)
+    redis = RedisServer(tmp_path) if backend == "redis" else None
+    try:
+        sims.gamma.configure(reply="code", chunks=1)
+        # The tier's own cache is off: only the response cache can spare the LLM a call.
+        config = _llm_route(sims, "always", ", cache_size: 0").replace(
+            "    policy: classify\n", "    policy: classify\n    cache: {ttl_s: 600}\n", 1)
+        if redis is not None:
+            config = config.replace("deployments:\n", "cache: {backend: redis, url: %s}\n"
+                                    "deployments:\n" % redis.url, 1)
+        edge = start_edge(config)
+        body = {"model": "auto", "temperature": 0,
+                "messages": [{"role": "user", "content": "tell me a joke"}]}
+        first = edge.call("POST", "/v1/chat/completions", body)
+        assert first.status == 200 and first.headers["x-llmedge-cache"] == "miss", first
+        assert first.headers["x-llmedge-upstream"] == "alpha"
+        assert sims.gamma.stats()["chat"] == 1
+        second = edge.call("POST", "/v1/chat/completions", body)
+        assert second.headers["x-llmedge-cache"] == "hit", second
+        assert second.body == first.body
+        streamed = edge.call("POST", "/v1/chat/completions", {**body, "stream": True})
+        assert streamed.headers["x-llmedge-cache"] == "hit", streamed
+        assert parse_sse(streamed.body)[-1] == "[DONE]"
+        # Neither hit asked the LLM tier, nor any upstream.
+        assert sims.gamma.stats()["chat"] == 1 and sims.alpha.stats()["chat"] == 1
+        assert metric_value(edge.metrics(), "llmedge_llm_router_calls_total", route="auto",
+                            result="answered") == 1
+    finally:
+        if redis is not None:
+            redis.stop()
+
+
 def test_llm_tier_falls_back_on_a_bad_answer_or_a_timeout(start_edge, sims):
     from procs import metric_value
 
