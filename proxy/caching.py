@@ -18,10 +18,13 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from .cache import Entry, MemoryCache, repeatable, request_key
+from .cache import Entry, MemoryCache, new_entry, repeatable, request_key
 from .cache_metrics import CacheMetrics
 from .config import CacheBreakerConfig, CacheSection, RouteCache
 from .metrics import Metrics
+from .sse_assemble import assemble
+
+_JSON = b"application/json"   # what a stream assembled into a completion is stored as
 
 log = logging.getLogger("llmedge.cache")
 
@@ -42,6 +45,27 @@ async def open_cache(section: CacheSection, metrics: Metrics) -> ResponseCache:
         await asyncio.get_running_loop().run_in_executor(
             None, importlib.import_module, "proxy.cache_redis")
     return ResponseCache(section, metrics)
+
+
+class StreamRecording:
+    """The bytes of a streamed answer as the client was sent them, up to ``limit``: past it
+    the answer is too big to store and the copy is dropped (``parts`` None)."""
+
+    __slots__ = ("parts", "size", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.parts: list[bytes] | None = []
+        self.size = 0
+        self.limit = limit
+
+    def add(self, data: bytes) -> None:
+        parts = self.parts
+        if parts is not None:
+            self.size += len(data)
+            if self.size > self.limit:
+                self.parts = None
+            else:
+                parts.append(data)
 
 
 class Ticket:
@@ -196,9 +220,24 @@ class ResponseCache:
             self.metrics.lookup(ticket.route, "miss")
         return None
 
-    async def store(self, ticket: Ticket, entry: Entry) -> None:
+    def record(self, ticket: Ticket) -> StreamRecording:
+        """A copy of a streamed answer, taken as it goes to the client, for ``store_stream``."""
+        return StreamRecording(self.section.max_entry_bytes)
+
+    async def store_stream(self, ticket: Ticket, recording: StreamRecording,
+                           upstream: bytes) -> None:
+        """Keep a streamed answer as the completion it adds up to, when it came whole and
+        within the size bound; a stream cut, failed or too big is not stored."""
+        if recording.parts is None:
+            return
+        body = assemble(b"".join(recording.parts))
+        if body is not None:
+            await self.store(ticket, body, _JSON, upstream)
+
+    async def store(self, ticket: Ticket, body: bytes, content_type: bytes,
+                    upstream: bytes) -> None:
         """Keep a whole successful answer (and hand it to whoever waits for it)."""
-        ticket.entry = entry
+        entry = ticket.entry = new_entry(body, content_type, upstream, ticket.route)
         if not ticket.store or entry.size > self.section.max_entry_bytes:
             return
         if self.memory is not None:

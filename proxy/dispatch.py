@@ -15,7 +15,6 @@ import time
 
 from .accounting import NotJson, read_answer
 from .budget import RetryBudget
-from .cache import new_entry
 from .caching import ResponseCache, Ticket
 from .config import RetryConfig
 from .errors import (ContextWindowExceeded, DeadlineExceeded, ProxyError,
@@ -30,7 +29,6 @@ from .metrics import Metrics
 from .routing.router import RoutePlan, Router, Target
 from .continuation import Splice, continuation_body, read_partial
 from .relay import SseRelay
-from .sse_assemble import assemble
 from .upstream.answers import error_for_client, excerpt
 from .upstream.context_limit import context_exceeded
 from .upstream.conn import ResponseHead, UpstreamConn, failed_status, status_error
@@ -299,7 +297,7 @@ class Dispatcher:
             if (answer.stream and succeeded
                     and content_type[:17].lower().startswith(wire.EVENT_STREAM)):
                 relay = SseRelay(answer, conn, head,
-                                 self.cache.section.max_entry_bytes if storing else 0,
+                                 self.cache.record(ticket) if storing else None,
                                  on_commit=conn.content_started,
                                  transform=continuing[0].rewrite if continuing else None)
                 early = conn.take_early()
@@ -323,13 +321,10 @@ class Dispatcher:
                     raise UpstreamBadResponse("upstream ended the stream before its end "
                                               "(no finish reason, no [DONE])")
                 answer.status = status
-                if storing and relay.kept is not None:
+                if relay.recording is not None:
                     # Stored before the stream's last byte: whoever reads the whole stream
                     # and asks again (here or on another instance) finds it.
-                    body = assemble(b"".join(relay.kept))
-                    if body is not None:
-                        await self.cache.store(ticket, new_entry(
-                            body, wire.JSON, target.name_bytes, ticket.route))
+                    await self.cache.store_stream(ticket, relay.recording, target.name_bytes)
                 relay.finish()
                 first_event_at = relay.committed_at
             else:
@@ -354,8 +349,7 @@ class Dispatcher:
                                                              target.name)
                 answer.status = status
                 if storing:
-                    await self.cache.store(ticket, new_entry(
-                        payload, content_type, target.name_bytes, ticket.route))
+                    await self.cache.store(ticket, payload, content_type, target.name_bytes)
                 answer.exchange.respond(status, payload, content_type, answer.response_headers())
                 first_event_at = 0.0
         except BaseException:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 import msgspec
 
 from .accounting import USAGE_KEY, event_data, has_usage, take_usage
+from .caching import StreamRecording
 from .errors import UpstreamStreamError
 from .http import wire
 from .upstream.conn import ResponseHead, UpstreamConn
@@ -103,11 +104,11 @@ def opening_kind(event: bytes) -> tuple[int, str]:
 class SseRelay:
     """Forwards whole SSE events from the upstream to the client as they arrive."""
 
-    __slots__ = ("answer", "conn", "head", "pending", "committed", "committed_at", "kept",
-                 "kept_bytes", "keep_limit", "done", "held", "on_commit", "transform", "last",
-                 "previous")
+    __slots__ = ("answer", "conn", "head", "pending", "committed", "committed_at",
+                 "recording", "done", "held", "on_commit", "transform", "last", "previous")
 
-    def __init__(self, answer, conn: UpstreamConn, head: ResponseHead, keep_limit: int = 0,
+    def __init__(self, answer, conn: UpstreamConn, head: ResponseHead,
+                 recording: StreamRecording | None = None,
                  on_commit: Callable[[], None] | None = None,
                  transform: Callable[[bytes], bytes] | None = None) -> None:
         self.answer = answer
@@ -116,10 +117,7 @@ class SseRelay:
         self.pending = b""
         self.committed = False
         self.committed_at = 0.0
-        # A copy of the stream for the cache (None: not kept, or grown past keep_limit).
-        self.kept: list[bytes] | None = [] if keep_limit else None
-        self.kept_bytes = 0
-        self.keep_limit = keep_limit
+        self.recording = recording      # the cache's copy of the stream, when it stores it
         self.done = False               # the stream's closing "data: [DONE]" went out
         self.held: list[bytes] = []     # opening events without content, not yet sent
         self.on_commit = on_commit      # the first content went out
@@ -128,13 +126,8 @@ class SseRelay:
         self.last = self.previous = b""  # the last two writes: a finish_reason in them?
 
     def feed(self, data: bytes) -> None:
-        kept = self.kept
-        if kept is not None:
-            self.kept_bytes += len(data)
-            if self.kept_bytes > self.keep_limit:
-                self.kept = None
-            else:
-                kept.append(data)
+        if self.recording is not None:
+            self.recording.add(data)
         if self.pending:
             data = self.pending + data
             self.pending = b""
