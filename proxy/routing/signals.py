@@ -26,8 +26,6 @@ from ..jsondoc import decode_view
 if TYPE_CHECKING:
     from ..config import SignalsConfig
 
-FEATURES = ("code_block", "tools", "images", "long")
-COMBINE = ("vote", "confidence")
 MEDIA_PARTS = frozenset(("image_url", "input_image", "input_audio", "file"))
 MAX_EARLIER_TURNS = 3   # earlier user turns that inform the class, besides the last one
 
@@ -80,46 +78,6 @@ def read_request(body: bytes) -> RequestView:
         if content:
             turns.append(content)
     return RequestView(turns[-(MAX_EARLIER_TURNS + 1):], bool(chat.tools), media)
-
-
-def check_signals(where: str, signals: SignalsConfig, classes: set[str],
-                  problems: list[str]) -> None:
-    if not signals.classifier >= 0:
-        problems.append("%s.classifier: must be >= 0" % where)
-    confidence = signals.combine == "confidence"
-    if signals.combine not in COMBINE:
-        problems.append("%s.combine: unknown way %r (known: %s)"
-                        % (where, signals.combine, ", ".join(COMBINE)))
-    elif confidence and signals.classifier > 1:
-        problems.append("%s.classifier: a confidence, at most 1 with combine: confidence"
-                        % where)
-    for j, rule in enumerate(signals.rules):
-        at = "%s.rules[%d]" % (where, j)
-        try:
-            re.compile(rule.pattern)
-        except re.error as exc:
-            problems.append("%s.pattern: not a regular expression: %s" % (at, exc))
-        if rule.class_ not in classes:
-            problems.append("%s.class: %r is not one of the route's classes" % (at, rule.class_))
-        _check_weight(at, rule.weight, confidence, problems)
-    for j, feature in enumerate(signals.features):
-        at = "%s.features[%d]" % (where, j)
-        if feature.when not in FEATURES:
-            problems.append("%s.when: unknown feature %r (known: %s)"
-                            % (at, feature.when, ", ".join(FEATURES)))
-        if feature.class_ not in classes:
-            problems.append("%s.class: %r is not one of the route's classes"
-                            % (at, feature.class_))
-        _check_weight(at, feature.weight, confidence, problems)
-        if feature.min_chars < 1:
-            problems.append("%s.min_chars: must be >= 1" % at)
-
-
-def _check_weight(at: str, weight: float, confidence: bool, problems: list[str]) -> None:
-    if not weight > 0:
-        problems.append("%s.weight: must be > 0" % at)
-    elif confidence and weight > 1:
-        problems.append("%s.weight: a confidence, at most 1 with combine: confidence" % at)
 
 
 class Ensemble:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from proxy.config import FeatureSignal, RuleSignal, SignalsConfig
-from proxy.routing.signals import Ensemble, RequestView, check_signals
+from proxy.config.classify import check_signals
+from proxy.routing.signals import Ensemble, RequestView
 
 LABELS = ["chat", "code", "math"]
 

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..config import Route
+    from . import Route, SignalsConfig
+
+# Request features a signal may vote on (routing/signals.py reads them from the body).
+FEATURES = ("code_block", "tools", "images", "long")
+COMBINE = ("vote", "confidence")
 
 CLASS_POLICIES = ("ordered", "cost", "latency", "score")
 _CLASSIFY_ONLY = ("classes", "default", "examples_file", "outcomes_file", "model_file",
@@ -81,7 +86,6 @@ def check_classify(where: str, route: Route, deployments: set[str], routes: list
             and _cycle(route.name, route.default, routes):
         problems.append("%s.default: %r leads back to %r" % (where, route.default, route.name))
     if route.signals is not None:
-        from .signals import check_signals
         check_signals("%s.signals" % where, route.signals, set(route.classes), problems)
         if route.strong_share is not None:
             problems.append("%s.signals: strong_share sets its cut on the classifier alone; "
@@ -147,3 +151,43 @@ def _cycle(start: str, target: str, routes: list[Route]) -> bool:
         if r.default:
             stack.append(r.default)
     return False
+
+
+def check_signals(where: str, signals: SignalsConfig, classes: set[str],
+                  problems: list[str]) -> None:
+    if not signals.classifier >= 0:
+        problems.append("%s.classifier: must be >= 0" % where)
+    confidence = signals.combine == "confidence"
+    if signals.combine not in COMBINE:
+        problems.append("%s.combine: unknown way %r (known: %s)"
+                        % (where, signals.combine, ", ".join(COMBINE)))
+    elif confidence and signals.classifier > 1:
+        problems.append("%s.classifier: a confidence, at most 1 with combine: confidence"
+                        % where)
+    for j, rule in enumerate(signals.rules):
+        at = "%s.rules[%d]" % (where, j)
+        try:
+            re.compile(rule.pattern)
+        except re.error as exc:
+            problems.append("%s.pattern: not a regular expression: %s" % (at, exc))
+        if rule.class_ not in classes:
+            problems.append("%s.class: %r is not one of the route's classes" % (at, rule.class_))
+        _check_weight(at, rule.weight, confidence, problems)
+    for j, feature in enumerate(signals.features):
+        at = "%s.features[%d]" % (where, j)
+        if feature.when not in FEATURES:
+            problems.append("%s.when: unknown feature %r (known: %s)"
+                            % (at, feature.when, ", ".join(FEATURES)))
+        if feature.class_ not in classes:
+            problems.append("%s.class: %r is not one of the route's classes"
+                            % (at, feature.class_))
+        _check_weight(at, feature.weight, confidence, problems)
+        if feature.min_chars < 1:
+            problems.append("%s.min_chars: must be >= 1" % at)
+
+
+def _check_weight(at: str, weight: float, confidence: bool, problems: list[str]) -> None:
+    if not weight > 0:
+        problems.append("%s.weight: must be > 0" % at)
+    elif confidence and weight > 1:
+        problems.append("%s.weight: a confidence, at most 1 with combine: confidence" % at)

@@ -14,8 +14,8 @@ from urllib.parse import urlsplit
 import msgspec
 import yaml
 
-from .errors import ConfigError
-from .routing.classify_config import check_classify, writable_file_problem
+from ..errors import ConfigError
+from .classify import check_classify, writable_file_problem
 
 POLICIES = ("ordered", "weighted", "cost", "latency", "score", "classify")
 AFFINITIES = ("session",)
