@@ -330,7 +330,11 @@ def git_sha(tree: Path) -> str:
 
 def knows_new_fields(tree: Path) -> bool:
     """Whether a checkout's config has the deployment fields this bench's cases declare."""
-    source = (tree / "proxy" / "config.py").read_text()
+    # config.py before the configuration became a package, config/__init__.py since.
+    module = tree / "proxy" / "config.py"
+    if not module.is_file():
+        module = tree / "proxy" / "config" / "__init__.py"
+    source = module.read_text()
     return "context_window" in source and "continuation" in source
 
 
