@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     backend_errors: dict[str, dict[str, float]] = {}
     try:
-        sim = start_listening("sim", [PYTHON, "-m", "proxy.simulator", "--port", "0"],
+        sim = start_listening("sim", [PYTHON, "-m", "proxy.sim", "--port", "0"],
                               cpus["load"], tmp, env)
         started.append(sim)
         backends = {"memory": "{backend: memory}"}

@@ -2,7 +2,7 @@
 
     python bench/client_compare.py [--seconds 3] [--repeats 3] [--json out.json]
 
-Starts ``python -m proxy.simulator`` on 127.0.0.1 (``--chunks 16``, unpaced, no TTFT) as a
+Starts ``python -m proxy.sim`` on 127.0.0.1 (``--chunks 16``, unpaced, no TTFT) as a
 subprocess, pinned to core 1 while this process is pinned to core 0 (when two cores are
 available), and measures, on uvloop, in one run:
 
@@ -468,7 +468,7 @@ def _pin(core: int | None):
 
 
 def start_simulator(args, core: int | None) -> tuple[subprocess.Popen, int]:
-    cmd = [sys.executable, "-m", "proxy.simulator", "--host", HOST, "--port", "0",
+    cmd = [sys.executable, "-m", "proxy.sim", "--host", HOST, "--port", "0",
            "--chunks", str(args.chunks), "--tokens-per-s", "0", "--ttft-ms", "0"]
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")

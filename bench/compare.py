@@ -1,6 +1,6 @@
 """llmedge against direct, nginx and optionally LiteLLM and Portkey, in one run.
 
-Starts the upstream simulator (``python -m proxy.simulator``), llmedge (one worker) in front of
+Starts the upstream simulator (``python -m proxy.sim``), llmedge (one worker) in front of
 it, and nginx as a plain keep-alive reverse proxy when ``nginx`` is on PATH; then runs the
 same closed-loop loads (``bench/load.py``, one subprocess per measurement) against each:
 
@@ -1372,7 +1372,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="llmedge-compare-") as tmpdir:
         tmp = Path(tmpdir)
         try:
-            sim = start_listening("simulator", [sys.executable, "-m", "proxy.simulator",
+            sim = start_listening("simulator", [sys.executable, "-m", "proxy.sim",
                                                 "--port", "0"], cpus["load"], tmp)
             procs.append(sim)
             live: dict[str, Proc] = {}

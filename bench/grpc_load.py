@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     machine.pin(0, cpus["load"])
     with tempfile.TemporaryDirectory(prefix="llmedge-grpc-bench-") as tmpdir:
         tmp = Path(tmpdir)
-        sim, lines = start([sys.executable, "-m", "proxy.simulator", "--port", "0"],
+        sim, lines = start([sys.executable, "-m", "proxy.sim", "--port", "0"],
                            cpus["load"], tmp, "simulator")
         sim_port = int(lines[0].rsplit(":", 1)[1])
         edge = None

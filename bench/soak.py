@@ -671,7 +671,7 @@ async def soak(args, report: dict, procs: list, workdir: Path) -> None:
         pin(0, cpus["load"], best_effort=True)
     sims: dict[str, Server] = {}
     for i, name in enumerate(SIMULATORS):
-        cmd = [sys.executable, "-m", "proxy.simulator", "--host", HOST, "--port", "0",
+        cmd = [sys.executable, "-m", "proxy.sim", "--host", HOST, "--port", "0",
                "--name", name, "--seed", str(i + 1)]
         if name == "paced":
             cmd += ["--tokens-per-s", str(args.paced_tokens_per_s)]

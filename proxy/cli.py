@@ -199,7 +199,7 @@ def _supervise(config: Config, factory, workers: int, config_path: str,
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .sim.demo import run_demo
 
     return run_demo(args.port, loop_factory(args.loop), args.grpc_port)
 

@@ -366,7 +366,7 @@ GRPC_LISTENING = r"LISTENING-GRPC ([0-9.]+|\[[0-9a-fA-F:]+\]):(\d+)"
 
 
 class Simulator(Proc):
-    """``python -m proxy.simulator`` with its control API.
+    """``python -m proxy.sim`` with its control API.
 
     Control calls share one keep-alive connection, so they do not show up in the
     simulator's connection counters: ``connections_opened``/``closed`` after a reset and
@@ -374,7 +374,7 @@ class Simulator(Proc):
     """
 
     def __init__(self, workdir: Path, name: str, *args: str) -> None:
-        super().__init__([PYTHON, "-m", "proxy.simulator", "--port", "0", "--name", name, *args],
+        super().__init__([PYTHON, "-m", "proxy.sim", "--port", "0", "--name", name, *args],
                          workdir / ("sim-%s.log" % name), label="simulator %s" % name)
         self.name = name
         self.port = int(self.wait_output(LISTENING)[0].group(2))

@@ -22,7 +22,7 @@ PERCENTILE_KEYS = ("count", "min", "mean", "max", "p50", "p90", "p99", "p99.9")
 
 
 def start_simulator() -> tuple[subprocess.Popen, int]:
-    proc = subprocess.Popen([sys.executable, "-m", "proxy.simulator", "--port", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "proxy.sim", "--port", "0"],
                             cwd=REPO, stdout=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
     line = ""

@@ -22,7 +22,7 @@ POLL_LIMIT = 20.0
 
 
 def start_simulator(*args: str) -> tuple[subprocess.Popen, int]:
-    proc = subprocess.Popen([sys.executable, "-m", "proxy.simulator", "--port", "0", *args],
+    proc = subprocess.Popen([sys.executable, "-m", "proxy.sim", "--port", "0", *args],
                             cwd=REPO, stdout=subprocess.PIPE, text=True)
     deadline = time.monotonic() + STARTUP_TIMEOUT
     line = ""
@@ -744,7 +744,7 @@ def test_new_options_from_the_command_line():
 @pytest.mark.parametrize("args", [("--context-window", "-1"), ("--context-error", "azure"),
                                   ("--continuation", "maybe"), ("--malformed-after", "-2")])
 def test_bad_new_flags_refuse_to_start(args):
-    done = subprocess.run([sys.executable, "-m", "proxy.simulator", "--port", "0", *args],
+    done = subprocess.run([sys.executable, "-m", "proxy.sim", "--port", "0", *args],
                           cwd=REPO, capture_output=True, text=True, timeout=STARTUP_TIMEOUT)
     assert done.returncode == 2 and not done.stdout
     # Refused for its value, not as a flag the simulator does not know.

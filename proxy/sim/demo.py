@@ -1,6 +1,6 @@
 """``llmedge demo``: llmedge in front of three simulated upstreams, with no keys or config.
 
-The simulators are real server processes on loopback (``proxy.simulator``); llmedge runs
+The simulators are real server processes on loopback (``proxy.sim``); llmedge runs
 in this process with a configuration built here, printed so it can be copied.
 """
 
@@ -13,7 +13,7 @@ import sys
 import time
 
 
-from .config import parse
+from ..config import parse
 
 UPSTREAMS = (
     # name, simulated model, time to first token (ms), tokens/s, reply
@@ -118,7 +118,7 @@ With the openai SDK (pip install openai):
 
 def _start_simulator(name: str, model: str, ttft: int, rate: int, reply: str):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "proxy.simulator", "--port", "0", "--name", name,
+        [sys.executable, "-m", "proxy.sim", "--port", "0", "--name", name,
          "--model", model, "--ttft-ms", str(ttft), "--tokens-per-s", str(rate),
          "--reply", reply],
         stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
@@ -150,7 +150,7 @@ def _free(port: int) -> bool:
 
 
 def run_demo(port: int, loop_factory, grpc_port: int | None = None) -> int:
-    from .server import Server
+    from ..server import Server
 
     if grpc_port is None:
         # The usual gRPC port when it is free; the demo is about HTTP first, so a taken

@@ -1,6 +1,6 @@
 """Pieces of the upstream simulator: behaviour config, status lines, error bodies, SSE fragments.
 
-Kept apart from ``proxy.simulator`` so the server loop stays readable, and self-contained (no
+Kept apart from ``proxy.sim.server`` so the server loop stays readable, and self-contained (no
 imports from the proxy itself) so the simulator measures only its own cost when used as the
 baseline in overhead benchmarks.
 """

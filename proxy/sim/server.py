@@ -3,7 +3,7 @@
 It is the baseline the proxy's overhead is measured against, so it is built on the same stack
 as the proxy (uvloop + httptools in an ``asyncio.Protocol``) and precomputes reply bytes.
 
-Run ``python -m proxy.simulator [flags]``; once listening it prints one line,
+Run ``python -m proxy.sim [flags]``; once listening it prints one line,
 ``LISTENING <host>:<port>``, to stdout, and it exits with status 0 on SIGTERM/SIGINT.
 
 Flags (all behaviour flags can also be changed at runtime, see ``POST /_sim/config``):
@@ -91,8 +91,8 @@ from collections import deque
 import httptools
 import orjson
 
-from . import simulator_wire as wire
-from .simulator_wire import (BEHAVIOUR_DEFAULTS, DEFAULT_REPLY, Behaviour, ConfigError,
+from . import wire
+from .wire import (BEHAVIOUR_DEFAULTS, DEFAULT_REPLY, Behaviour, ConfigError,
                              validate_option)
 
 try:
@@ -735,7 +735,7 @@ class Simulator:
 # -- command line --------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m proxy.simulator",
+    p = argparse.ArgumentParser(prog="python -m proxy.sim",
                                 description="OpenAI-compatible upstream simulator")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0)
