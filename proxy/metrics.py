@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
+from .endpoint_states import STATE_NAMES
 from .metric_types import Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -180,7 +181,7 @@ class _LlmRouterCollector(Collector):
 
 
 class _EndpointCollector(Collector):
-    STATES = ("healthy", "ejected", "open", "half-open")
+    STATES = tuple(STATE_NAMES.values())
 
     def __init__(self, rows: Callable[[], Iterator[tuple[str, str, dict]]]) -> None:
         self._rows = rows

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import orjson
 
-from _fastpath import EP_EJECTED, EP_HALF_OPEN, EP_HEALTHY, EP_OPEN
-
+from ..endpoint_states import STATE_NAMES
 from .router import Decision, RoutePlan, Router
-
-_STATES = {EP_HEALTHY: "healthy", EP_EJECTED: "ejected", EP_OPEN: "open",
-           EP_HALF_OPEN: "half-open"}
 
 
 def explain_body(router: Router, plan: RoutePlan, decision: Decision) -> bytes:
@@ -18,7 +14,7 @@ def explain_body(router: Router, plan: RoutePlan, decision: Decision) -> bytes:
         rows = []
         for row in target.rows:
             stats = router.table.stats(row)
-            stats["state"] = _STATES.get(stats["state"], stats["state"])
+            stats["state"] = STATE_NAMES.get(stats["state"], stats["state"])
             rows.append(stats)
         deployments.append({"name": target.name, "price": target.price,
                             "quality": target.quality, "usable": target.unusable is None,

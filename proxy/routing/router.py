@@ -19,10 +19,11 @@ from urllib.parse import quote
 import orjson
 import xxhash
 
-from _fastpath import EP_EJECTED, EP_HALF_OPEN, EP_HEALTHY, EP_OPEN, EndpointTable
+from _fastpath import EP_EJECTED, EndpointTable
 
 from ..breaker import Breakers
 from ..config import Config, Deployment, Route, Timeouts
+from ..endpoint_states import STATE_NAMES
 from ..errors import (BadRequest, ConfigError, NoHealthyUpstream, NotFound, UpstreamError,
                       UpstreamStatus)
 from ..upstream.pool import Endpoint
@@ -83,10 +84,6 @@ class Target:
     def close(self) -> None:
         for endpoint in self.endpoints:
             endpoint.close()
-
-
-STATE_NAMES = {EP_HEALTHY: "healthy", EP_EJECTED: "ejected", EP_OPEN: "open",
-               EP_HALF_OPEN: "half-open"}
 
 
 def endpoint_key(deployment: str, url: str, price: float, quality: float) -> tuple:
