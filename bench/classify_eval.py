@@ -31,10 +31,11 @@ sys.path.insert(0, str(ROOT))
 from _fastpath import IMPLEMENTATION  # noqa: E402
 import msgspec  # noqa: E402
 
-from proxy.evaluate import (OUTCOME_OPTIONS, calibration_error,  # noqa: E402
-                            cost_quality_curve, cross_validated_scores, outcome_rows)
+from proxy.evaluate import (calibration_error, cost_quality_curve,  # noqa: E402
+                            cross_validated_scores)
 from proxy.routing.classifier import (Options, TextClassifier, few_shot,  # noqa: E402
                                       labelled, read_jsonl)
+from proxy.routing.outcomes import OUTCOME_OPTIONS, outcome_rows  # noqa: E402
 
 
 def _baseline(texts, labels):

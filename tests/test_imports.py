@@ -22,3 +22,9 @@ def test_the_configuration_imports_nothing_from_routing():
     loaded = _loaded_after("proxy.config")
     assert "proxy.config.classify" in loaded
     assert not {m for m in loaded if m.startswith("proxy.routing")}, loaded
+
+
+def test_serving_loads_no_offline_evaluation():
+    loaded = _loaded_after("proxy.server")
+    assert "proxy.routing.outcomes" in loaded   # what complexity routes train on
+    assert "proxy.evaluate" not in loaded

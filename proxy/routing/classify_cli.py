@@ -100,7 +100,7 @@ def _llm_not_asked(explain: dict | None) -> bool:
 def cmd_train(args: argparse.Namespace) -> int:
     import msgspec
 
-    from ..evaluate import OUTCOME_OPTIONS, outcome_examples, outcome_rows
+    from .outcomes import OUTCOME_OPTIONS, outcome_examples, outcome_rows
     from .classifier import Options, TextClassifier, labelled, read_jsonl
 
     try:
@@ -133,8 +133,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from ..evaluate import (classification_report, cost_quality_curve,
-                            cross_validated_scores, format_curve, format_report,
-                            outcome_rows, plot_curve)
+                            cross_validated_scores, format_curve, format_report, plot_curve)
+    from .outcomes import outcome_rows
     from .classifier import TextClassifier, labelled, read_jsonl
 
     if args.plot:

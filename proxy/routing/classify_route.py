@@ -17,7 +17,7 @@ from collections.abc import Callable
 import msgspec
 
 from ..config import Config, Route
-from ..evaluate import OUTCOME_OPTIONS, outcome_examples, outcome_rows
+from .outcomes import OUTCOME_OPTIONS, outcome_examples, outcome_rows
 from .audit import AuditLog
 from .classifier import TextClassifier, labelled, read_jsonl
 from .policies import POLICIES, Ordered, Policy

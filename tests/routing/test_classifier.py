@@ -8,10 +8,9 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from proxy.evaluate import (OUTCOME_OPTIONS, calibration_error, cost_quality_curve,
-                            cross_validated_scores, fit_outcomes, outcome_examples,
-                            outcome_rows)
+from proxy.evaluate import calibration_error, cost_quality_curve, cross_validated_scores
 from proxy.routing.classifier import FORMAT, Options, TextClassifier, few_shot, labelled
+from proxy.routing.outcomes import OUTCOME_OPTIONS, fit_outcomes, outcome_examples, outcome_rows
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
