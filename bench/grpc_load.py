@@ -10,6 +10,10 @@ cost alone; the latency also holds each client library's cost, which is not llme
 
     python bench/grpc_load.py --connections 8 --duration 5 --rounds 2 [--stream] [--json out]
 
+With ``--floor`` each round also drives the same gRPC load at a bare grpc.aio server
+answering a constant reply (``bench/grpc_floor.py``, pinned where llmedge is): the floor
+llmedge's gRPC CPU per call and per streamed message is reported against.
+
 With ``--grpc-only --target HOST:PORT`` it only drives gRPC load at a running llmedge.
 """
 
@@ -53,7 +57,7 @@ async def grpc_load(target: str, connections: int, duration: float, warmup: floa
     """Closed loop: each caller sends its next call as soon as the previous one ended."""
     request = grpc_request(body_size, stream, model)
     latency, ttft = Histogram(), Histogram()
-    counts = {"ok": 0, "errors": 0, "all": 0}
+    counts = {"ok": 0, "errors": 0, "all": 0, "messages": 0}
     errors: dict[str, int] = {}
     start = time.perf_counter()
     window_start, window_end = start + warmup, start + warmup + duration
@@ -67,6 +71,7 @@ async def grpc_load(target: str, connections: int, duration: float, warmup: floa
             try:
                 if stream:
                     async for _ in stub.ChatStream(request, timeout=timeout):
+                        counts["messages"] += 1
                         if not first:
                             first = time.perf_counter()
                 else:
@@ -91,6 +96,7 @@ async def grpc_load(target: str, connections: int, duration: float, warmup: floa
     finally:
         await asyncio.gather(*(ch.close() for ch in channels))
     return {"requests": counts["ok"], "completed_all": counts["all"], "errors": errors,
+            "messages_all": counts["messages"] if stream else counts["all"],
             "achieved_rps": round(counts["ok"] / duration, 2),
             "latency_us": latency.summary(PERCENTILES) if counts["ok"] else None,
             "ttft_us": ttft.summary(PERCENTILES) if stream and counts["ok"] else None}
@@ -158,6 +164,9 @@ def measure(args: argparse.Namespace, label: str, edge_pid: int, fn) -> dict:
                                       / (time.perf_counter() - wall0), 3)
     done = result["completed_all"]
     result["edge_cpu_us_per_request"] = round(cpu / done * 1e6, 1) if done else None
+    messages = result.get("messages_all")
+    if messages:
+        result["edge_cpu_us_per_message"] = round(cpu / messages * 1e6, 2)
     result["front"] = label
     return result
 
@@ -171,6 +180,7 @@ def combine(rows: list[dict]) -> dict:
     out = {"rounds": len(rows),
            "achieved_rps": median(r["achieved_rps"] for r in rows),
            "edge_cpu_us_per_request": median(r["edge_cpu_us_per_request"] for r in rows),
+           "edge_cpu_us_per_message": median(r.get("edge_cpu_us_per_message") for r in rows),
            "client_cpu_util": median(r["client_cpu_util"] for r in rows),
            "errors": sum(sum(r["errors"].values()) for r in rows)}
     for key in ("latency_us", "ttft_us"):
@@ -197,19 +207,35 @@ def overhead(http: dict, grpc_: dict) -> dict:
     return out
 
 
+def against_floor(grpc_: dict, floor: dict) -> dict:
+    """llmedge's gRPC CPU against the bare grpc.aio server's, per call and per message."""
+    out = {}
+    for key in ("edge_cpu_us_per_request", "edge_cpu_us_per_message"):
+        a, b = floor.get(key), grpc_.get(key)
+        if a and b:
+            out[key] = {"floor_us": a, "grpc_us": b, "ratio": round(b / a, 3)}
+    return out
+
+
 def markdown(report: dict) -> str:
-    lines = ["| front | rps | p50 µs | p90 µs | p99 µs | llmedge CPU µs/req | client CPU |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for name in ("http", "grpc"):
+    lines = ["| front | rps | p50 µs | p90 µs | p99 µs | server CPU µs/call | µs/message "
+             "| client CPU |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    names = ("http", "grpc", "floor") if report.get("floor") else ("http", "grpc")
+    for name in names:
         r = report[name]
         lat = r.get("latency_us") or {}
-        lines.append("| %s | %s | %s | %s | %s | %s | %s |" % (
-            name, r["achieved_rps"], lat.get("p50"), lat.get("p90"), lat.get("p99"),
-            r["edge_cpu_us_per_request"], r["client_cpu_util"]))
+        lines.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            "grpc.aio floor" if name == "floor" else name, r["achieved_rps"], lat.get("p50"),
+            lat.get("p90"), lat.get("p99"), r["edge_cpu_us_per_request"],
+            r.get("edge_cpu_us_per_message"), r["client_cpu_util"]))
     lines.append("")
     for key, row in report["overhead"].items():
         lines.append("%s: gRPC %s µs vs HTTP %s µs: %+.1f µs, ratio %.3f" % (
             key, row["grpc_us"], row["http_us"], row["grpc_minus_http_us"], row["ratio"]))
+    for key, row in (report.get("against_floor") or {}).items():
+        lines.append("%s: llmedge gRPC %s µs vs bare grpc.aio %s µs: ratio %.3f" % (
+            key, row["grpc_us"], row["floor_us"], row["ratio"]))
     return "\n".join(lines)
 
 
@@ -227,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--edge-loop", choices=("uvloop", "asyncio"), default="uvloop",
                    help="llmedge's loop (both front ends share it)")
     p.add_argument("--no-pin", action="store_true", help="do not pin llmedge and the load")
+    p.add_argument("--floor", action="store_true",
+                   help="also measure a bare grpc.aio server answering a constant reply "
+                        "(bench/grpc_floor.py) on llmedge's CPU, each round")
     p.add_argument("--grpc-only", action="store_true", help="only gRPC load at --target")
     p.add_argument("--target", default="127.0.0.1:50051", help="with --grpc-only")
     p.add_argument("--model", default=ROUTE, help="with --grpc-only: the route or deployment")
@@ -245,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         sim, lines = start([sys.executable, "-m", "proxy.sim", "--port", "0"],
                            cpus["load"], tmp, "simulator")
         sim_port = int(lines[0].rsplit(":", 1)[1])
-        edge = None
+        edge = floor = None
         try:
             (tmp / "edge.yaml").write_text(edge_config(sim_port))
             edge, lines = start([sys.executable, "-m", "proxy", "serve", "-c",
@@ -253,13 +282,23 @@ def main(argv: list[str] | None = None) -> int:
                                 cpus["proxy"], tmp, "llmedge", 2)
             grpc_port = int(lines[0].rsplit(":", 1)[1])
             http_port = int(lines[1].rsplit(":", 1)[1])
-            rows: dict[str, list[dict]] = {"http": [], "grpc": []}
+            if args.floor:
+                floor, lines = start([sys.executable, str(machine.REPO / "bench" /
+                                                          "grpc_floor.py"), "--port", "0"],
+                                     cpus["proxy"], tmp, "floor")
+                floor_port = int(lines[0].rsplit(":", 1)[1])
+            rows: dict[str, list[dict]] = {"http": [], "grpc": [], "floor": []}
             for _ in range(args.rounds):
                 rows["http"].append(measure(args, "http", edge.pid,
                                             lambda: run_http(args, http_port)))
                 rows["grpc"].append(measure(args, "grpc", edge.pid,
                                             lambda: run_grpc(args, "127.0.0.1:%d" % grpc_port)))
+                if floor is not None:
+                    rows["floor"].append(measure(args, "floor", floor.pid, lambda: run_grpc(
+                        args, "127.0.0.1:%d" % floor_port)))
         finally:
+            if floor is not None:
+                machine.stop_popen(floor)
             if edge is not None:
                 machine.stop_popen(edge)
             machine.stop_popen(sim)
@@ -270,15 +309,19 @@ def main(argv: list[str] | None = None) -> int:
                        "edge_loop": args.edge_loop,
                        "grpcio": grpc.__version__},
               "http": combine(rows["http"]), "grpc": combine(rows["grpc"]),
+              "floor": combine(rows["floor"]) if rows["floor"] else None,
               "overhead": None, "runs": rows}
     report["overhead"] = overhead(report["http"], report["grpc"])
+    if report["floor"]:
+        report["against_floor"] = against_floor(report["grpc"], report["floor"])
     if args.json == "-":
         print(json.dumps(report, indent=2))
     else:
         if args.json:
             Path(args.json).write_text(json.dumps(report, indent=2))
         print(markdown(report))
-    return 0 if not (report["http"]["errors"] or report["grpc"]["errors"]) else 1
+    return 0 if not (report["http"]["errors"] or report["grpc"]["errors"]
+                     or (report["floor"] or {}).get("errors")) else 1
 
 
 if __name__ == "__main__":

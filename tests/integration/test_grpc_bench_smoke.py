@@ -1,4 +1,5 @@
-"""Smoke test of bench/grpc_load.py: it runs both front ends and writes a well-formed report.
+"""Smoke test of bench/grpc_load.py: it runs both front ends and the bare grpc.aio floor,
+and writes a well-formed report.
 
 Nothing here is about timing; only the report's shape and that calls were answered.
 """
@@ -19,13 +20,14 @@ REPO = Path(__file__).resolve().parents[2]
 def test_grpc_load_reports_both_front_ends(tmp_path, stream):
     out = tmp_path / "report.json"
     cmd = [sys.executable, str(REPO / "bench" / "grpc_load.py"), "--connections", "2",
-           "--duration", "0.5", "--warmup", "0.2", "--rounds", "1", "--json", str(out)]
+           "--duration", "0.5", "--warmup", "0.2", "--rounds", "1", "--floor",
+           "--json", str(out)]
     if stream:
         cmd.append("--stream")
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=100)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(out.read_text())
-    for front in ("http", "grpc"):
+    for front in ("http", "grpc", "floor"):
         row = report[front]
         assert row["errors"] == 0
         assert row["achieved_rps"] > 0
@@ -35,7 +37,11 @@ def test_grpc_load_reports_both_front_ends(tmp_path, stream):
     keys = {"latency_p50", "latency_p99", "edge_cpu_per_request"} | (
         {"ttft_p50"} if stream else set())
     assert set(report["overhead"]) == keys
-    assert "| grpc |" in proc.stdout
+    # The bare grpc.aio server's CPU is the floor llmedge's gRPC front end is held to.
+    against = report["against_floor"]
+    assert set(against) == {"edge_cpu_us_per_request", "edge_cpu_us_per_message"}
+    assert all(row["floor_us"] > 0 and row["ratio"] > 0 for row in against.values())
+    assert "| grpc |" in proc.stdout and "| grpc.aio floor |" in proc.stdout
 
 
 def test_load_py_drives_the_grpc_front_end(start_edge, sims, dead_port, tmp_path):
