@@ -119,9 +119,14 @@ def namespace(tenant: bytes | None, policy: RouteCache) -> str:
     return xxhash.xxh3_64_hexdigest(tenant)
 
 
-def request_key(route: str, request: dict, tenant: bytes | None,
-                policy: RouteCache) -> bytes:
-    return cache_key(route, request, namespace(tenant, policy))
+def request_key(route: str, request: dict, tenant: bytes | None, policy: RouteCache,
+                tags: frozenset[str] = frozenset()) -> bytes:
+    """The key of a request's answer; a request with compliance tags (``x-llmedge-tags``)
+    has answers of its own, from the deployments those tags allow."""
+    space = namespace(tenant, policy)
+    if tags:
+        space += "|tags:" + ",".join(sorted(tags))
+    return cache_key(route, request, space)
 
 
 def sse_replay(body: bytes, include_usage: bool) -> bytes:

@@ -158,7 +158,8 @@ class ResponseCache:
     # === request path ===
 
     def ticket(self, route: str, policy: RouteCache, request: dict,
-               headers: dict[bytes, bytes], stream: bool) -> Ticket | None:
+               headers: dict[bytes, bytes], stream: bool,
+               tags: frozenset[str] = frozenset()) -> Ticket | None:
         """None when the request may not use the cache (``x-llmedge-cache: bypass``)."""
         if policy.when != "always" and not repeatable(request):
             self.metrics.lookup(route, "bypass")
@@ -172,7 +173,7 @@ class ResponseCache:
         tenant = headers.get(self.tenant_header) if self.tenant_header else None
         # Marked by its source: a tenant named like someone's API key is still someone else.
         tenant = b"tenant:" + tenant if tenant else headers.get(b"authorization")
-        key = request_key(route, request, tenant, policy)
+        key = request_key(route, request, tenant, policy, tags)
         options = request.get("stream_options")
         usage = isinstance(options, dict) and bool(options.get("include_usage"))
         return Ticket(route, key, policy.ttl_s, lookup, store, stream, usage)

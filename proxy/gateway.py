@@ -297,6 +297,7 @@ class Gateway:
             self._method(ex, b"POST")
             return
         started = time.perf_counter()
+        answer = None
         try:
             try:
                 view = decoder.decode(ex.body)
@@ -326,20 +327,24 @@ class Gateway:
             # else: decided in the request's task, after the cache's lookup that waits (a
             # Redis GET, an identical request in flight), or awaiting the LLM tier.
         except ProxyError as exc:
-            # Refused before any routing, but still one of the client's requests: it can be
-            # found by its id like any other.
-            request_id = self._request_id(ex)
-            self._error(ex, exc, b"x-request-id: %s\r\n" % request_id)
-            self.metrics.request("-", "-", exc.status, time.perf_counter() - started)
-            if self.access_log is not None:
-                self.access_log.write({"ts": time.time(),
-                                       "request_id": request_id.decode("latin-1"),
-                                       "path": "/v1" + path.decode(),
-                                       "status": exc.status, "error": exc.code or exc.type,
-                                       "duration_ms": round((time.perf_counter() - started)
-                                                            * 1e3, 3)})
+            self._refuse(ex, path, exc, started,
+                         answer.request_id if answer is not None else self._request_id(ex))
             return
         self._start(answer, started, args)
+
+    def _refuse(self, ex: Exchange, path: bytes, exc: ProxyError, started: float,
+                request_id: bytes) -> None:
+        """Refused before any upstream was asked (a bad request, tags no deployment has),
+        but still one of the client's requests: it can be found by its id like any other."""
+        self._error(ex, exc, b"x-request-id: %s\r\n" % request_id)
+        self.metrics.request("-", "-", exc.status, time.perf_counter() - started)
+        if self.access_log is not None:
+            self.access_log.write({"ts": time.time(),
+                                   "request_id": request_id.decode("latin-1"),
+                                   "path": "/v1" + path.decode(),
+                                   "status": exc.status, "error": exc.code or exc.type,
+                                   "duration_ms": round((time.perf_counter() - started)
+                                                        * 1e3, 3)})
 
     def _decided(self, answer: Answer, decision) -> None:
         answer.candidates = decision.targets
@@ -381,6 +386,7 @@ class Gateway:
     async def _run(self, answer: Answer, started: float, args: tuple | None) -> None:
         ticket = answer.ticket
         ex = answer.exchange
+        refused = False
         try:
             if ticket is not None:
                 entry = await self.cache.resolve(ticket)
@@ -388,21 +394,20 @@ class Gateway:
                     return
             if args is not None:
                 plan = answer.plan
-                self._decided(answer, await plan.decide_async(*args) if plan.asynchronous
-                              else plan.decide(*args))
+                try:
+                    decision = (await plan.decide_async(*args) if plan.asynchronous
+                                else plan.decide(*args))
+                except ProxyError as exc:
+                    # Refused as a route that decides at once refuses, and counted so.
+                    refused = True
+                    self._refuse(ex, answer.path, exc, started, answer.request_id)
+                    return
+                self._decided(answer, decision)
             await self.dispatcher.run(answer, answer.candidates)
         except asyncio.CancelledError:
             if not answer.complete:
                 answer.status = 499  # the client went away; nothing left to answer
             raise
-        except ProxyError as exc:
-            # The route refused the request while deciding (no deployment fits its tags,
-            # say): answered in the client's protocol, like any other refusal.
-            answer.status = exc.status
-            if not ex.started:
-                self._error(ex, exc, answer.response_headers())
-            elif not ex.finished:
-                ex.abort()
         except Exception:
             log.exception("unexpected error answering %s", answer.request_id)
             answer.status = 500
@@ -417,7 +422,8 @@ class Gateway:
             self.metrics.inflight.dec()
             if self.inflight == 0:
                 self.idle.set()
-            self._account(answer, started)
+            if not refused:
+                self._account(answer, started)
 
     def _account(self, answer: Answer, started: float) -> None:
         """Metrics and the access log line of one answered request."""
@@ -476,7 +482,7 @@ class Gateway:
         ex = answer.exchange
         try:
             ticket = self.cache.ticket(answer.plan.name, answer.plan.cache,
-                                       orjson.loads(ex.body), ex.headers, stream)
+                                       orjson.loads(ex.body), ex.headers, stream, answer.tags)
         except ValueError:
             # Valid JSON with no canonical form to key it by (a lone surrogate, a number
             # beyond a double, a very long integer): answered, but not from or into the cache.
@@ -500,8 +506,8 @@ class Gateway:
         ex = answer.exchange
         upstream = self.router.targets.get(entry.upstream.decode("utf-8", "replace"))
         if answer.tags and (upstream is None or not answer.tags <= upstream.tags):
-            # Stored from a deployment this request's tags rule out: looked up before the
-            # route decided, so the tags are checked here.
+            # Tagged requests have keys of their own, but a reload may have changed which
+            # tags a deployment carries since the answer was stored.
             return False
         content_type = entry.content_type
         try:

@@ -480,4 +480,8 @@ routes:
     # Tags no deployment carries are refused as before, cached answer or not.
     mars = ask(edge, chat(), {"x-llmedge-tags": "region=mars"})
     assert mars.status == 400 and mars.json()["error"]["code"] == "unsatisfiable_tags"
+    assert mars.headers["x-request-id"]
     assert sims.alpha.stats()["chat"] == 1 and sims.beta.stats()["chat"] == 1
+    # Counted as a route that refuses at once counts a refusal: no route, no deployment.
+    assert metric_value(edge.metrics(), "llmedge_requests_total", route="-", deployment="-",
+                        status="400") == 1
