@@ -121,14 +121,16 @@ cdef int _resize(void** slot, size_t size) except -1:
 cdef inline double _peak_ewma(double current, double stamp, double now_s, double sample,
                               double decay_s) noexcept nogil:
     # EndpointTable._peak_ewma in scoring_py.py, operation for operation.
-    cdef double elapsed, w
+    cdef double elapsed, w, blended
     if stamp < 0.0 or sample > current:
         return sample
     elapsed = now_s - stamp
     if 0.0 > elapsed:       # max(elapsed, 0.0): keeps a NaN, as Python's max does
         elapsed = 0.0
     w = exp(-elapsed / decay_s)
-    return current * w + sample * (1.0 - w)
+    blended = current * w + sample * (1.0 - w)
+    # Decaying never rises: the blend of two values may round an ulp past both.
+    return current if blended > current else blended
 
 
 cdef inline int _int_min(double x, double hi, double* out) except -1:

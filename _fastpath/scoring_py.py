@@ -124,7 +124,9 @@ class EndpointTable:
         if stamp < 0.0 or sample > current:
             return sample
         w = math.exp(-max(now_s - stamp, 0.0) / self._decay_s)
-        return current * w + sample * (1.0 - w)
+        blended = current * w + sample * (1.0 - w)
+        # Decaying never rises: the blend of two values may round an ulp past both.
+        return current if blended > current else blended
 
     def set_state(self, i: int, state: int) -> None:
         _check_index(self, i)
