@@ -16,17 +16,16 @@ import time
 from .accounting import NotJson, read_answer
 from .budget import RetryBudget
 from .caching import ResponseCache, Ticket
-from .config import RetryConfig
 from .errors import (ContextWindowExceeded, DeadlineExceeded, ProxyError,
                      UpstreamBadResponse,
                      UpstreamError, UpstreamReset, UpstreamSaturated, UpstreamStatus,
-                     UpstreamTimeout, UpstreamUnavailable)
-from .http import wire
-from .http.front import Exchange
+                     UpstreamTimeout, UpstreamUnavailable, refusal)
+from .responder import EVENT_STREAM, JSON, Headers, Responder, is_event_stream
 from .retry_rules import retry_delay
 from .rewrite import replace_model
 from .metrics import Metrics
-from .routing.router import RoutePlan, Router, Target
+from .routing.router import RoutePlan, Target
+from .runtime import Runtime
 from .continuation import Splice, continuation_body, read_partial
 from .relay import SseRelay
 from .upstream.answers import error_for_client, excerpt
@@ -48,12 +47,14 @@ class Answer:
                  "attempts", "upstream", "status", "session", "reason", "head_at", "candidates",
                  "cache_state", "ticket", "failures", "_bodies", "deadline", "upstream_s",
                  "first_event_at", "usage", "strip_usage", "retries", "complete",
-                 "transcript", "transcript_bytes", "continuing", "continuations", "tags")
+                 "transcript", "transcript_bytes", "continuing", "continuations", "tags",
+                 "runtime")
 
-    def __init__(self, exchange: Exchange, plan: RoutePlan, path: bytes, body: bytes,
-                 model: str, stream: bool, request_id: bytes, session: str | None = None,
-                 reason: str = "") -> None:
+    def __init__(self, exchange: Responder, runtime: Runtime, plan: RoutePlan, path: bytes,
+                 body: bytes, model: str, stream: bool, request_id: bytes,
+                 session: str | None = None, reason: str = "") -> None:
         self.exchange = exchange
+        self.runtime = runtime        # the configuration this request started under
         self.plan = plan
         self.path = path              # below the deployment's base URL, e.g. /chat/completions
         self.body = body
@@ -95,22 +96,25 @@ class Answer:
             body = self._bodies[model] = replace_model(self.body, model, self.model)
         return body
 
-    def response_headers(self) -> bytes:
-        return b"x-llmedge-route: %s\r\nx-llmedge-upstream: %s\r\nx-llmedge-cache: %s\r\n" \
-               b"x-llmedge-attempts: %d\r\nx-llmedge-decision: %s\r\nx-request-id: %s\r\n" % (
-                   self.plan.name_bytes, self.upstream.name_bytes if self.upstream else b"-",
-                   self.cache_state, self.attempts, self.reason, self.request_id)
+    def response_headers(self) -> Headers:
+        upstream = self.upstream
+        return ((b"x-llmedge-route", self.plan.name_bytes),
+                (b"x-llmedge-upstream", upstream.name_bytes if upstream is not None else b"-"),
+                (b"x-llmedge-cache", self.cache_state),
+                (b"x-llmedge-attempts", b"%d" % self.attempts),
+                (b"x-llmedge-decision", self.reason),
+                (b"x-request-id", self.request_id))
 
 
 class Dispatcher:
-    def __init__(self, router: Router, metrics: Metrics, cache: ResponseCache,
-                 budget: RetryBudget, retry: RetryConfig | None = None,
+    """Stateless across requests: each answer carries the runtime (router, retry rules) it
+    started under."""
+
+    def __init__(self, metrics: Metrics, cache: ResponseCache, budget: RetryBudget,
                  rnd=random.random) -> None:
-        self.router = router
         self.metrics = metrics
         self.cache = cache
         self.budget = budget
-        self.retry = retry or RetryConfig()
         self._rnd = rnd
 
     async def run(self, answer: Answer, candidates: list[Target]) -> None:
@@ -120,6 +124,7 @@ class Dispatcher:
         errors: list[str] = []
         last: UpstreamError | None = None
         metrics = self.metrics
+        router = answer.runtime.router
         # After a prompt too long for a deployment's context window: only deployments with
         # a larger window, or one not known, may take it (None: no such limit yet).
         window_over: int | None = None
@@ -142,8 +147,7 @@ class Dispatcher:
                     answer.failures.append(last)
                     metrics.shed("deployment_max_inflight")
                     break
-                picked = self.router.pick_endpoint(target, answer.session,
-                                                   answer.plan.epsilon)
+                picked = router.pick_endpoint(target, answer.session, answer.plan.epsilon)
                 if picked is None:
                     if tries:
                         break   # its last failure opened the circuit: that error stands
@@ -204,7 +208,7 @@ class Dispatcher:
                        tries: int) -> bool:
         """Whether to try the same deployment again (proxy/retry_rules.py), after the wait
         the rules give; nothing waits past the request's deadline."""
-        delay = retry_delay(exc, tries, self.retry, self._rnd)
+        delay = retry_delay(exc, tries, answer.runtime.retry, self._rnd)
         if delay is None:
             return False
         if answer.deadline and time.monotonic() + delay >= answer.deadline:
@@ -219,7 +223,7 @@ class Dispatcher:
                        endpoint: Endpoint) -> None:
         """One try at one deployment's chosen replica, and what the try taught about that
         replica recorded back into the endpoint table and its breaker."""
-        router = self.router
+        router = answer.runtime.router
         router.attempt_started(row)
         started = time.monotonic()
         try:
@@ -269,8 +273,8 @@ class Dispatcher:
         try:
             answer.head_at = time.monotonic()
             status = head.status
-            if first_token_s and not (200 <= status < 300 and head.headers.get(
-                    b"content-type", b"")[:17].lower().startswith(wire.EVENT_STREAM)):
+            if first_token_s and not (200 <= status < 300 and is_event_stream(
+                    head.headers.get(b"content-type", b""))):
                 conn.content_started()   # not a stream: its body is the whole answer
             if failed_status(status):
                 raise status_error(head, await conn.read_whole())
@@ -282,20 +286,18 @@ class Dispatcher:
                                           % (target.name, status,
                                              " to %s" % excerpt(where.encode(), 120)
                                              if where else ""))
-            content_type = head.headers.get(b"content-type", wire.JSON)
+            content_type = head.headers.get(b"content-type", JSON)
             ticket = answer.ticket
             # A continued answer is two models' work: not stored as either's.
             storing = (ticket is not None and ticket.store and status == 200
                        and continuing is None and not answer.continuations)
             succeeded = 200 <= status < 300
-            if continuing is not None and not (
-                    succeeded and content_type[:17].lower().startswith(wire.EVENT_STREAM)):
+            if continuing is not None and not (succeeded and is_event_stream(content_type)):
                 # Whatever else it answered cannot go into a stream already under way.
                 payload = await conn.read_whole()
                 raise UpstreamBadResponse("%s answered a continuation with %d %s: %s" % (
                     target.name, status, content_type.decode("latin-1"), excerpt(payload, 80)))
-            if (answer.stream and succeeded
-                    and content_type[:17].lower().startswith(wire.EVENT_STREAM)):
+            if answer.stream and succeeded and is_event_stream(content_type):
                 relay = SseRelay(answer, conn, head,
                                  self.cache.record(ticket) if storing else None,
                                  on_commit=conn.content_started,
@@ -338,19 +340,22 @@ class Dispatcher:
                         raise UpstreamBadResponse("%s answered %d but %s: %s" % (
                             target.name, status, exc, excerpt(payload, 80))) from None
                     if b"json" not in content_type.lower():
-                        content_type = wire.JSON  # it is JSON, whatever the upstream said
+                        content_type = JSON  # it is JSON, whatever the upstream said
+                    answer.status = status
+                    if storing:
+                        await self.cache.store(ticket, payload, content_type, target.name_bytes)
+                    answer.exchange.respond(status, payload, content_type,
+                                            answer.response_headers())
                 else:
                     if context_exceeded(status, payload):
                         raise ContextWindowExceeded(
                             "%s refused the prompt as too long for its context window"
                             % target.name, upstream_status=status, body=payload,
                             content_type=content_type)
-                    payload, content_type = error_for_client(status, payload, content_type,
-                                                             target.name)
-                answer.status = status
-                if storing:
-                    await self.cache.store(ticket, payload, content_type, target.name_bytes)
-                answer.exchange.respond(status, payload, content_type, answer.response_headers())
+                    answer.status = status
+                    answer.exchange.fail(error_for_client(status, payload, content_type,
+                                                          target.name),
+                                         answer.response_headers())
                 first_event_at = 0.0
         except BaseException:
             conn.abort()
@@ -376,7 +381,7 @@ class Dispatcher:
                 b"content-length: %d\r\n%saccept: %s\r\nx-request-id: %s\r\n%s\r\n" % (
                     endpoint.base_path, answer.path, endpoint.host_header, length,
                     target.auth_header,
-                    wire.EVENT_STREAM if answer.stream else wire.JSON,
+                    EVENT_STREAM if answer.stream else JSON,
                     answer.request_id, USER_AGENT))
 
     async def _continue(self, answer: Answer, failed: Target, exc: UpstreamError,
@@ -385,6 +390,7 @@ class Dispatcher:
         (proxy/continuation.py); False when none could, and the stream must end broken.
         A continuation cut in turn is continued again, from the longer answer."""
         metrics = self.metrics
+        router = answer.runtime.router
         route = answer.plan.name
         while answer.transcript is not None:
             partial = read_partial(answer.transcript)
@@ -394,7 +400,7 @@ class Dispatcher:
                 if not target.continuation or target.unusable or (
                         target.max_inflight and target.inflight >= target.max_inflight):
                     continue
-                picked = self.router.pick_endpoint(target, answer.session, answer.plan.epsilon)
+                picked = router.pick_endpoint(target, answer.session, answer.plan.epsilon)
                 if picked is None:
                     continue
                 if answer.deadline and time.monotonic() >= answer.deadline:
@@ -442,45 +448,37 @@ class Dispatcher:
     def _end_broken_stream(self, answer: Answer, target: Target, exc: UpstreamError) -> None:
         self.metrics.stream_failure(target.name)
         answer.status = 502
-        ex = answer.exchange
-        # After a blank line: bytes passed on without an event's end (an upstream that does
-        # not speak SSE) must not swallow the error into their last line.
-        ex.write(b"\n\n" + wire.sse_error_event(
-            "upstream %s failed mid-stream: %s" % (target.name, exc.message),
-            "upstream_error", "upstream_" + exc.kind))
-        if not ex.chunked:
-            ex.keep_alive = False  # without chunked framing only a close ends the body
-        ex.end_stream()
+        answer.exchange.fail_stream(refusal(
+            502, "upstream_error", "upstream %s failed mid-stream: %s" % (target.name,
+                                                                          exc.message),
+            "upstream_" + exc.kind))
 
     def _fail(self, answer: Answer, last: UpstreamError | None, errors: list[str]) -> None:
-        ex = answer.exchange
+        answer.exchange.fail(self._failure(answer, last, errors), answer.response_headers())
+
+    def _failure(self, answer: Answer, last: UpstreamError | None,
+                 errors: list[str]) -> ProxyError:
+        """Why no candidate answered, as the one error the client gets."""
         if isinstance(last, UpstreamStatus):
             # The last upstream's own answer says best what went wrong (429 keeps its hint).
-            extra = answer.response_headers()
             retry_after = last.retry_after
             if retry_after is None and last.upstream_status in (429, 503):
                 # A client told to back off must be told for how long.
                 retry_after = DEFAULT_RETRY_AFTER_S
-            if retry_after is not None:
-                extra += b"retry-after: %s\r\n" % wire.retry_after_value(retry_after)
             answer.status = last.upstream_status
-            body, content_type = error_for_client(last.upstream_status, last.body,
-                                                  last.content_type, answer.upstream.name
-                                                  if answer.upstream else "-")
-            ex.respond(last.upstream_status, body, content_type, extra)
-            return
+            return error_for_client(last.upstream_status, last.body, last.content_type,
+                                    answer.upstream.name if answer.upstream else "-",
+                                    retry_after)
         if answer.failures and all(isinstance(e, UpstreamSaturated) for e in answer.failures):
             answer.status = 429
-            ex.respond(429, wire.error_body(
-                "every deployment is at its max_inflight: " + "; ".join(errors),
-                "rate_limit_error", "deployments_saturated"), wire.JSON,
-                answer.response_headers() + b"retry-after: 1\r\n")
-            return
+            return refusal(429, "rate_limit_error",
+                           "every deployment is at its max_inflight: " + "; ".join(errors),
+                           "deployments_saturated", retry_after=1.0)
         if answer.failures and all(isinstance(e, (UpstreamUnavailable, UpstreamSaturated))
                                    for e in answer.failures):
             # Every candidate's circuit is open: fail fast, and say when to come back.
             rows = [row for t in answer.candidates for row in t.rows]
-            breakers = self.router.breakers
+            breakers = answer.runtime.router.breakers
             wait = breakers.retry_after(rows)
             if breakers.all_rate_limited(rows):
                 status, type_, code = 429, "rate_limit_error", "rate_limited"
@@ -489,18 +487,12 @@ class Dispatcher:
                 status, type_, code = 503, "upstream_error", "upstream_unavailable"
                 message = "every upstream is unavailable: " + "; ".join(errors)
             answer.status = status
-            ex.respond(status, wire.error_body(message, type_, code), wire.JSON,
-                       answer.response_headers() + b"retry-after: %s\r\n"
-                       % wire.retry_after_value(wait if wait is not None else 1.0))
-            return
+            return refusal(status, type_, message, code,
+                           retry_after=wait if wait is not None else 1.0)
         message = "no upstream could answer: " + "; ".join(errors) if errors else \
             "no upstream could answer"
-        err: ProxyError = last if last is not None else UpstreamError(message)
-        err.message = message
-        answer.status = err.status
         if last is None:
             answer.status = 503
-        ex.respond(answer.status, wire.error_body(message, err.type, "upstream_" + (
-            last.kind if last is not None else "unavailable")), wire.JSON,
-            answer.response_headers())
-
+            return refusal(503, "upstream_error", message, "upstream_unavailable")
+        answer.status = last.status
+        return refusal(last.status, last.type, message, "upstream_" + last.kind)

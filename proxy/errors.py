@@ -1,6 +1,9 @@
-"""The error tree and the only mapping from errors to HTTP status codes."""
+"""The error tree, and the one place that says what an error is in each client protocol:
+its HTTP status and OpenAI error body, its gRPC status code and details."""
 
 from __future__ import annotations
+
+import orjson
 
 
 class ProxyError(Exception):
@@ -20,6 +23,13 @@ class ProxyError(Exception):
         if param is not None:
             self.param = param
         self.retry_after = retry_after
+
+
+class InternalError(ProxyError):
+    """Something in llmedge itself went wrong; the details are in the log, not the answer."""
+
+    def __init__(self, message: str = "internal error") -> None:
+        super().__init__(message)
 
 
 class ClientError(ProxyError):
@@ -130,10 +140,97 @@ class ContextWindowExceeded(UpstreamStatus):
     kind = "context_length"
 
 
+class UpstreamAnswer(ProxyError):
+    """An upstream's own error answer, passed on: its status, and its body when that is
+    already an OpenAI-shaped error (it says best what went wrong)."""
+
+    type = "upstream_error"
+
+    def __init__(self, status: int, message: str, type_: str, *, code: str | None = None,
+                 param: str | None = None, body: bytes | None = None,
+                 content_type: bytes | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message, code=code, param=param, retry_after=retry_after)
+        self.status = status
+        self.type = type_
+        self.body = body
+        self.content_type = content_type
+
+
 class NoHealthyUpstream(ProxyError):
     status = 503
     type = "upstream_error"
     code = "no_healthy_upstream"
+
+
+def refusal(status: int, type_: str, message: str, code: str | None = None,
+            retry_after: float | None = None) -> ProxyError:
+    """An error whose status and type are only known when it happens (which of several
+    ways every candidate failed)."""
+    exc = ProxyError(message, code=code, retry_after=retry_after)
+    exc.status = status
+    exc.type = type_
+    return exc
+
+
+# === what an error is on each protocol ===
+
+def error_body(message: str, type_: str = "invalid_request_error", code: str | None = None,
+               param: str | None = None) -> bytes:
+    """An OpenAI-shaped error object."""
+    return orjson.dumps({"error": {"message": message, "type": type_, "param": param,
+                                   "code": code}})
+
+
+def http_body(exc: ProxyError) -> tuple[bytes, bytes | None]:
+    """(body, content type) of an error on HTTP: the upstream's own error body when it is
+    passed on (None: JSON), else the OpenAI error object."""
+    if isinstance(exc, UpstreamAnswer) and exc.body is not None:
+        return exc.body, exc.content_type
+    return error_body(exc.message, exc.type, exc.code, exc.param), None
+
+
+def retry_after_header(seconds: float) -> bytes:
+    """Retry-After in whole seconds, rounded up, never 0 (a client would retry at once)."""
+    return b"%d" % max(1, int(seconds + 0.999))
+
+
+_GRPC_CODES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    405: "UNIMPLEMENTED",
+    408: "DEADLINE_EXCEEDED",
+    409: "ABORTED",
+    # A prompt too large for the upstream will not fit on a retry either.
+    413: "INVALID_ARGUMENT",
+    422: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED",
+    500: "INTERNAL",
+    501: "UNIMPLEMENTED",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+def grpc_code_name(exc: ProxyError) -> str:
+    """The name of the ``grpc.StatusCode`` an error is answered with (a name, so that this
+    module needs no grpc)."""
+    status = exc.status
+    name = _GRPC_CODES.get(status)
+    if name is None:
+        if 400 <= status < 500:
+            name = "FAILED_PRECONDITION"
+        else:
+            name = "INTERNAL" if status >= 500 else "UNKNOWN"
+    if name == "INTERNAL" and isinstance(exc, UpstreamAnswer):
+        # An upstream's own 5xx, passed on: a failing upstream (worth a retry), not a fault
+        # in llmedge.
+        name = "UNAVAILABLE"
+    return name
 
 
 class ConfigError(Exception):

@@ -18,16 +18,15 @@ from .accounting import ask_for_usage, cost_usd
 from .budget import RetryBudget
 from .cache import Entry, sse_replay
 from .caching import ResponseCache, Ticket
-from .config import RetryConfig
 from .dispatch import Answer, Dispatcher
-from .errors import (BadRequest, MethodNotAllowed, NotFound, Overloaded, ProxyError,
-                     ReloadRejected)
-from .http import wire
-from .http.front import Exchange
+from .errors import (BadRequest, InternalError, MethodNotAllowed, NotFound, Overloaded,
+                     ProxyError, ReloadRejected, refusal)
 from .jsondoc import decode_view
 from .metrics import Metrics
+from .responder import EVENT_STREAM, JSON, Headers, Responder
 from .routing.explain import explain_body
 from .routing.router import Router, parse_tags
+from .runtime import Live
 
 log = logging.getLogger("llmedge.gateway")
 
@@ -68,35 +67,38 @@ _REQUEST_ID_OK = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXY
 
 
 class Gateway:
-    """Implements ``http.front.Application``."""
+    """Answers every request of every front end (``http.front.Application``; the gRPC
+    front calls ``handle`` too), through a ``responder.Responder``."""
 
-    def __init__(self, router: Router, metrics: Metrics, cache: ResponseCache,
-                 budget: RetryBudget, retry: RetryConfig | None = None) -> None:
-        self.router = router
+    def __init__(self, live: Live, metrics: Metrics, cache: ResponseCache,
+                 budget: RetryBudget, access_log: AccessLog | None = None) -> None:
+        self.live = live
         self.metrics = metrics
         self.cache = cache
-        self.dispatcher = Dispatcher(router, metrics, cache, budget, retry)
-        self.access_log: AccessLog | None = None
-        self.deadline_s: float | None = None
+        self.dispatcher = Dispatcher(metrics, cache, budget)
+        self.access_log = access_log
         self.draining = False
         self.started = False
         self.inflight = 0
         self.idle = asyncio.Event()
         self.idle.set()
         self._request_prefix = os.urandom(4).hex().encode()
-        self.admin_token: bytes | None = None  # "Bearer <token>" when the config sets one
-        self.max_inflight = 4096
         self._request_count = 0
         self._tasks: set[asyncio.Task] = set()
         self.reloader = None  # async () -> summary dict; set by the server
         self.fleet = None     # fleet.Fleet with --workers N: answers for every worker
+
+    @property
+    def router(self) -> Router:
+        """The router in use (a reload swaps it)."""
+        return self.live.current.router
 
     # === http.front.Application ===
 
     def connection_count(self, delta: int) -> None:
         self.metrics.connections.inc(delta)
 
-    def handle(self, ex: Exchange) -> None:
+    def handle(self, ex: Responder) -> None:
         path = ex.url.partition(b"?")[0]
         if path == b"/v1/chat/completions":
             self._proxy(ex, CHAT_PATH, _chat_decoder)
@@ -126,23 +128,23 @@ class Gateway:
 
     # === endpoints ===
 
-    def _get(self, ex: Exchange) -> bool:
+    def _get(self, ex: Responder) -> bool:
         if ex.method == b"HEAD":
             return True  # answered as GET; the exchange leaves the body out
         return self._method(ex, b"GET")
 
-    def _post(self, ex: Exchange) -> bool:
+    def _post(self, ex: Responder) -> bool:
         return self._method(ex, b"POST")
 
-    def _method(self, ex: Exchange, method: bytes) -> bool:
+    def _method(self, ex: Responder, method: bytes) -> bool:
         if ex.method == method:
             return True
         self._error(ex, MethodNotAllowed("use %s for this endpoint" % method.decode(),
                                          code="method_not_allowed"),
-                    b"allow: %s\r\n" % (b"GET, HEAD" if method == b"GET" else method))
+                    ((b"allow", b"GET, HEAD" if method == b"GET" else method),))
         return False
 
-    def _model(self, ex: Exchange, name: bytes) -> None:
+    def _model(self, ex: Responder, name: bytes) -> None:
         body = self.router.model_bodies.get(name)
         if body is None:
             # Quoted or not, the same id: %2F and / alike.
@@ -155,9 +157,9 @@ class Gateway:
             return
         ex.respond(200, body)
 
-    def _reload(self, ex: Exchange) -> None:
+    def _reload(self, ex: Responder) -> None:
         if self.reloader is None:
-            ex.respond(501, wire.error_body("this server cannot reload", "server_error"))
+            ex.fail(refusal(501, "server_error", "this server cannot reload"))
             return
         task = asyncio.get_running_loop().create_task(self._run_reload(ex, self.reloader))
         ex.task = task
@@ -165,7 +167,7 @@ class Gateway:
         task.add_done_callback(self._tasks.discard)
 
     @staticmethod
-    async def _run_reload(ex: Exchange, reloader) -> None:
+    async def _run_reload(ex: Responder, reloader) -> None:
         try:
             summary = await reloader()
         except ReloadRejected as exc:
@@ -181,8 +183,8 @@ class Gateway:
             return
         ex.respond(200, orjson.dumps(summary))
 
-    def _admin(self, ex: Exchange) -> bool:
-        token = self.admin_token
+    def _admin(self, ex: Responder) -> bool:
+        token = self.live.current.admin_token
         if token is None:
             # No token configured: the admin endpoints are this host's alone. A request a
             # proxy forwarded comes from wherever that proxy's client is.
@@ -191,19 +193,19 @@ class Gateway:
                                          or b"forwarded" in headers
                                          or b"x-real-ip" in headers):
                 return True
-            ex.respond(403, wire.error_body(
-                "admin endpoints answer clients on this host only; set "
-                "server.admin_token_env to use them from elsewhere",
-                "permission_error", "admin_loopback_only"))
+            ex.fail(refusal(403, "permission_error",
+                            "admin endpoints answer clients on this host only; set "
+                            "server.admin_token_env to use them from elsewhere",
+                            "admin_loopback_only"))
             return False
         scheme, _, credential = ex.headers.get(b"authorization", b"").partition(b" ")
         # The scheme's name is case-insensitive (RFC 9110); the token is compared in
         # constant time.
         if scheme.lower() == b"bearer" and hmac.compare_digest(credential.strip(), token[7:]):
             return True
-        ex.respond(401, wire.error_body("admin endpoints need the admin token",
-                                        "authentication_error", "invalid_admin_token"),
-                   wire.JSON, b'www-authenticate: Bearer realm="llmedge admin"\r\n')
+        ex.fail(refusal(401, "authentication_error", "admin endpoints need the admin token",
+                        "invalid_admin_token"),
+                ((b"www-authenticate", b'Bearer realm="llmedge admin"'),))
         return False
 
     def upstream_rows(self) -> list[dict]:
@@ -215,14 +217,14 @@ class Gateway:
                  **stats, **router.breakers.describe(row)}
                 for target, endpoint, row, stats in router.endpoint_stats()]
 
-    def _admin_upstreams(self, ex: Exchange) -> None:
+    def _admin_upstreams(self, ex: Responder) -> None:
         fleet = self.fleet
         if fleet is None:
             ex.respond(200, orjson.dumps({"endpoints": self.upstream_rows()}))
         else:
-            self._spawn(ex, self._answer_for_all(ex, fleet.upstreams, wire.JSON))
+            self._spawn(ex, self._answer_for_all(ex, fleet.upstreams, JSON))
 
-    def _metrics(self, ex: Exchange) -> None:
+    def _metrics(self, ex: Responder) -> None:
         metrics = self.metrics
         if self.fleet is None:
             ex.respond(200, metrics.exposition(), metrics.content_type)
@@ -231,18 +233,18 @@ class Gateway:
                                                  metrics.content_type))
 
     @staticmethod
-    async def _answer_for_all(ex: Exchange, answer, content_type: bytes) -> None:
+    async def _answer_for_all(ex: Responder, answer, content_type: bytes) -> None:
         """Respond with what the fleet (every worker) answers: bytes, or a dict as JSON."""
         try:
             body = await answer()
         except Exception:
             log.exception("unexpected error answering for every worker")
-            ex.respond_error(500, wire.error_body("internal error", "server_error"))
+            ex.fail(InternalError())
             return
         ex.respond(200, body if isinstance(body, bytes) else orjson.dumps(body),
                    content_type)
 
-    def _ready(self, ex: Exchange) -> None:
+    def _ready(self, ex: Responder) -> None:
         reasons = self.router.unready()
         if self.draining:
             reasons.insert(0, "draining")
@@ -253,27 +255,28 @@ class Gateway:
         else:
             ex.respond(200, b'{"status":"ready"}')
 
-    def _route(self, ex: Exchange) -> None:
+    def _route(self, ex: Responder) -> None:
         """``POST /v1/route``: the decision a chat request would get, explained; no upstream."""
         if not self._method(ex, b"POST"):
             return
+        router = self.router
         try:
             view = decode_view(_chat_decoder, ex.body)
-            plan = self.router.plan(view.model)
+            plan = router.plan(view.model)
             tags = ex.headers.get(b"x-llmedge-tags")
             session = ex.headers.get(b"x-llmedge-session")
-            args = (self.router.table, self.router.rnd, parse_tags(tags) if tags else NO_TAGS,
+            args = (router.table, router.rnd, parse_tags(tags) if tags else NO_TAGS,
                     session.decode("utf-8", "replace") if session else view.user, ex.body)
             if plan.asynchronous:
-                self._spawn(ex, self._route_async(ex, plan, args))
+                self._spawn(ex, self._route_async(ex, router, plan, args))
                 return
             decision = plan.decide(*args)
         except ProxyError as exc:
             self._error(ex, exc)
             return
-        ex.respond(200, explain_body(self.router, plan, decision))
+        ex.respond(200, explain_body(router, plan, decision))
 
-    async def _route_async(self, ex: Exchange, plan, args) -> None:
+    async def _route_async(self, ex: Responder, router: Router, plan, args) -> None:
         try:
             decision = await plan.decide_async(*args)
         except ProxyError as exc:
@@ -281,23 +284,25 @@ class Gateway:
             return
         except Exception:
             log.exception("unexpected error deciding a route")
-            ex.respond_error(500, wire.error_body("internal error", "server_error"))
+            ex.fail(InternalError())
             return
-        ex.respond(200, explain_body(self.router, plan, decision))
+        ex.respond(200, explain_body(router, plan, decision))
 
-    def _spawn(self, ex: Exchange, coro) -> None:
+    def _spawn(self, ex: Responder, coro) -> None:
         """Run a request's decision as a task the exchange and the gateway own."""
         task = asyncio.get_running_loop().create_task(coro)
         ex.task = task
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _proxy(self, ex: Exchange, path: bytes, decoder: msgspec.json.Decoder) -> None:
+    def _proxy(self, ex: Responder, path: bytes, decoder: msgspec.json.Decoder) -> None:
         if ex.method != b"POST":
             self._method(ex, b"POST")
             return
         started = time.perf_counter()
         answer = None
+        runtime = self.live.current
+        router = runtime.router
         try:
             try:
                 view = decoder.decode(ex.body)
@@ -307,15 +312,15 @@ class Gateway:
             if path is CHAT_PATH and not view.messages:
                 raise BadRequest("messages: must contain at least one message",
                                  param="messages")
-            plan = self.router.plan(view.model)
+            plan = router.plan(view.model)
             tags = ex.headers.get(b"x-llmedge-tags")
             session = ex.headers.get(b"x-llmedge-session")
             session = session.decode("utf-8", "replace") if session else view.user
             required = parse_tags(tags) if tags else NO_TAGS
-            args = (self.router.table, self.router.rnd, required, session, ex.body)
+            args = (router.table, router.rnd, required, session, ex.body)
             stream = bool(getattr(view, "stream", False))
-            answer = Answer(ex, plan, path, ex.body, view.model, stream, self._request_id(ex),
-                            session)
+            answer = Answer(ex, runtime, plan, path, ex.body, view.model, stream,
+                            self._request_id(ex), session)
             answer.tags = required
             # The cache looks first: a hit pays for no classifier and no LLM tier.
             if plan.cache is not None and path is CHAT_PATH and self._from_cache(answer, stream):
@@ -332,11 +337,11 @@ class Gateway:
             return
         self._start(answer, started, args)
 
-    def _refuse(self, ex: Exchange, path: bytes, exc: ProxyError, started: float,
+    def _refuse(self, ex: Responder, path: bytes, exc: ProxyError, started: float,
                 request_id: bytes) -> None:
         """Refused before any upstream was asked (a bad request, tags no deployment has),
         but still one of the client's requests: it can be found by its id like any other."""
-        self._error(ex, exc, b"x-request-id: %s\r\n" % request_id)
+        self._error(ex, exc, ((b"x-request-id", request_id),))
         self.metrics.request("-", "-", exc.status, time.perf_counter() - started)
         if self.access_log is not None:
             self.access_log.write({"ts": time.time(),
@@ -354,15 +359,16 @@ class Gateway:
     def _start(self, answer: Answer, started: float, args: tuple | None) -> None:
         """Hand the request to its task; ``args`` when its route is still to decide."""
         ex = answer.exchange
-        if self.deadline_s is not None:
-            answer.deadline = time.monotonic() + self.deadline_s
+        runtime = answer.runtime
+        if runtime.deadline_s is not None:
+            answer.deadline = time.monotonic() + runtime.deadline_s
         if ex.deadline and (not answer.deadline or ex.deadline < answer.deadline):
             answer.deadline = ex.deadline  # the client's own (a gRPC deadline)
-        if self.inflight >= self.max_inflight:
+        if self.inflight >= runtime.max_inflight:
             # Shed at once: a bounded answer now beats an unbounded queue.
             answer.status = 503
             self._error(ex, Overloaded("llmedge is at max_inflight (%d requests); retry shortly"
-                                       % self.max_inflight, retry_after=1.0))
+                                       % runtime.max_inflight, retry_after=1.0))
             self.metrics.shed("server_max_inflight")
             if answer.ticket is not None:
                 self.cache.release(answer.ticket)
@@ -412,7 +418,7 @@ class Gateway:
             log.exception("unexpected error answering %s", answer.request_id)
             answer.status = 500
             if not ex.started:
-                ex.respond_error(500, wire.error_body("internal error", "server_error"))
+                ex.fail(InternalError(), answer.response_headers())
             elif not ex.finished:
                 ex.abort()
         finally:
@@ -504,7 +510,7 @@ class Gateway:
         a deployment the request's tags rule out, or a foreign or damaged value in a shared
         Redis: the request then goes on as a miss."""
         ex = answer.exchange
-        upstream = self.router.targets.get(entry.upstream.decode("utf-8", "replace"))
+        upstream = answer.runtime.router.targets.get(entry.upstream.decode("utf-8", "replace"))
         if answer.tags and (upstream is None or not answer.tags <= upstream.tags):
             # Tagged requests have keys of their own, but a reload may have changed which
             # tags a deployment carries since the answer was stored.
@@ -515,21 +521,21 @@ class Gateway:
         except (ValueError, TypeError, AttributeError):
             return False
         if b"\r" in content_type or b"\n" in content_type:
-            content_type = wire.JSON
+            content_type = JSON
         answer.cache_state = b"hit"
         answer.upstream = upstream
         answer.reason = b"cache hit"
         answer.status = 200
-        extra = answer.response_headers() + b"age: %d\r\n" % entry.age_s
+        extra = (*answer.response_headers(), (b"age", b"%d" % entry.age_s))
         if ticket.stream:
-            ex.start_stream(200, wire.EVENT_STREAM, extra)
+            ex.start_stream(200, EVENT_STREAM, extra)
             ex.write(replay)
             ex.end_stream()
         else:
             ex.respond(200, entry.body, content_type, extra)
         return True
 
-    def _admin_cache(self, ex: Exchange) -> None:
+    def _admin_cache(self, ex: Responder) -> None:
         """``DELETE /admin/cache`` drops every stored answer, ``?route=NAME`` one route's."""
         if not self._method(ex, b"DELETE"):
             return
@@ -553,7 +559,7 @@ class Gateway:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _clear_cache(self, ex: Exchange, route: str | None) -> None:
+    async def _clear_cache(self, ex: Responder, route: str | None) -> None:
         workers = None
         try:
             if self.fleet is not None:
@@ -562,21 +568,19 @@ class Gateway:
                 deleted = await self.cache.delete(route)
         except Exception as exc:  # the backend is down or slow: say so, keep serving
             log.warning("DELETE /admin/cache failed: %s: %s", type(exc).__name__, exc)
-            ex.respond(503, wire.error_body("the cache backend did not answer: %s"
-                                            % (type(exc).__name__,), "server_error",
-                                            "cache_unavailable"))
+            ex.fail(refusal(503, "server_error", "the cache backend did not answer: %s"
+                            % (type(exc).__name__,), "cache_unavailable"))
             return
         body = {"deleted": deleted, "route": route}
         if workers is not None:
             body["workers"] = workers
         ex.respond(200, orjson.dumps(body))
 
-    def _error(self, ex: Exchange, exc: ProxyError, extra: bytes = b"") -> None:
-        if exc.retry_after is not None:
-            extra += b"retry-after: %s\r\n" % wire.retry_after_value(exc.retry_after)
-        ex.respond(exc.status, wire.proxy_error_body(exc), wire.JSON, extra)
+    @staticmethod
+    def _error(ex: Responder, exc: ProxyError, headers: Headers = ()) -> None:
+        ex.fail(exc, headers)
 
-    def _request_id(self, ex: Exchange) -> bytes:
+    def _request_id(self, ex: Responder) -> bytes:
         given = ex.headers.get(b"x-request-id")
         if given and len(given) <= 128 and all(c in _REQUEST_ID_OK for c in given):
             return given

@@ -15,20 +15,16 @@ import asyncio
 import logging
 import math
 
-from .breaker import Breakers
-from .config import OutlierConfig
 from .metrics import Metrics
+from .runtime import Live
 
 log = logging.getLogger("llmedge.outlier")
 
 
 class OutlierDetector:
-    def __init__(self, config: OutlierConfig, breakers: Breakers, metrics: Metrics,
-                 targets) -> None:
-        self.config = config
-        self.breakers = breakers
+    def __init__(self, live: Live, metrics: Metrics) -> None:
+        self.live = live                # settings and deployments as the last reload left them
         self.metrics = metrics
-        self.targets = targets          # the router's Target objects; replaced on reload
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -44,7 +40,7 @@ class OutlierDetector:
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self.config.interval_s)
+            await asyncio.sleep(self.live.current.outlier.interval_s)
             try:
                 self.sweep()
             except Exception:  # a bug here must not end detection for good
@@ -52,13 +48,15 @@ class OutlierDetector:
 
     def sweep(self) -> list[int]:
         """Judge the interval that just ended; returns the rows ejected."""
-        config = self.config
-        tally, self.breakers.tally = self.breakers.tally, {}
+        runtime = self.live.current
+        config = runtime.outlier
+        breakers = runtime.router.breakers
+        tally, breakers.tally = breakers.tally, {}
         ejected: list[int] = []
         if not config.enabled:
             return ejected
         self.metrics.outlier_sweeps.inc()
-        for target in list(self.targets):
+        for target in list(runtime.router.targets.values()):
             rows = target.rows
             if len(rows) < 2:
                 continue
@@ -69,7 +67,7 @@ class OutlierDetector:
                     rates[row] = ok / (ok + failed)
             if len(rates) < 2:
                 continue
-            out_now = sum(1 for row in rows if self.breakers.outlier_ejected(row))
+            out_now = sum(1 for row in rows if breakers.outlier_ejected(row))
             room = min(math.floor(len(rows) * config.max_ejection_percent / 100),
                        len(rows) - 1) - out_now
             total = sum(rates.values())
@@ -79,7 +77,7 @@ class OutlierDetector:
                 if rate < peers - config.success_rate_gap:
                     candidates.append((rate, peers, row))
             for rate, peers, row in sorted(candidates)[:max(0, room)]:
-                wait = self.breakers.eject_outlier(
+                wait = breakers.eject_outlier(
                     row, config.eject_s, config.max_eject_s,
                     "outlier: success rate %.0f%% against %.0f%% of its peers"
                     % (rate * 100, peers * 100))

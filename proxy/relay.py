@@ -21,7 +21,7 @@ import msgspec
 from .accounting import USAGE_KEY, event_data, has_usage, take_usage
 from .caching import StreamRecording
 from .errors import UpstreamStreamError
-from .http import wire
+from .responder import EVENT_STREAM
 from .upstream.conn import ResponseHead, UpstreamConn
 
 # A partial SSE event held back while waiting for its end is bounded: past this the
@@ -209,7 +209,7 @@ class SseRelay:
         if not ex.started:   # else: continuing a stream the client is already reading
             answer.first_event_at = self.committed_at
             answer.status = self.head.status
-            ex.start_stream(self.head.status, wire.EVENT_STREAM, answer.response_headers())
+            ex.start_stream(self.head.status, EVENT_STREAM, answer.response_headers())
         if self.on_commit is not None:
             self.on_commit()
         # Couple flow control: a client that cannot keep up stops us reading upstream.

@@ -24,11 +24,12 @@ from .gateway import Gateway
 from .outlier import OutlierDetector
 from .health import HealthChecker
 from .http.front import HttpFront, Limits
-from .http.peer import is_loopback
+from .loopback import is_loopback
 from .metrics import Metrics
 from .peers import WorkerSet
 from .routing.classify_route import prepare as prepare_classifiers
 from .routing.router import Router
+from .runtime import Live, Runtime
 from .upstream.pool import ssl_context as upstream_ssl_context
 
 log = logging.getLogger("llmedge")
@@ -66,7 +67,7 @@ class Server:
         self.reuse_port = reuse_port
         self._sock = sock
         self.metrics = Metrics()
-        self.router: Router | None = None
+        self.live: Live | None = None   # the runtime in use: router and settings
         self.gateway: Gateway | None = None
         self.health: HealthChecker | None = None
         self.fronts: set[HttpFront] = set()
@@ -78,26 +79,29 @@ class Server:
         self._force = False
         self._forced = asyncio.Event()
 
+    @property
+    def router(self) -> Router | None:
+        """The router in use: what the next reload is compared with, and metrics read."""
+        return self.live.current.router if self.live is not None else None
+
     async def start(self) -> None:
         config = self.config
         loop = asyncio.get_running_loop()
+        admin_token = self._admin_token(config)
         await loop.run_in_executor(None, prepare_classifiers, config)  # training: off the loop
-        self.router = Router(config, await _ssl_context(config))
+        self.live = Live(Runtime(Router(config, await _ssl_context(config)), config,
+                                 admin_token))
         self.metrics.upstream_connections.set_function(
             lambda: sum(e.open_connections for t in self.router.targets.values()
                         for e in t.endpoints))
-        self.gateway = Gateway(self.router, self.metrics,
-                               await open_cache(config.cache, self.metrics),
-                               RetryBudget(config.upstream.retry_budget), config.upstream.retry)
-        self.gateway.max_inflight = config.server.max_inflight
-        self.gateway.deadline_s = config.upstream.deadline_s
-        self.metrics.watch_endpoints(self._endpoint_rows)
-        self.metrics.watch_llm_router(lambda: self.router.llm_outcomes)
         if config.server.access_log:
             self.access_log = AccessLog(config.server.access_log)
-            self.gateway.access_log = self.access_log
+        self.gateway = Gateway(self.live, self.metrics,
+                               await open_cache(config.cache, self.metrics),
+                               RetryBudget(config.upstream.retry_budget), self.access_log)
+        self.metrics.watch_endpoints(self._endpoint_rows)
+        self.metrics.watch_llm_router(lambda: self.router.llm_outcomes)
         self.gateway.reloader = self.reload
-        self.gateway.admin_token = self._admin_token(config)
         if self.workers is not None:
             # Before the listener: once this worker takes calls, it answers for all.
             self.fleet = Fleet(self.workers, self.metrics, self.gateway, self.reload)
@@ -120,7 +124,7 @@ class Server:
             self._http_server = await loop.create_server(
                 lambda: HttpFront(gateway, limits, loop, fronts), sock=sock)
             self.address = sock.getsockname()[:2]
-        if self.address is not None and self.gateway.admin_token is None \
+        if self.address is not None and self.live.current.admin_token is None \
                 and not is_loopback(self.address):
             log.warning("/admin/* has no token (server.admin_token_env): it answers clients "
                         "on this host only, though llmedge listens on %s", server.http)
@@ -130,8 +134,7 @@ class Server:
         # Last in start(): a start-up that fails earlier leaves no probe task behind.
         self.health = HealthChecker(self.router, config, metrics=self.metrics)
         self.health.start()
-        self.outliers = OutlierDetector(config.upstream.outlier, self.router.breakers,
-                                        self.metrics, self.router.targets.values())
+        self.outliers = OutlierDetector(self.live, self.metrics)
         self.outliers.start()
         self.gateway.started = True
         if self.grpc is not None:
@@ -211,7 +214,7 @@ class Server:
 
     async def _swap(self, config: Config, router: Router) -> dict:
         old_config, old_router, old_health = self.config, self.router, self.health
-        assert self.gateway is not None and old_router is not None
+        assert self.gateway is not None and self.live is not None and old_router is not None
         ignored = [name for name in ServerSection.__struct_fields__
                    if name not in RELOADABLE_SERVER_FIELDS
                    and getattr(config.server, name) != getattr(old_config.server, name)]
@@ -229,20 +232,13 @@ class Server:
         except OSError as exc:
             log.error("reload rejected, still serving the previous configuration: %s", exc)
             raise ReloadRejected(str(exc)) from None
+        runtime = Runtime(router, config, admin_token)
         # From here on nothing awaits until the swap is complete: no request sees half.
         router.adopt()
-        self.router = router      # what the next reload is compared with, and metrics read
-        gateway = self.gateway
-        gateway.router = gateway.dispatcher.router = router
-        gateway.max_inflight = config.server.max_inflight
-        gateway.admin_token = admin_token
-        gateway.deadline_s = config.upstream.deadline_s
-        gateway.dispatcher.retry = config.upstream.retry
-        if self.outliers is not None:
-            self.outliers.targets = router.targets.values()
-            self.outliers.config = config.upstream.outlier
-        if config.upstream.retry_budget != old_config.upstream.retry_budget:
-            gateway.dispatcher.budget.configure(config.upstream.retry_budget)
+        self.live.current = runtime
+        if runtime.retry_budget != old_config.upstream.retry_budget:
+            # The budget counts requests: its window restarts under the new settings.
+            self.gateway.dispatcher.budget.configure(runtime.retry_budget)
         health = HealthChecker(router, config, previous=old_health, metrics=self.metrics)
         if old_health is not None:
             for row in old_health.rows - health.rows:

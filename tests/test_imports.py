@@ -28,3 +28,30 @@ def test_serving_loads_no_offline_evaluation():
     loaded = _loaded_after("proxy.server")
     assert "proxy.routing.outcomes" in loaded   # what complexity routes train on
     assert "proxy.evaluate" not in loaded
+
+
+def test_the_request_core_loads_no_front_end():
+    for core in ("proxy.gateway", "proxy.dispatch", "proxy.relay"):
+        loaded = _loaded_after(core)
+        assert "proxy.responder" in loaded
+        assert not {m for m in loaded if m.startswith(("proxy.http", "proxy.grpc"))}, \
+            (core, loaded)
+
+
+def test_the_grpc_front_end_loads_nothing_of_the_http_one():
+    loaded = _loaded_after("proxy.grpc.front")
+    assert "proxy.grpc.exchange" in loaded
+    assert not {m for m in loaded if m.startswith("proxy.http")}, loaded
+
+
+def test_only_the_server_imports_the_http_front_end():
+    """The composition root builds each front end; nothing else under proxy/ knows HTTP's."""
+    importers = []
+    for path in (ROOT / "proxy").rglob("*.py"):
+        relative = path.relative_to(ROOT / "proxy")
+        if relative.parts[0] == "http":
+            continue
+        text = path.read_text()
+        if "from .http" in text or "from ..http" in text or "proxy.http" in text:
+            importers.append(str(relative))
+    assert importers == ["server.py"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.http.peer import is_loopback
+from proxy.loopback import is_loopback
 
 
 @pytest.mark.parametrize("peer, loopback", [

@@ -1,10 +1,9 @@
 """GrpcExchange: what the request path answers into when the client speaks gRPC.
 
-It offers what the gateway and dispatcher use of ``http.front.Exchange`` (``respond``,
-``start_stream``, ``write``, ``end_stream``, ``abort`` and the flow-control hooks), so a gRPC
-call runs through exactly the code an HTTP request does. Instead of writing bytes to a
-socket it keeps the answer for the RPC handler: a whole body, or the SSE events of a stream
-as they arrive. grpc.aio writes are coroutines while the upstream's bytes arrive in protocol
+It is a ``responder.Responder``, as the HTTP exchange is, so a gRPC call runs through exactly
+the code an HTTP request does. Instead of writing bytes to a socket it keeps the answer for
+the RPC handler: a whole body, the ``ProxyError`` it failed with, or the SSE events of a
+stream as they arrive. grpc.aio writes are coroutines while the upstream's bytes arrive in protocol
 callbacks, so stream events wait in a short deque between the two; past a high-water mark
 the upstream connection stops being read until the handler catches up.
 """
@@ -18,31 +17,25 @@ from typing import Any
 
 import orjson
 
-from ..http import wire
+from ..errors import ProxyError, refusal
+from ..responder import JSON, Headers
 
 CHAT_URL = b"/v1/chat/completions"
 ROUTE_URL = b"/v1/route"
 # Stream events waiting for the handler: above HIGH the upstream is paused, below LOW resumed.
 HIGH_WATER = 256
 LOW_WATER = 32
-
-
-class StreamError(Exception):
-    """The stream ended with an error event (the upstream failed mid-stream)."""
-
-    def __init__(self, message: str, kind: str, code: str | None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.kind = kind
-        self.code = code
+# The error code of a stream event that is not JSON: llmedge cannot translate it.
+BAD_EVENT = "upstream_bad_event"
 
 
 class GrpcExchange:
-    __slots__ = ("method", "url", "headers", "body", "task", "started", "finished", "chunked",
-                 "keep_alive", "on_pause", "on_resume", "status", "payload", "content_type",
-                 "header_block", "streaming", "events", "error", "aborted", "dropped", "deadline",
-                 "_paused",
-                 "_partial", "_waiter")
+    """A ``responder.Responder`` whose answer the RPC handler reads."""
+
+    __slots__ = ("method", "url", "headers", "body", "task", "started", "finished",
+                 "on_pause", "on_resume", "status", "payload", "content_type",
+                 "response_headers", "failure", "streaming", "events", "error", "aborted",
+                 "dropped", "deadline", "_paused", "_partial", "_waiter")
 
     def __init__(self, headers: dict[bytes, bytes], body: bytes, url: bytes = CHAT_URL) -> None:
         self.method = b"POST"
@@ -52,17 +45,16 @@ class GrpcExchange:
         self.task: asyncio.Task | None = None
         self.started = False
         self.finished = False
-        self.chunked = True           # a stream's end is explicit, as with chunked framing
-        self.keep_alive = True
         self.on_pause: Callable[[], None] | None = None
         self.on_resume: Callable[[], None] | None = None
         self.status = 0
         self.payload = b""
-        self.content_type = wire.JSON
-        self.header_block = b""
+        self.content_type = JSON
+        self.response_headers: Headers = ()   # sent as the call's metadata
+        self.failure: ProxyError | None = None  # the answer is this error
         self.streaming = False
         self.events: deque[Any] = deque()   # decoded JSON of each data event, in order
-        self.error: StreamError | None = None
+        self.error: ProxyError | None = None  # the stream broke after it started
         self.aborted = False
         self.dropped = False          # the request's task ended without finishing the answer
         self.deadline = 0.0           # time.monotonic() of the client's deadline; 0: none
@@ -70,7 +62,7 @@ class GrpcExchange:
         self._partial = b""
         self._waiter: asyncio.Future[None] | None = None
 
-    # === what the request path calls ===
+    # === responder.Responder ===
 
     @property
     def client_gone(self) -> bool:
@@ -80,40 +72,51 @@ class GrpcExchange:
     def client_paused(self) -> bool:
         return self._paused
 
-    def respond(self, status: int, body: bytes, content_type: bytes = wire.JSON,
-                extra: bytes = b"") -> None:
+    @property
+    def from_loopback(self) -> bool:
+        return False  # asked only by admin endpoints, which gRPC does not reach
+
+    def respond(self, status: int, body: bytes, content_type: bytes = JSON,
+                headers: Headers = ()) -> None:
         if self.started:
             raise RuntimeError("response already started")
         self.started = True
         self.status = status
         self.payload = body
         self.content_type = content_type
-        self.header_block = extra
+        self.response_headers = headers
         self._finish()
 
-    def respond_error(self, status: int, body: bytes, extra: bytes = b"") -> None:
-        self.respond(status, body, wire.JSON, extra)
+    def fail(self, exc: ProxyError, headers: Headers = ()) -> None:
+        if self.started:
+            raise RuntimeError("response already started")
+        self.started = True
+        self.status = exc.status
+        self.failure = exc
+        self.response_headers = headers
+        self._finish()
 
-    def start_stream(self, status: int, content_type: bytes, extra: bytes = b"") -> None:
+    def start_stream(self, status: int, content_type: bytes, headers: Headers = ()) -> None:
         if self.started:
             raise RuntimeError("response already started")
         self.started = True
         self.streaming = True
         self.status = status
         self.content_type = content_type
-        self.header_block = extra
+        self.response_headers = headers
         self._wake()
 
-    def write(self, data: bytes) -> None:
-        if not data or self.finished or self.error is not None:
+    def write(self, events: bytes) -> None:
+        if not events or self.finished or self.error is not None:
             return
         if self._partial:
-            data = self._partial + data
+            # Only bytes from an upstream that does not frame SSE events come cut.
+            events = self._partial + events
             self._partial = b""
-        if b"\r" in data:
-            data = data.replace(b"\r\n", b"\n")
-        blocks = data.split(b"\n\n")
-        self._partial = blocks.pop()  # "" when data ended on an event boundary
+        if b"\r" in events:
+            events = events.replace(b"\r\n", b"\n")
+        blocks = events.split(b"\n\n")
+        self._partial = blocks.pop()  # "" when it ended on an event boundary, as it should
         for block in blocks:
             self._event(block)
         if len(self.events) > HIGH_WATER and not self._paused:
@@ -128,8 +131,12 @@ class GrpcExchange:
             self._partial = b""
         self._finish()
 
+    def fail_stream(self, exc: ProxyError) -> None:
+        if self.error is None:
+            self.error = exc
+        self._finish()
+
     def abort(self) -> None:
-        """The answer cannot be completed honestly (an internal error mid-stream)."""
         self.aborted = True
         self._finish()
 
@@ -179,14 +186,17 @@ class GrpcExchange:
         try:
             doc = orjson.loads(payload)
         except orjson.JSONDecodeError:
-            self.error = StreamError("the upstream sent a stream event that is not JSON",
-                                     "upstream_error", "upstream_bad_event")
+            self.error = refusal(502, "upstream_error",
+                                 "the upstream sent a stream event that is not JSON",
+                                 BAD_EVENT)
             return
+        # An error event the upstream sent after the stream began, passed on as it came.
         error = doc.get("error") if isinstance(doc, dict) and "choices" not in doc else None
         if isinstance(error, dict):
-            self.error = StreamError(str(error.get("message", "the stream failed")),
-                                     str(error.get("type", "upstream_error")),
-                                     error.get("code"))
+            code = error.get("code")
+            self.error = refusal(502, str(error.get("type", "upstream_error")),
+                                 str(error.get("message", "the stream failed")),
+                                 None if code is None else str(code))
             return
         self.events.append(doc)
 

@@ -25,14 +25,14 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from ..config import GrpcLimits, parse_address
-from ..errors import BadRequest, ProxyError
+from ..errors import BadRequest, ProxyError, refusal
 from ..gateway import Gateway
 from ..metric_types import Counter
 from ..routing.router import Router
 from . import decoding, status, translate
 from ._gen import gateway_pb2 as pb
 from ._gen import gateway_pb2_grpc as pb_grpc
-from .exchange import CHAT_URL, ROUTE_URL, GrpcExchange
+from .exchange import BAD_EVENT, CHAT_URL, ROUTE_URL, GrpcExchange
 
 log = logging.getLogger("llmedge.grpc")
 
@@ -188,8 +188,8 @@ class GatewayServicer(pb_grpc.GatewayServicer):
         if doc is None:
             await self._fail(context, "Chat", status.Failure(
                 grpc.StatusCode.INTERNAL, "the upstream's answer is not JSON",
-                status.metadata(ex.header_block)))
-        await context.send_initial_metadata(status.metadata(ex.header_block))
+                status.metadata(ex.response_headers)))
+        await context.send_initial_metadata(status.metadata(ex.response_headers))
         return translate.chat_response(doc)
 
     @_rpc("ChatStream")
@@ -208,11 +208,11 @@ class GatewayServicer(pb_grpc.GatewayServicer):
                     if doc is None:
                         await self._fail(context, "ChatStream", status.Failure(
                             grpc.StatusCode.INTERNAL, "the upstream's answer is not JSON",
-                            status.metadata(ex.header_block)))
-                    await context.send_initial_metadata(status.metadata(ex.header_block))
+                            status.metadata(ex.response_headers)))
+                    await context.send_initial_metadata(status.metadata(ex.response_headers))
                     await context.write(translate.completion_as_chunk(doc))
                     return
-                await context.send_initial_metadata(status.metadata(ex.header_block))
+                await context.send_initial_metadata(status.metadata(ex.response_headers))
                 while True:
                     while ex.events:
                         await context.write(translate.chat_chunk(ex.take()))
@@ -224,14 +224,12 @@ class GatewayServicer(pb_grpc.GatewayServicer):
         finally:
             self._end(ex)
         if ex.error is not None:
-            code = (grpc.StatusCode.INTERNAL if ex.error.code == "upstream_bad_event"
-                    else grpc.StatusCode.UNAVAILABLE)
-            trailers = status.metadata(ex.header_block)
-            trailers.append(("x-llmedge-error-type", ex.error.kind))
-            if ex.error.code:
-                trailers.append(("x-llmedge-error-code", str(ex.error.code)))
-            await self._fail(context, "ChatStream",
-                             status.Failure(code, ex.error.message, trailers))
+            # Cut after it began: the upstream failed (worth a retry), unless what it sent
+            # could not be translated.
+            await self._fail(context, "ChatStream", status.from_error(
+                ex.error, ex.response_headers,
+                grpc.StatusCode.INTERNAL if ex.error.code == BAD_EVENT
+                else grpc.StatusCode.UNAVAILABLE))
         if ex.aborted or ex.dropped:
             await self._fail_answer(ex, context, "ChatStream")
 
@@ -317,12 +315,14 @@ class GatewayServicer(pb_grpc.GatewayServicer):
         if ex.dropped:
             await self._fail(context, method, status.Failure(
                 grpc.StatusCode.UNAVAILABLE, "llmedge stopped answering this call (it is "
-                "shutting down); retry on another instance", status.metadata(ex.header_block)))
+                "shutting down); retry on another instance", status.metadata(ex.response_headers)))
         if ex.aborted:
             await self._fail(context, method, status.Failure(
-                grpc.StatusCode.INTERNAL, "internal error", status.metadata(ex.header_block)))
-        await self._fail(context, method, status.from_http(ex.status, ex.payload,
-                                                           ex.header_block))
+                grpc.StatusCode.INTERNAL, "internal error", status.metadata(ex.response_headers)))
+        failure = ex.failure
+        if failure is None:  # a whole answer, but not a success
+            failure = refusal(ex.status, "upstream_error", "answered %d" % ex.status)
+        await self._fail(context, method, status.from_error(failure, ex.response_headers))
 
     async def _deadline_exceeded(self, ex: GrpcExchange, context: grpc.aio.ServicerContext,
                                  method: str) -> NoReturn:
@@ -331,7 +331,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
             grpc.StatusCode.DEADLINE_EXCEEDED,
             "the deadline passed before the upstream answered%s" % (
                 " in full" if ex.started else ""),
-            status.metadata(ex.header_block)))
+            status.metadata(ex.response_headers)))
 
     async def _fail(self, context: grpc.aio.ServicerContext, method: str,
                     failure: status.Failure) -> NoReturn:

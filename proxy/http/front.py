@@ -15,8 +15,10 @@ from typing import Protocol
 
 import httptools
 
+from ..errors import InternalError, ProxyError
+from ..responder import Headers
 from . import wire
-from .peer import is_loopback
+from ..loopback import is_loopback
 
 log = logging.getLogger("llmedge.http")
 
@@ -58,7 +60,8 @@ class Application(Protocol):
 
 
 class Exchange:
-    """One request and the means to answer it. Bytes are written to the client directly."""
+    """One request and the means to answer it (a ``responder.Responder``). Bytes are
+    written to the client directly."""
 
     deadline = 0.0  # time.monotonic() by which the client wants its answer; 0: none
 
@@ -99,8 +102,16 @@ class Exchange:
         return transport is not None and is_loopback(transport.get_extra_info("peername"))
 
     def respond(self, status: int, body: bytes, content_type: bytes = wire.JSON,
-                extra: bytes = b"") -> None:
-        """A whole response with a Content-Length. ``extra`` is a ready header block."""
+                headers: Headers = ()) -> None:
+        """A whole response with a Content-Length."""
+        self._respond(status, body, content_type,
+                      wire.header_block(headers) if headers else b"")
+
+    def fail(self, exc: ProxyError, headers: Headers = ()) -> None:
+        body, content_type, block = wire.error_head(exc, headers)
+        self._respond(exc.status, body, content_type, block)
+
+    def _respond(self, status: int, body: bytes, content_type: bytes, extra: bytes) -> None:
         if self.started:
             raise RuntimeError("response already started")
         self.started = True
@@ -116,10 +127,7 @@ class Exchange:
         self.keep_alive = keep
         self._finish()
 
-    def respond_error(self, status: int, body: bytes, extra: bytes = b"") -> None:
-        self.respond(status, body, wire.JSON, extra)
-
-    def start_stream(self, status: int, content_type: bytes, extra: bytes = b"") -> None:
+    def start_stream(self, status: int, content_type: bytes, headers: Headers = ()) -> None:
         """Write the head of a streamed response; the body follows with ``write``."""
         if self.started:
             raise RuntimeError("response already started")
@@ -129,7 +137,8 @@ class Exchange:
         self.keep_alive = keep
         self.front.write(b"%scontent-type: %s\r\ncache-control: no-cache\r\n%s%s%s\r\n" % (
             wire.status_line(status), content_type,
-            b"transfer-encoding: chunked\r\n" if self.chunked else b"", extra,
+            b"transfer-encoding: chunked\r\n" if self.chunked else b"",
+            wire.header_block(headers) if headers else b"",
             wire.KEEP_ALIVE if keep else wire.CLOSE))
 
     def write(self, data: bytes) -> None:
@@ -146,6 +155,14 @@ class Exchange:
         if self.chunked:
             self.front.write(b"0\r\n\r\n")
         self._finish()
+
+    def fail_stream(self, exc: ProxyError) -> None:
+        # After a blank line: bytes passed on without an event's end (an upstream that does
+        # not speak SSE) must not swallow the error into their last line.
+        self.write(b"\n\n" + wire.sse_error_event(exc))
+        if not self.chunked:
+            self.keep_alive = False  # without chunked framing only a close ends the body
+        self.end_stream()
 
     def abort(self) -> None:
         """Drop the connection: used when a response cannot be completed honestly."""
@@ -439,7 +456,7 @@ class HttpFront(asyncio.Protocol):
         except Exception:  # the application's bug must not take the connection's peers down
             log.exception("unhandled error answering %s %s", exchange.method, exchange.url)
             if not exchange.started:
-                exchange.respond_error(500, wire.error_body("internal error", "server_error"))
+                exchange.fail(InternalError())
             elif not exchange.finished:
                 exchange.abort()
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from http import HTTPStatus
 
-import orjson
+from ..errors import ProxyError, error_body, http_body, retry_after_header
+from ..responder import EVENT_STREAM, JSON
 
-from ..errors import ProxyError
+__all__ = ["CONTINUE", "KEEP_ALIVE", "CLOSE", "JSON", "EVENT_STREAM", "TEXT", "error_body",
+           "status_line", "header_block", "error_head", "sse_error_event"]
 
 STATUS_LINES: dict[int, bytes] = {
     s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus
@@ -15,8 +17,6 @@ STATUS_LINES: dict[int, bytes] = {
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 KEEP_ALIVE = b"connection: keep-alive\r\n"
 CLOSE = b"connection: close\r\n"
-JSON = b"application/json"
-EVENT_STREAM = b"text/event-stream"
 TEXT = b"text/plain; charset=utf-8"
 
 
@@ -27,25 +27,20 @@ def status_line(status: int) -> bytes:
     return line
 
 
-def header_block(headers: list[tuple[bytes, bytes]]) -> bytes:
-    return b"".join(b"%s: %s\r\n" % pair for pair in headers)
+def header_block(headers) -> bytes:
+    """Header pairs as ``name: value\r\n`` lines."""
+    return b"".join([b"%s: %s\r\n" % pair for pair in headers])
 
 
-def error_body(message: str, type_: str = "invalid_request_error", code: str | None = None,
-               param: str | None = None) -> bytes:
-    """An OpenAI-shaped error object."""
-    return orjson.dumps({"error": {"message": message, "type": type_, "param": param,
-                                   "code": code}})
+def error_head(exc: ProxyError, headers) -> tuple[bytes, bytes, bytes]:
+    """(body, content type, header block) of an error answer."""
+    body, content_type = http_body(exc)
+    block = header_block(headers) if headers else b""
+    if exc.retry_after is not None:
+        block += b"retry-after: %s\r\n" % retry_after_header(exc.retry_after)
+    return body, content_type or JSON, block
 
 
-def proxy_error_body(exc: ProxyError) -> bytes:
-    return error_body(exc.message, exc.type, exc.code, exc.param)
-
-
-def sse_error_event(message: str, type_: str = "upstream_error", code: str | None = None) -> bytes:
+def sse_error_event(exc: ProxyError) -> bytes:
     """The event that ends a stream the upstream broke: the OpenAI SDKs raise on it."""
-    return b"data: " + error_body(message, type_, code) + b"\n\n"
-
-
-def retry_after_value(seconds: float) -> bytes:
-    return b"%d" % max(1, int(seconds + 0.999))
+    return b"data: " + error_body(exc.message, exc.type, exc.code) + b"\n\n"

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import orjson
 
-from ..http import wire
+from ..errors import UpstreamAnswer
 from ..jsondoc import without_surrogate_escapes
+from ..responder import JSON
 
 EXCERPT_CHARS = 200
 
@@ -37,15 +38,24 @@ def _json_object(body: bytes) -> dict | None:
     return doc if isinstance(doc, dict) else None
 
 
-def error_for_client(status: int, body: bytes, content_type: bytes | None,
-                     deployment: str) -> tuple[bytes, bytes]:
-    """(body, content type) to answer a client with for an upstream's non-2xx answer."""
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def error_for_client(status: int, body: bytes, content_type: bytes | None, deployment: str,
+                     retry_after: float | None = None) -> UpstreamAnswer:
+    """What to answer a client with for an upstream's non-2xx answer."""
+    type_ = "upstream_error" if status >= 500 else (
+        "rate_limit_error" if status == 429 else "invalid_request_error")
     doc = _json_object(body) if body else None
     if doc is not None:
         error = doc.get("error")
         if isinstance(error, dict) and isinstance(error.get("message"), str):
             is_json = content_type is not None and b"json" in content_type.lower()
-            return body, content_type if is_json else wire.JSON
+            return UpstreamAnswer(status, error["message"], _text(error.get("type")) or type_,
+                                  code=_text(error.get("code")), param=_text(error.get("param")),
+                                  body=body, content_type=content_type if is_json else JSON,
+                                  retry_after=retry_after)
         if isinstance(error, str) and error:
             message = "upstream %s answered %d: %s" % (deployment, status, error)
         else:
@@ -56,6 +66,5 @@ def error_for_client(status: int, body: bytes, content_type: bytes | None,
             deployment, status, kind, excerpt(body))
     else:
         message = "upstream %s answered %d with an empty body" % (deployment, status)
-    type_ = "upstream_error" if status >= 500 else (
-        "rate_limit_error" if status == 429 else "invalid_request_error")
-    return wire.error_body(message, type_, "upstream_status_%d" % status), wire.JSON
+    return UpstreamAnswer(status, message, type_, code="upstream_status_%d" % status,
+                          retry_after=retry_after)

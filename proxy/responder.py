@@ -1,0 +1,79 @@
+"""Responder: what the request path may do to answer a client, whatever protocol it speaks.
+
+The gateway and the dispatcher answer in these terms only — a status with header pairs and
+a body, a ``ProxyError``, a stream of whole SSE events — and each front end (the HTTP
+exchange, the gRPC exchange) turns them into its own wire. What an error means on each
+protocol is said once, in ``proxy/errors.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from .errors import ProxyError
+
+Header = tuple[bytes, bytes]
+Headers = Sequence[Header]
+
+JSON = b"application/json"
+EVENT_STREAM = b"text/event-stream"
+
+
+def is_event_stream(content_type: bytes) -> bool:
+    return content_type[:17].lower().startswith(EVENT_STREAM)
+
+
+class Responder(Protocol):
+    """One client request and the means to answer it, once."""
+
+    method: bytes
+    url: bytes
+    headers: dict[bytes, bytes]       # lower-case names
+    body: bytes
+    # time.monotonic() by which the client wants its answer (its own deadline); 0: none.
+    deadline: float
+    # The task answering the request, when it is not answered at once: the front end
+    # cancels it when the client leaves.
+    task: asyncio.Task | None
+    started: bool                     # something of the answer went out
+    finished: bool
+    # Flow control, set by whoever produces a stream's events (an upstream connection):
+    # a client that cannot keep up stops the upstream being read, instead of growing buffers.
+    on_pause: Callable[[], None] | None
+    on_resume: Callable[[], None] | None
+
+    @property
+    def client_gone(self) -> bool: ...
+
+    @property
+    def client_paused(self) -> bool: ...
+
+    @property
+    def from_loopback(self) -> bool:
+        """The client is on this host (asked only by the admin endpoints' access check)."""
+        ...
+
+    def respond(self, status: int, body: bytes, content_type: bytes = JSON,
+                headers: Headers = ()) -> None:
+        """A whole answer."""
+
+    def fail(self, exc: ProxyError, headers: Headers = ()) -> None:
+        """Answer with an error, in the protocol's own shape for it."""
+
+    def start_stream(self, status: int, content_type: bytes, headers: Headers = ()) -> None:
+        """The start of a streamed answer; its events follow with ``write``."""
+
+    def write(self, events: bytes) -> None:
+        """Whole SSE events of the stream, one or more (a cut event waits for its rest in
+        the relay, not here)."""
+
+    def end_stream(self) -> None:
+        """The stream ended as it should."""
+
+    def fail_stream(self, exc: ProxyError) -> None:
+        """The stream broke after it started: end it so the client knows it is cut."""
+
+    def abort(self) -> None:
+        """The answer cannot be completed honestly (an internal error mid-answer)."""
