@@ -3,8 +3,11 @@
 Chat and ChatStream translate the request to the OpenAI JSON body and hand it to the same
 ``Gateway.handle`` an HTTP request goes through (validation, routing, cache, shedding,
 dispatcher with fallbacks and breakers, metrics) with a ``GrpcExchange`` to answer into.
-The client's deadline bounds the whole answer, every attempt and fallback included, and a
-cancelled or expired call cancels the request's task, which aborts the upstream request.
+The client's deadline bounds the whole answer, every attempt and fallback included: the
+dispatcher tries nothing past it, and grpc's core ends the call when it passes (the handler
+keeps no timer of its own, which would race the core's and cost a timer per call). A
+cancelled or expired call cancels the handler, which cancels the request's task, which
+aborts the upstream request.
 Health (``grpc.health.v1``) is SERVING once ready and NOT_SERVING from the start of a drain;
 server reflection lists the services.
 """
@@ -175,11 +178,8 @@ class GatewayServicer(pb_grpc.GatewayServicer):
                    context: grpc.aio.ServicerContext) -> pb.ChatResponse:
         ex = await self._start(request, context, "Chat")
         try:
-            async with asyncio.timeout(context.time_remaining()):
-                while not ex.finished:
-                    await ex.wait()
-        except TimeoutError:
-            await self._deadline_exceeded(ex, context, "Chat")
+            while not ex.finished:
+                await ex.wait()
         finally:
             self._end(ex)
         if ex.aborted or ex.dropped or ex.status >= 300:
@@ -197,30 +197,27 @@ class GatewayServicer(pb_grpc.GatewayServicer):
                          context: grpc.aio.ServicerContext) -> None:
         ex = await self._start(request, context, "ChatStream")
         try:
-            async with asyncio.timeout(context.time_remaining()):
-                while not (ex.started or ex.finished):
-                    await ex.wait()
-                if not ex.streaming:
-                    # A whole answer: an error, or an upstream that did not stream.
-                    if ex.aborted or ex.dropped or ex.status >= 300:
-                        await self._fail_answer(ex, context, "ChatStream")
-                    doc = self._whole(ex)
-                    if doc is None:
-                        await self._fail(context, "ChatStream", status.Failure(
-                            grpc.StatusCode.INTERNAL, "the upstream's answer is not JSON",
-                            status.metadata(ex.response_headers)))
-                    await context.send_initial_metadata(status.metadata(ex.response_headers))
-                    await context.write(translate.completion_as_chunk(doc))
-                    return
+            while not (ex.started or ex.finished):
+                await ex.wait()
+            if not ex.streaming:
+                # A whole answer: an error, or an upstream that did not stream.
+                if ex.aborted or ex.dropped or ex.status >= 300:
+                    await self._fail_answer(ex, context, "ChatStream")
+                doc = self._whole(ex)
+                if doc is None:
+                    await self._fail(context, "ChatStream", status.Failure(
+                        grpc.StatusCode.INTERNAL, "the upstream's answer is not JSON",
+                        status.metadata(ex.response_headers)))
                 await context.send_initial_metadata(status.metadata(ex.response_headers))
-                while True:
-                    while ex.events:
-                        await context.write(translate.chat_chunk(ex.take()))
-                    if ex.error is not None or ex.finished:
-                        break
-                    await ex.wait()
-        except TimeoutError:
-            await self._deadline_exceeded(ex, context, "ChatStream")
+                await context.write(translate.completion_as_chunk(doc))
+                return
+            await context.send_initial_metadata(status.metadata(ex.response_headers))
+            while True:
+                while ex.events:
+                    await context.write(translate.chat_chunk(ex.take()))
+                if ex.error is not None or ex.finished:
+                    break
+                await ex.wait()
         finally:
             self._end(ex)
         if ex.error is not None:
@@ -240,11 +237,8 @@ class GatewayServicer(pb_grpc.GatewayServicer):
         # explainer, and routes that decide asynchronously (classify) work the same.
         ex = await self._start(request, context, "Route")
         try:
-            async with asyncio.timeout(context.time_remaining()):
-                while not ex.finished:
-                    await ex.wait()
-        except TimeoutError:
-            await self._deadline_exceeded(ex, context, "Route")
+            while not ex.finished:
+                await ex.wait()
         finally:
             self._end(ex)
         if ex.aborted or ex.dropped or ex.status >= 300:
@@ -323,15 +317,6 @@ class GatewayServicer(pb_grpc.GatewayServicer):
         if failure is None:  # a whole answer, but not a success
             failure = refusal(ex.status, "upstream_error", "answered %d" % ex.status)
         await self._fail(context, method, status.from_error(failure, ex.response_headers))
-
-    async def _deadline_exceeded(self, ex: GrpcExchange, context: grpc.aio.ServicerContext,
-                                 method: str) -> NoReturn:
-        _cancel(ex)
-        await self._fail(context, method, status.Failure(
-            grpc.StatusCode.DEADLINE_EXCEEDED,
-            "the deadline passed before the upstream answered%s" % (
-                " in full" if ex.started else ""),
-            status.metadata(ex.response_headers)))
 
     async def _fail(self, context: grpc.aio.ServicerContext, method: str,
                     failure: status.Failure) -> NoReturn:
