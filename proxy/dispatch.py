@@ -20,7 +20,7 @@ from .errors import (ContextWindowExceeded, DeadlineExceeded, ProxyError,
                      UpstreamBadResponse,
                      UpstreamError, UpstreamReset, UpstreamSaturated, UpstreamStatus,
                      UpstreamTimeout, UpstreamUnavailable, refusal)
-from .responder import EVENT_STREAM, JSON, Headers, Responder, is_event_stream
+from .responder import EVENT_STREAM, JSON, AnswerHeaders, Headers, Responder, is_event_stream
 from .retry_rules import retry_delay
 from .rewrite import replace_model
 from .metrics import Metrics
@@ -96,14 +96,12 @@ class Answer:
             body = self._bodies[model] = replace_model(self.body, model, self.model)
         return body
 
-    def response_headers(self) -> Headers:
+    def response_headers(self) -> AnswerHeaders:
         upstream = self.upstream
-        return ((b"x-llmedge-route", self.plan.name_bytes),
-                (b"x-llmedge-upstream", upstream.name_bytes if upstream is not None else b"-"),
-                (b"x-llmedge-cache", self.cache_state),
-                (b"x-llmedge-attempts", b"%d" % self.attempts),
-                (b"x-llmedge-decision", self.reason),
-                (b"x-request-id", self.request_id))
+        return AnswerHeaders((self.plan.name_bytes,
+                              upstream.name_bytes if upstream is not None else b"-",
+                              self.cache_state, b"%d" % self.attempts, self.reason,
+                              self.request_id))
 
 
 class Dispatcher:

@@ -9,13 +9,13 @@ protocol is said once, in ``proxy/errors.py``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
 from .errors import ProxyError
 
 Header = tuple[bytes, bytes]
-Headers = Sequence[Header]
+Headers = Iterable[Header]   # iterated once by whoever writes them
 
 JSON = b"application/json"
 EVENT_STREAM = b"text/event-stream"
@@ -23,6 +23,22 @@ EVENT_STREAM = b"text/event-stream"
 
 def is_event_stream(content_type: bytes) -> bool:
     return content_type[:17].lower().startswith(EVENT_STREAM)
+
+
+class AnswerHeaders(tuple):
+    """The values of the headers every proxied answer carries — (route, upstream, cache
+    state, attempts, decision, request id), in the order of ``NAMES`` — that iterate as
+    header pairs. Kept as values, not pairs, so a
+    front end that writes them as text (HTTP) formats them in one go: they go out with
+    every request, and building pairs only to join them again costs more than that."""
+
+    __slots__ = ()
+
+    NAMES = (b"x-llmedge-route", b"x-llmedge-upstream", b"x-llmedge-cache",
+             b"x-llmedge-attempts", b"x-llmedge-decision", b"x-request-id")
+
+    def __iter__(self) -> Iterator[Header]:
+        return zip(self.NAMES, tuple.__iter__(self))
 
 
 class Responder(Protocol):

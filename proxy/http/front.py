@@ -15,8 +15,8 @@ from typing import Protocol
 
 import httptools
 
-from ..errors import InternalError, ProxyError
-from ..responder import Headers
+from ..errors import InternalError, ProxyError, http_body, retry_after_header
+from ..responder import AnswerHeaders, Headers
 from . import wire
 from ..loopback import is_loopback
 
@@ -104,20 +104,15 @@ class Exchange:
     def respond(self, status: int, body: bytes, content_type: bytes = wire.JSON,
                 headers: Headers = ()) -> None:
         """A whole response with a Content-Length."""
-        self._respond(status, body, content_type,
-                      wire.header_block(headers) if headers else b"")
-
-    def fail(self, exc: ProxyError, headers: Headers = ()) -> None:
-        body, content_type, block = wire.error_head(exc, headers)
-        self._respond(exc.status, body, content_type, block)
-
-    def _respond(self, status: int, body: bytes, content_type: bytes, extra: bytes) -> None:
         if self.started:
             raise RuntimeError("response already started")
         self.started = True
         keep = self.keep_alive and not self.front.last_answer
         head = b"%scontent-type: %s\r\ncontent-length: %d\r\n%s%s\r\n" % (
-            wire.status_line(status), content_type, len(body), extra,
+            wire.status_line(status), content_type, len(body),
+            # A proxied answer's own headers (nearly every response) without a call.
+            wire.ANSWER_HEADERS % headers if type(headers) is AnswerHeaders
+            else wire.header_block(headers),
             wire.KEEP_ALIVE if keep else wire.CLOSE)
         if self.method == b"HEAD":
             body = b""  # the head says what a GET would get; nothing follows it
@@ -126,6 +121,12 @@ class Exchange:
             self.front.write(body)
         self.keep_alive = keep
         self._finish()
+
+    def fail(self, exc: ProxyError, headers: Headers = ()) -> None:
+        body, content_type = http_body(exc)
+        if exc.retry_after is not None:
+            headers = (*headers, (b"retry-after", retry_after_header(exc.retry_after)))
+        self.respond(exc.status, body, content_type or wire.JSON, headers)
 
     def start_stream(self, status: int, content_type: bytes, headers: Headers = ()) -> None:
         """Write the head of a streamed response; the body follows with ``write``."""
@@ -138,7 +139,7 @@ class Exchange:
         self.front.write(b"%scontent-type: %s\r\ncache-control: no-cache\r\n%s%s%s\r\n" % (
             wire.status_line(status), content_type,
             b"transfer-encoding: chunked\r\n" if self.chunked else b"",
-            wire.header_block(headers) if headers else b"",
+            wire.header_block(headers),
             wire.KEEP_ALIVE if keep else wire.CLOSE))
 
     def write(self, data: bytes) -> None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from http import HTTPStatus
 
-from ..errors import ProxyError, error_body, http_body, retry_after_header
-from ..responder import EVENT_STREAM, JSON
+from ..errors import ProxyError, error_body
+from ..responder import EVENT_STREAM, JSON, AnswerHeaders, Headers
 
 __all__ = ["CONTINUE", "KEEP_ALIVE", "CLOSE", "JSON", "EVENT_STREAM", "TEXT", "error_body",
-           "status_line", "header_block", "error_head", "sse_error_event"]
+           "status_line", "header_block", "ANSWER_HEADERS", "sse_error_event"]
 
 STATUS_LINES: dict[int, bytes] = {
     s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus
@@ -27,18 +27,15 @@ def status_line(status: int) -> bytes:
     return line
 
 
-def header_block(headers) -> bytes:
+def header_block(headers: Headers) -> bytes:
     """Header pairs as ``name: value\r\n`` lines."""
+    if type(headers) is AnswerHeaders:
+        return ANSWER_HEADERS % headers
     return b"".join([b"%s: %s\r\n" % pair for pair in headers])
 
 
-def error_head(exc: ProxyError, headers) -> tuple[bytes, bytes, bytes]:
-    """(body, content type, header block) of an error answer."""
-    body, content_type = http_body(exc)
-    block = header_block(headers) if headers else b""
-    if exc.retry_after is not None:
-        block += b"retry-after: %s\r\n" % retry_after_header(exc.retry_after)
-    return body, content_type or JSON, block
+# AnswerHeaders' values, formatted in one go.
+ANSWER_HEADERS = b"".join([name + b": %s\r\n" for name in AnswerHeaders.NAMES])
 
 
 def sse_error_event(exc: ProxyError) -> bytes:
