@@ -105,6 +105,45 @@ class MemoryCache:
         return len(self._entries)
 
 
+class MemoryBackend:
+    """``CacheBackend`` in this process: nothing shared, nothing to lock, answered at once
+    (``get_now``/``put_now`` let the request path skip the await)."""
+
+    name = "memory"
+    shared = False
+    in_process = True
+
+    def __init__(self, max_entries: int, max_bytes: int) -> None:
+        self.store = MemoryCache(max_entries, max_bytes)
+
+    def get_now(self, key: bytes) -> Entry | None:
+        return self.store.get(key)
+
+    def put_now(self, key: bytes, entry: Entry, ttl_s: float) -> bool:
+        return self.store.put(key, entry, ttl_s)
+
+    async def get(self, route: str, key: bytes) -> Entry | None:
+        return self.store.get(key)
+
+    async def put(self, route: str, key: bytes, entry: Entry, ttl_s: float) -> bool:
+        return self.store.put(key, entry, ttl_s)
+
+    async def lock(self, key: bytes, token: bytes, ttl_s: float) -> bool:
+        return True   # no other instance asks this store: always the leader
+
+    async def poll(self, route: str, key: bytes) -> tuple[Entry | None, bool]:
+        return self.store.get(key), False
+
+    async def unlock(self, key: bytes, token: bytes) -> None:
+        pass
+
+    async def delete(self, route: str | None) -> int:
+        return self.store.delete(route)
+
+    async def aclose(self) -> None:
+        pass
+
+
 def repeatable(request: dict) -> bool:
     """An answer worth repeating: sampling switched off, or pinned by a seed."""
     return request.get("temperature") == 0 or request.get("seed") is not None

@@ -51,7 +51,11 @@ def route_tag(route: str) -> bytes:
 
 
 class RedisBackend:
+    """``CacheBackend`` in Redis (or a Redis Cluster), shared by every instance."""
+
     name = "redis"
+    shared = True
+    in_process = False
 
     def __init__(self, section: CacheSection) -> None:
         timeout = section.timeout_ms / 1000.0

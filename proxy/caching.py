@@ -18,7 +18,8 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from .cache import Entry, MemoryCache, new_entry, repeatable, request_key
+from .cache import Entry, MemoryBackend, new_entry, repeatable, request_key
+from .cache_backend import CacheBackend
 from .cache_metrics import CacheMetrics
 from .config import CacheBreakerConfig, CacheSection, RouteCache
 from .metrics import Metrics
@@ -139,16 +140,17 @@ class ResponseCache:
         self.timeout_s = section.timeout_ms / 1000.0
         self.tenant_header = (section.tenant_header.lower().encode("latin-1")
                               if section.tenant_header else None)
-        # Memory lookups answer without awaiting anything; Redis ones need the request task.
-        self.sync = section.backend == "memory"
-        self.memory: MemoryCache | None = None
-        self.redis = None
-        if self.sync:
-            memory = self.memory = MemoryCache(section.max_entries, section.max_bytes)
-            self.metrics.memory_stats(lambda: (len(memory), memory.bytes, memory.evictions))
+        self.backend: CacheBackend
+        if section.backend == "memory":
+            backend = MemoryBackend(section.max_entries, section.max_bytes)
+            store = backend.store
+            self.metrics.memory_stats(lambda: (len(store), store.bytes, store.evictions))
+            self.backend = backend
         else:
             from .cache_redis import RedisBackend  # only a redis setup needs the client
-            self.redis = RedisBackend(section)
+            self.backend = RedisBackend(section)
+        # In-process lookups answer without awaiting anything; others need the request task.
+        self.sync = self.backend.in_process
         self._flights: dict[bytes, asyncio.Future[Entry | None]] = {}
         self._tasks: set[asyncio.Task] = set()
         self._token_prefix = os.urandom(6).hex().encode()
@@ -185,8 +187,7 @@ class ResponseCache:
     def get_now(self, ticket: Ticket) -> Entry | None:
         """The in-process lookup, answered at once (memory backend only); a hit is counted
         here, a miss later by ``resolve``, which may still find the answer."""
-        assert self.memory is not None
-        entry = self.memory.get(ticket.key)
+        entry = self.backend.get_now(ticket.key)  # type: ignore[attr-defined]
         if entry is not None:
             self.metrics.lookup(ticket.route, "hit")
         return entry
@@ -210,7 +211,7 @@ class ResponseCache:
                     return entry
         if ticket.store and key not in self._flights:
             ticket.flight = self._flights[key] = asyncio.get_running_loop().create_future()
-            if ticket.lookup and self.section.lock and self.redis is not None:
+            if ticket.lookup and self.section.lock and self.backend.shared:
                 entry = await self._cross_instance(ticket)
                 if entry is not None:
                     ticket.entry = entry
@@ -241,14 +242,13 @@ class ResponseCache:
         entry = ticket.entry = new_entry(body, content_type, upstream, ticket.route)
         if not ticket.store or entry.size > self.section.max_entry_bytes:
             return
-        if self.memory is not None:
-            if self.memory.put(ticket.key, entry, ticket.ttl_s):
-                self.metrics.store(ticket.route, entry.size)
-            return
-        assert self.redis is not None
-        stored = await self._op("set", lambda: self.redis.put(ticket.route, ticket.key, entry,
+        backend = self.backend
+        if self.sync:
+            stored = backend.put_now(ticket.key, entry, ticket.ttl_s)  # type: ignore[attr-defined]
+        else:
+            stored = await self._op("set", lambda: backend.put(ticket.route, ticket.key, entry,
                                                                ticket.ttl_s))
-        if stored is not _FAILED:
+        if stored is True:
             self.metrics.store(ticket.route, entry.size)
 
     def release(self, ticket: Ticket) -> None:
@@ -261,21 +261,21 @@ class ResponseCache:
             if not flight.done():
                 flight.set_result(ticket.entry)
         token = ticket.lock_token
-        if token is not None and self.redis is not None:
+        if token is not None:
             ticket.lock_token = None
             # Freed at once, answer or not: the answer was stored before this, so the other
             # instances' followers find it, or (none) see the lock gone and ask themselves.
             # Left to expire, it would hold back the next miss once the answer's TTL ends.
-            redis = self.redis
-            self._spawn(self._op("unlock", lambda: redis.unlock(ticket.key, token)))
+            backend = self.backend
+            self._spawn(self._op("unlock", lambda: backend.unlock(ticket.key, token)))
 
     # === internals ===
 
     async def _get(self, ticket: Ticket) -> Entry | None:
-        if self.memory is not None:
-            return self.memory.get(ticket.key)
-        assert self.redis is not None
-        entry = await self._op("get", lambda: self.redis.get(ticket.route, ticket.key))
+        backend = self.backend
+        if self.sync:
+            return backend.get_now(ticket.key)  # type: ignore[attr-defined]
+        entry = await self._op("get", lambda: backend.get(ticket.route, ticket.key))
         return None if entry is _FAILED else entry
 
     async def _follow(self, flight: asyncio.Future[Entry | None]) -> Entry | None:
@@ -289,11 +289,11 @@ class ResponseCache:
     async def _cross_instance(self, ticket: Ticket) -> Entry | None:
         """Another instance may already be asking upstream: take the lock or wait for its
         answer (bounded); None = this request goes upstream itself."""
-        assert self.redis is not None
-        redis = self.redis
+        backend = self.backend
         self._tokens += 1
         token = b"%s-%d" % (self._token_prefix, self._tokens)
-        got = await self._op("lock", lambda: redis.lock(ticket.key, token, self.section.lock_ttl_s))
+        got = await self._op("lock", lambda: backend.lock(ticket.key, token,
+                                                          self.section.lock_ttl_s))
         if got is _FAILED:
             return None
         if got:
@@ -304,7 +304,7 @@ class ResponseCache:
         while time.monotonic() < deadline:
             await asyncio.sleep(pause)
             pause = min(pause * 2, LOCK_POLL_S * 8)
-            found = await self._op("poll", lambda: redis.poll(ticket.route, ticket.key))
+            found = await self._op("poll", lambda: backend.poll(ticket.route, ticket.key))
             if found is _FAILED:
                 return None
             entry, locked = found
@@ -358,11 +358,10 @@ class ResponseCache:
 
     async def delete(self, route: str | None) -> int:
         """Drop every stored answer (of one route). Raises when the backend cannot."""
-        if self.memory is not None:
-            return self.memory.delete(route)
-        assert self.redis is not None
+        if self.sync:
+            return await self.backend.delete(route)
         async with asyncio.timeout(ADMIN_TIMEOUT_S):
-            return await self.redis.delete(route)
+            return await self.backend.delete(route)
 
     async def aclose(self) -> None:
         for task in list(self._tasks):
@@ -373,10 +372,10 @@ class ResponseCache:
             if not flight.done():
                 flight.set_result(None)
         self._flights.clear()
-        if self.redis is not None:
+        if not self.sync:
             try:
                 # A frozen Redis must not hold up the drain.
                 async with asyncio.timeout(CLOSE_TIMEOUT_S):
-                    await self.redis.aclose()
+                    await self.backend.aclose()
             except (TimeoutError, OSError) as exc:
                 log.warning("closing the cache's Redis connections: %s", type(exc).__name__)

@@ -139,7 +139,7 @@ class Fleet:
         """Deleted answers, summed over the workers when each keeps its own (memory) cache;
         a shared store (Redis) is cleared once, by this worker, and ``workers`` is None."""
         cache = self.gateway.cache
-        if cache.memory is None:
+        if cache.backend.shared:
             return await cache.delete(route), None
         deleted = await cache.delete(route)
         counts = await ask_all(self.workers, "cache_delete", _count_answer, ADMIN_TIMEOUT_S,
