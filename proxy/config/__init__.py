@@ -461,7 +461,16 @@ def _check_health(where: str, health: HealthConfig, problems: list[str]) -> None
 def check(config: Config) -> list[str]:
     """Every semantic problem of a decoded config, each prefixed with its path."""
     problems: list[str] = []
-    server = config.server
+    _check_server(config.server, problems)
+    _check_upstream(config.upstream, problems)
+    _check_cache(config.cache, problems)
+    names: dict[str, str] = {}   # deployments and routes share one namespace
+    _check_deployments(config.deployments, names, problems)
+    _check_routes(config.routes, {d.name for d in config.deployments}, names, problems)
+    return problems
+
+
+def _check_server(server: ServerSection, problems: list[str]) -> None:
     for field in ("http", "grpc"):
         value = getattr(server, field)
         if value is not None:
@@ -486,14 +495,17 @@ def check(config: Config) -> list[str]:
             problems.append("server.access_log: %s" % problem)
     if not (0 <= server.drain_delay_s < math.inf):
         problems.append("server.drain_delay_s: must be >= 0 seconds")
-    _check_timeouts("upstream.timeouts", config.upstream.timeouts, problems)
-    retry = config.upstream.retry
+
+
+def _check_upstream(upstream: UpstreamSection, problems: list[str]) -> None:
+    _check_timeouts("upstream.timeouts", upstream.timeouts, problems)
+    retry = upstream.retry
     if not (0 <= retry.max_retry_after_s < math.inf):
         problems.append("upstream.retry.max_retry_after_s: must be >= 0 seconds")
     if retry.same_deployment < 0 or retry.backoff_s < 0 or retry.max_backoff_s < retry.backoff_s:
         problems.append("upstream.retry: same_deployment and backoff_s must be >= 0 and "
                         "max_backoff_s >= backoff_s")
-    outlier = config.upstream.outlier
+    outlier = upstream.outlier
     if (outlier.interval_s <= 0 or outlier.min_requests < 1 or outlier.eject_s <= 0
             or outlier.max_eject_s < outlier.eject_s
             or not 0 < outlier.success_rate_gap <= 1
@@ -501,15 +513,15 @@ def check(config: Config) -> list[str]:
         problems.append("upstream.outlier: interval_s and eject_s must be > 0, max_eject_s >= "
                         "eject_s, min_requests >= 1, success_rate_gap in (0, 1], "
                         "max_ejection_percent in [0, 100]")
-    deadline = config.upstream.deadline_s
+    deadline = upstream.deadline_s
     if deadline is not None and not (0 < deadline < math.inf):
         problems.append("upstream.deadline_s: must be a positive number of seconds")
-    budget = config.upstream.retry_budget
+    budget = upstream.retry_budget
     if not (budget.ratio >= 0 and budget.min_per_s >= 0 and budget.window_s > 0
             and all(math.isfinite(v) for v in (budget.ratio, budget.min_per_s, budget.window_s))):
         problems.append("upstream.retry_budget: ratio and min_per_s must be >= 0, "
                         "window_s > 0")
-    breaker = config.upstream.breaker
+    breaker = upstream.breaker
     if breaker.consecutive_failures < 1 or breaker.min_requests < 1:
         problems.append("upstream.breaker: consecutive_failures and min_requests must be >= 1")
     if not 0.0 < breaker.failure_rate <= 1.0:
@@ -520,18 +532,19 @@ def check(config: Config) -> list[str]:
         value = getattr(breaker, field)
         if not (value > 0 and math.isfinite(value)):
             problems.append("upstream.breaker.%s: must be a positive number of seconds" % field)
-    _check_health("upstream.health", config.upstream.health, problems)
-    ca_file = config.upstream.ca_file
+    _check_health("upstream.health", upstream.health, problems)
+    ca_file = upstream.ca_file
     if ca_file is not None and not os.path.isfile(ca_file):
         problems.append("upstream.ca_file: no such file %r" % ca_file)
-    _check_cache(config.cache, problems)
-    if config.upstream.pool_max_idle < 0:
+    if upstream.pool_max_idle < 0:
         problems.append("upstream.pool_max_idle: must be >= 0")
 
-    names: dict[str, str] = {}
-    if not config.deployments:
+
+def _check_deployments(deployments: list[Deployment], names: dict[str, str],
+                       problems: list[str]) -> None:
+    if not deployments:
         problems.append("deployments: at least one deployment is needed")
-    for i, dep in enumerate(config.deployments):
+    for i, dep in enumerate(deployments):
         where = "deployments[%d]" % i
         _check_name(where, dep.name, names, problems)
         if dep.provider not in PROVIDERS:
@@ -566,8 +579,11 @@ def check(config: Config) -> list[str]:
             merged = dep.health.apply(HealthConfig())
             _check_health("%s.health" % where, merged, problems)
 
-    deployments = {d.name for d in config.deployments}
-    for i, route in enumerate(config.routes):
+
+
+def _check_routes(routes: list[Route], deployments: set[str], names: dict[str, str],
+                  problems: list[str]) -> None:
+    for i, route in enumerate(routes):
         where = "routes[%d]" % i
         _check_name(where, route.name, names, problems)
         if route.policy not in POLICIES:
@@ -612,13 +628,12 @@ def check(config: Config) -> list[str]:
                             % (where, route.affinity, ", ".join(AFFINITIES)))
         if not (route.affinity_epsilon > 0 and math.isfinite(route.affinity_epsilon)):
             problems.append("%s.affinity_epsilon: must be > 0" % where)
-        check_classify(where, route, deployments, config.routes, problems)
+        check_classify(where, route, deployments, routes, problems)
         if route.cache is not None:
             if not (route.cache.ttl_s > 0 and math.isfinite(route.cache.ttl_s)):
                 problems.append("%s.cache.ttl_s: must be > 0" % where)
             if route.cache.when not in ("repeatable", "always"):
                 problems.append("%s.cache.when: must be 'repeatable' or 'always'" % where)
-    return problems
 
 
 def _check_cache(cache: CacheSection, problems: list[str]) -> None:
