@@ -20,17 +20,17 @@ from .errors import (ContextWindowExceeded, DeadlineExceeded, ProxyError,
                      UpstreamBadResponse,
                      UpstreamError, UpstreamReset, UpstreamSaturated, UpstreamStatus,
                      UpstreamTimeout, UpstreamUnavailable, refusal)
-from .responder import EVENT_STREAM, JSON, AnswerHeaders, Headers, Responder, is_event_stream
+from .responder import EVENT_STREAM, JSON, AnswerHeaders, Responder, is_event_stream
 from .retry_rules import retry_delay
 from .rewrite import replace_model
 from .metrics import Metrics
-from .routing.router import RoutePlan, Target
+from .routing.router import RoutePlan, Router, Target
 from .runtime import Runtime
 from .continuation import Splice, continuation_body, read_partial
 from .relay import SseRelay
 from .upstream.answers import error_for_client, excerpt
 from .upstream.context_limit import context_exceeded
-from .upstream.conn import ResponseHead, UpstreamConn, failed_status, status_error
+from .upstream.conn import ResponseHead, failed_status, status_error
 from .upstream.pool import Endpoint
 
 log = logging.getLogger("llmedge.dispatch")
@@ -50,11 +50,13 @@ class Answer:
                  "transcript", "transcript_bytes", "continuing", "continuations", "tags",
                  "runtime")
 
-    def __init__(self, exchange: Responder, runtime: Runtime, plan: RoutePlan, path: bytes,
-                 body: bytes, model: str, stream: bool, request_id: bytes,
+    def __init__(self, exchange: Responder, runtime: Runtime | None, plan: RoutePlan,
+                 path: bytes, body: bytes, model: str, stream: bool, request_id: bytes,
                  session: str | None = None, reason: str = "") -> None:
         self.exchange = exchange
-        self.runtime = runtime        # the configuration this request started under
+        # The configuration this request started under; None for a request llmedge makes
+        # itself (the LLM router tier's question), which goes straight to ``attempt``.
+        self.runtime = runtime
         self.plan = plan
         self.path = path              # below the deployment's base URL, e.g. /chat/completions
         self.body = body
@@ -177,7 +179,7 @@ class Dispatcher:
                 answer.upstream = target
                 target.inflight += 1
                 try:
-                    await self._attempt(answer, target, *picked)
+                    await self.attempt(answer, router, target, *picked, self.cache)
                     metrics.attempt(target.name, "ok")
                     return
                 except UpstreamError as exc:
@@ -217,15 +219,17 @@ class Dispatcher:
             await asyncio.sleep(delay)
         return True
 
-    async def _attempt(self, answer: Answer, target: Target, row: int,
-                       endpoint: Endpoint) -> None:
+    @staticmethod
+    async def attempt(answer: Answer, router: Router, target: Target, row: int,
+                      endpoint: Endpoint, cache: ResponseCache | None) -> None:
         """One try at one deployment's chosen replica, and what the try taught about that
-        replica recorded back into the endpoint table and its breaker."""
-        router = answer.runtime.router
+        replica recorded back into the endpoint table and its breaker. Every request to an
+        upstream goes through here (the LLM router tier's questions too, with no cache and
+        a ``responder.Collector``)."""
         router.attempt_started(row)
         started = time.monotonic()
         try:
-            first_event_at = await self._exchange(answer, target, endpoint)
+            first_event_at = await Dispatcher._exchange(answer, target, endpoint, cache)
         except ContextWindowExceeded:
             # The endpoint did its job: it answered, fast, that the prompt is too long.
             now = time.monotonic()
@@ -251,7 +255,9 @@ class Dispatcher:
         answer.upstream_s += now - started
         router.attempt_succeeded(row, started, now, answer.head_at, first_event_at)
 
-    async def _exchange(self, answer: Answer, target: Target, endpoint: Endpoint) -> float:
+    @staticmethod
+    async def _exchange(answer: Answer, target: Target, endpoint: Endpoint,
+                        cache: ResponseCache | None) -> float:
         """Send the request to one endpoint and answer the client from it; returns when the
         first streamed event went out (0.0 for whole responses). A stream is bounded from
         the request to its first content token by the deployment's ``first_token_s``."""
@@ -265,7 +271,7 @@ class Dispatcher:
                 first_token_s = min(first_token_s, left)
         continuing = answer.continuing
         body = continuing[1] if continuing is not None else answer.body_for(target)
-        request = [self._request_head(answer, target, endpoint, len(body)), body]
+        request = [Dispatcher._request_head(answer, target, endpoint, len(body)), body]
         conn, head = await endpoint.send(request, connect_s, first_byte_s, timeouts.idle_s,
                                          first_token_s)
         try:
@@ -287,8 +293,8 @@ class Dispatcher:
             content_type = head.headers.get(b"content-type", JSON)
             ticket = answer.ticket
             # A continued answer is two models' work: not stored as either's.
-            storing = (ticket is not None and ticket.store and status == 200
-                       and continuing is None and not answer.continuations)
+            storing = (cache is not None and ticket is not None and ticket.store
+                       and status == 200 and continuing is None and not answer.continuations)
             succeeded = 200 <= status < 300
             if continuing is not None and not (succeeded and is_event_stream(content_type)):
                 # Whatever else it answered cannot go into a stream already under way.
@@ -297,7 +303,7 @@ class Dispatcher:
                     target.name, status, content_type.decode("latin-1"), excerpt(payload, 80)))
             if answer.stream and succeeded and is_event_stream(content_type):
                 relay = SseRelay(answer, conn, head,
-                                 self.cache.record(ticket) if storing else None,
+                                 cache.record(ticket) if storing else None,
                                  on_commit=conn.content_started,
                                  transform=continuing[0].rewrite if continuing else None)
                 early = conn.take_early()
@@ -324,14 +330,14 @@ class Dispatcher:
                 if relay.recording is not None:
                     # Stored before the stream's last byte: whoever reads the whole stream
                     # and asks again (here or on another instance) finds it.
-                    await self.cache.store_stream(ticket, relay.recording, target.name_bytes)
+                    await cache.store_stream(ticket, relay.recording, target.name_bytes)
                 relay.finish()
                 first_event_at = relay.committed_at
             else:
                 payload = await conn.read_whole()
                 if succeeded:
                     if answer.stream:
-                        raise self._not_a_stream(target, head, payload)
+                        raise Dispatcher._not_a_stream(target, head, payload)
                     try:
                         answer.usage = read_answer(payload)
                     except NotJson as exc:
@@ -341,7 +347,7 @@ class Dispatcher:
                         content_type = JSON  # it is JSON, whatever the upstream said
                     answer.status = status
                     if storing:
-                        await self.cache.store(ticket, payload, content_type, target.name_bytes)
+                        await cache.store(ticket, payload, content_type, target.name_bytes)
                     answer.exchange.respond(status, payload, content_type,
                                             answer.response_headers())
                 else:
@@ -416,7 +422,7 @@ class Dispatcher:
                 answer.upstream = target
                 target.inflight += 1
                 try:
-                    await self._attempt(answer, target, *picked)
+                    await self.attempt(answer, router, target, *picked, self.cache)
                 except UpstreamError as again:
                     metrics.attempt(target.name, again.kind)
                     metrics.upstream_error(target.name, again.kind)

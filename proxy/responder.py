@@ -93,3 +93,54 @@ class Responder(Protocol):
 
     def abort(self) -> None:
         """The answer cannot be completed honestly (an internal error mid-answer)."""
+
+
+class Collector:
+    """A ``Responder`` for a request llmedge itself makes (the LLM router tier's question):
+    it keeps the whole answer, or the error, for whoever awaits it. Such requests never
+    stream."""
+
+    method = b"POST"
+    deadline = 0.0
+    client_gone = False
+    client_paused = False
+    from_loopback = True
+
+    def __init__(self, url: bytes, body: bytes) -> None:
+        self.url = url
+        self.body = body
+        self.headers: dict[bytes, bytes] = {}
+        self.task: asyncio.Task | None = None
+        self.started = False
+        self.finished = False
+        self.on_pause: Callable[[], None] | None = None
+        self.on_resume: Callable[[], None] | None = None
+        self.status = 0
+        self.payload = b""
+        self.failure: ProxyError | None = None
+
+    def respond(self, status: int, body: bytes, content_type: bytes = JSON,
+                headers: Headers = ()) -> None:
+        self.started = self.finished = True
+        self.status = status
+        self.payload = body
+
+    def fail(self, exc: ProxyError, headers: Headers = ()) -> None:
+        self.started = self.finished = True
+        self.status = exc.status
+        self.failure = exc
+
+    def start_stream(self, status: int, content_type: bytes, headers: Headers = ()) -> None:
+        raise RuntimeError("a collected answer is never streamed")
+
+    def write(self, events: bytes) -> None:
+        raise RuntimeError("a collected answer is never streamed")
+
+    def end_stream(self) -> None:
+        raise RuntimeError("a collected answer is never streamed")
+
+    def fail_stream(self, exc: ProxyError) -> None:
+        raise RuntimeError("a collected answer is never streamed")
+
+    def abort(self) -> None:
+        self.finished = True

@@ -6,9 +6,10 @@ final period it must equal a class name (any case) — and cached by the prompt'
 call is bounded by a short timeout; on a timeout, an error or an answer that is no class,
 the caller falls back to the compiled classifier.
 
-The call is traffic like any other on the router deployment's endpoint: it counts in flight
-there and its outcome goes to the endpoint table, the breaker and the outlier tally through
-the same ``Router.attempt_*`` calls as a proxied request. A connection failure, a 429, a
+The call is traffic like any other on the router deployment's endpoint: it is one
+``Dispatcher.attempt``, the very call a proxied request's attempt makes, so it counts in
+flight there and its outcome goes to the endpoint table, the breaker and the outlier tally
+as a proxied request's does. A connection failure, a 429, a
 5xx or one of the endpoint's own timeouts is the endpoint's failure; the tier's shorter
 budget running out, or an answer that is no class, is not. So a router
 deployment that keeps failing gets its circuit opened, and while it is open the tier is
@@ -26,8 +27,10 @@ from collections import OrderedDict
 import orjson
 import xxhash
 
-from ..errors import UpstreamError, UpstreamTimeout
-from ..upstream.conn import failed_status, status_error
+from ..errors import DeadlineExceeded, UpstreamError
+from ..responder import Collector
+
+CHAT_URL = b"/v1/chat/completions"
 
 log = logging.getLogger("llmedge.llm_router")
 
@@ -101,6 +104,8 @@ class LlmRouter:
 
     async def _call(self, text: str) -> object:
         """The router model's answer; TimeoutError past ``timeout_s``."""
+        from ..dispatch import Answer, Dispatcher   # the dispatcher imports routing
+
         target = self.target
         if target.unusable:
             raise ValueError(target.unusable)
@@ -111,65 +116,34 @@ class LlmRouter:
         picked = router.pick_endpoint(target, None, 0.25)
         if picked is None:
             raise ValueError("every endpoint of %s is out of service" % target.name)
-        row, endpoint = picked
         body = orjson.dumps({"model": target.upstream_model, "temperature": 0, "max_tokens": 16,
                              "messages": [{"role": "system", "content": self.system},
                                           {"role": "user", "content": text}]})
-        head = (b"POST %s/chat/completions HTTP/1.1\r\nhost: %s\r\n"
-                b"content-type: application/json\r\ncontent-length: %d\r\n%s"
-                b"accept: application/json\r\nuser-agent: llmedge-router\r\n\r\n" % (
-                    endpoint.base_path, endpoint.host_header, len(body), target.auth_header))
-        timeout_s = self.timeout_s
-        own = target.timeouts
         self.calls += 1
+        answer = Answer(Collector(CHAT_URL, body), None, router.plan(target.name),
+                        b"/chat/completions", body, target.upstream_model, False,
+                        b"llm-router-%d" % self.calls)
+        # The tier's budget as the request's deadline: where it is shorter than the
+        # endpoint's own timeouts, running out is the budget's doing, not a failure of a
+        # slow but healthy deployment that also serves requests.
+        answer.deadline = time.monotonic() + self.timeout_s
+        answer.upstream = target
         target.inflight += 1
-        router.attempt_started(row)
-        started = time.monotonic()
         try:
-            async with asyncio.timeout(timeout_s):
-                # The endpoint's own timeouts, where shorter, fail it as they would a request.
-                conn, response = await endpoint.send(
-                    [head, body], min(timeout_s, own.connect_s),
-                    min(timeout_s, own.first_byte_s), min(timeout_s, own.idle_s))
-                head_at = time.monotonic()
-                try:
-                    data = await conn.read_whole()
-                except BaseException:
-                    conn.abort()
-                    raise
-        except TimeoutError:
-            if timeout_s < own.first_byte_s:
-                # The tier's short budget ran out, not the endpoint's patience: a slow but
-                # healthy deployment that also serves requests keeps its circuit.
-                router.attempt_dropped(row)
-            else:
-                router.attempt_failed(row, started, time.monotonic(), UpstreamTimeout(
-                    "no answer within %gs" % timeout_s))
-            raise
-        except UpstreamError as exc:
-            router.attempt_failed(row, started, time.monotonic(), exc)
-            raise
-        except BaseException:
-            # Cancelled with the request (client gone, shutdown): nothing learned.
-            router.attempt_dropped(row)
-            raise
+            async with asyncio.timeout(self.timeout_s):
+                await Dispatcher.attempt(answer, router, target, *picked, None)
+        except DeadlineExceeded:
+            raise TimeoutError from None
         finally:
             target.inflight -= 1
-        if conn.reusable(response):
-            endpoint.release(conn)
-        else:
-            conn.close()
-        status = response.status
-        if failed_status(status):
-            failure = status_error(response, data)
-            router.attempt_failed(row, started, time.monotonic(), failure)
-            raise failure
-        # Whatever the endpoint said, it answered: only 429 and 5xx count against it, as
-        # for proxied requests, and an answer that is no class is the router model's fault.
-        router.attempt_succeeded(row, started, time.monotonic(), head_at)
-        if status != 200:
-            raise ValueError("answered HTTP %d" % status)
+        collected = answer.exchange
+        assert isinstance(collected, Collector)
+        if collected.failure is not None or collected.status != 200:
+            # Whatever the endpoint said, it answered: only 429 and 5xx (raised above) count
+            # against it, as for proxied requests; an answer that is no class is the router
+            # model's fault.
+            raise ValueError("answered HTTP %d" % collected.status)
         try:
-            return orjson.loads(data)["choices"][0]["message"]["content"]
+            return orjson.loads(collected.payload)["choices"][0]["message"]["content"]
         except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
             raise ValueError("answer is not a chat completion") from None

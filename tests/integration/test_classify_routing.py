@@ -533,6 +533,10 @@ def test_llm_tier_falls_back_on_a_bad_answer_or_a_timeout(start_edge, sims):
     metrics = edge.metrics()
     assert metric_value(metrics, "llmedge_llm_router_calls_total", result="not_a_class") == 1
     assert metric_value(metrics, "llmedge_llm_router_calls_total", result="timeout") == 2
+    # The tier's short budget ran out, not the endpoint's patience: no failure is counted
+    # against a slow deployment that may also serve requests.
+    gamma = _endpoint(edge, "gamma")
+    assert gamma["consecutive_failures"] == 0 and gamma["circuit"] == "closed", gamma
 
 
 def test_llm_tier_as_cascade_and_as_voter(start_edge, sims):
