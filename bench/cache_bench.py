@@ -40,10 +40,11 @@ import httptools
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from compare import free_port, start_listening  # noqa: E402
+from compare import free_port  # noqa: E402
 from histogram import Histogram  # noqa: E402
 from load import new_loop  # noqa: E402
-from machine import REPO, choose_cpus, cpu_model, git_state, pin, stop_popen  # noqa: E402
+from machine import (REPO, choose_cpus, cpu_model, git_state, pin, start_listening,  # noqa: E402
+                     stop_popen)
 
 PYTHON = sys.executable
 PROMPT = "What is the capital of France? Answer in one short sentence, please."

@@ -61,9 +61,7 @@ import os
 import platform
 import resource
 import secrets
-import select
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -73,9 +71,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import (CLK_TCK, choose_cpus, cpu_model, git_state, log_tail,  # noqa: E402
-                     pid_cpu_s, pid_status_kb, pin, pin_at_exec, proc_stat, process_tree,
-                     stop_popen, version_of)
+from machine import (CLK_TCK, Proc, choose_cpus, cpu_model, git_state,  # noqa: E402
+                     log_tail, pid_cpu_s, pin, pin_at_exec, start_listening, version_of)
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -189,96 +186,6 @@ PORTKEY_PACKAGE_JSON = {"private": True, "overrides": {"@hono/node-server": "1.1
 
 
 # === processes ===
-
-class Proc:
-    """A started server process and what /proc says about it.
-
-    With ``tree`` (peers, llmedge --workers) CPU and memory are summed over the process and
-    all its descendants, since the work may happen in any of them."""
-
-    def __init__(self, name: str, popen: subprocess.Popen, port: int, startup_s: float,
-                 log_path: Path, tree: bool = False, headers: list[str] | None = None) -> None:
-        self.name = name
-        self.popen = popen
-        self.pid = popen.pid
-        self.port = port
-        self.startup_s = startup_s
-        self.log_path = log_path
-        self.tree = tree
-        self.headers = headers or []
-
-    def pids(self) -> list[int]:
-        return process_tree(self.pid) if self.tree else [self.pid]
-
-    def cpu_s(self) -> float:
-        """User + system CPU seconds of the process (all its threads), or of its tree."""
-        if not self.tree:
-            return pid_cpu_s(self.pid)
-        total = 0.0
-        for pid in self.pids():
-            try:
-                total += pid_cpu_s(pid, reaped_children=True)
-            except (OSError, IndexError, ValueError):
-                pass        # exited meanwhile: its parent's reaped-children time has it
-        return total
-
-    def status_kb(self, key: str) -> int | None:
-        """A /proc/PID/status figure in kB; for a tree, the sum over its processes (for VmHWM
-        an upper bound: the processes need not peak at the same moment)."""
-        values = [v for v in (pid_status_kb(p, key) for p in self.pids()) if v is not None]
-        return sum(values) if values else None
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def stop(self) -> int | None:
-        pids = self.pids() if self.tree and self.alive() else []
-        code = stop_popen(self.popen)
-        for pid in pids[1:]:
-            # A descendant that outlived its parent would keep the port and a core busy.
-            try:
-                if proc_stat(pid)[0] != "Z":
-                    os.kill(pid, signal.SIGKILL)
-            except (OSError, IndexError):
-                pass
-        return code
-
-
-def start_listening(name: str, cmd: list[str], cpu: int | None, tmp: Path,
-                    env: dict | None = None, count: int = 1,
-                    affinity: set[int] | None = None, cwd: Path = REPO) -> Proc:
-    """Start a process that prints ``LISTENING host:port`` when ready (``count`` such lines
-    for ``llmedge --workers``, one per worker)."""
-    log_path = tmp / ("%s.log" % name)
-    log = open(log_path, "wb")
-    t0 = time.perf_counter()
-    popen = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=log, text=True,
-                             env=env, preexec_fn=pin_at_exec(affinity))
-    log.close()
-    pin(popen.pid, cpu)
-    # Raw reads, not readline(): workers write their lines at about the same time, and a
-    # line left in a file object's buffer is invisible to select().
-    fd = popen.stdout.fileno()
-    out = b""
-    deadline = t0 + STARTUP_TIMEOUT
-    while out.count(b"\n") < count and time.perf_counter() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.05)
-        if ready:
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                break
-            out += chunk
-        elif popen.poll() is not None:
-            break
-    startup = time.perf_counter() - t0
-    lines = out.decode(errors="replace").splitlines()[:count]
-    if len(lines) < count or not all(ln.startswith("LISTENING ") for ln in lines):
-        Proc(name, popen, 0, startup, log_path).stop()
-        raise RuntimeError("%s did not start (got %r):\n%s" % (name, out.decode(
-            errors="replace"), log_tail(log_path)))
-    return Proc(name, popen, int(lines[0].strip().rsplit(":", 1)[1]), startup, log_path,
-                tree=count > 1)
-
 
 def free_port() -> int:
     with socket.socket() as s:

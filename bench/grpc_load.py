@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -122,26 +121,6 @@ def run_http(args: argparse.Namespace, port: int) -> dict:
 
 
 # === processes ===
-
-def start(cmd: list[str], cpu: int | None, tmp: Path, name: str,
-          lines: int = 1) -> tuple[subprocess.Popen, list[str]]:
-    log = open(tmp / ("%s.log" % name), "wb")
-    proc = subprocess.Popen(cmd, cwd=machine.REPO, stdout=subprocess.PIPE, stderr=log,
-                            preexec_fn=machine.pin_at_exec({cpu} if cpu is not None else None))
-    log.close()
-    got = []
-    deadline = time.monotonic() + 30
-    while len(got) < lines and time.monotonic() < deadline:
-        line = proc.stdout.readline().decode()
-        if not line:
-            break
-        got.append(line.strip())
-    if len(got) < lines:
-        machine.stop_popen(proc)
-        raise RuntimeError("%s did not start: %s" % (name, machine.log_tail(
-            tmp / ("%s.log" % name))))
-    return proc, got
-
 
 def edge_config(sim_port: int) -> str:
     return """\
@@ -271,22 +250,21 @@ def main(argv: list[str] | None = None) -> int:
     machine.pin(0, cpus["load"])
     with tempfile.TemporaryDirectory(prefix="llmedge-grpc-bench-") as tmpdir:
         tmp = Path(tmpdir)
-        sim, lines = start([sys.executable, "-m", "proxy.sim", "--port", "0"],
-                           cpus["load"], tmp, "simulator")
-        sim_port = int(lines[0].rsplit(":", 1)[1])
+        sim = machine.start_listening("simulator", [sys.executable, "-m", "proxy.sim",
+                                                    "--port", "0"], cpus["load"], tmp)
         edge = floor = None
         try:
-            (tmp / "edge.yaml").write_text(edge_config(sim_port))
-            edge, lines = start([sys.executable, "-m", "proxy", "serve", "-c",
-                                 str(tmp / "edge.yaml"), "--loop", args.edge_loop],
-                                cpus["proxy"], tmp, "llmedge", 2)
-            grpc_port = int(lines[0].rsplit(":", 1)[1])
-            http_port = int(lines[1].rsplit(":", 1)[1])
+            (tmp / "edge.yaml").write_text(edge_config(sim.port))
+            edge = machine.start_listening("llmedge", [
+                sys.executable, "-m", "proxy", "serve", "-c", str(tmp / "edge.yaml"),
+                "--loop", args.edge_loop], cpus["proxy"], tmp, count=2, tree=False)
+            grpc_port = int(edge.lines[0].rsplit(":", 1)[1])   # LISTENING-GRPC comes first
+            http_port = edge.port
             if args.floor:
-                floor, lines = start([sys.executable, str(machine.REPO / "bench" /
-                                                          "grpc_floor.py"), "--port", "0"],
-                                     cpus["proxy"], tmp, "floor")
-                floor_port = int(lines[0].rsplit(":", 1)[1])
+                floor = machine.start_listening("floor", [
+                    sys.executable, str(machine.REPO / "bench" / "grpc_floor.py"), "--port",
+                    "0"], cpus["proxy"], tmp)
+                floor_port = floor.port
             rows: dict[str, list[dict]] = {"http": [], "grpc": [], "floor": []}
             for _ in range(args.rounds):
                 rows["http"].append(measure(args, "http", edge.pid,
@@ -298,10 +276,10 @@ def main(argv: list[str] | None = None) -> int:
                         args, "127.0.0.1:%d" % floor_port)))
         finally:
             if floor is not None:
-                machine.stop_popen(floor)
+                floor.stop()
             if edge is not None:
-                machine.stop_popen(edge)
-            machine.stop_popen(sim)
+                edge.stop()
+            sim.stop()
     report = {"meta": {"git": machine.git_state(), "cpu": machine.cpu_model(),
                        "python": sys.version.split()[0], "pinning": cpus,
                        "connections": args.connections, "duration_s": args.duration,

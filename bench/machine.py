@@ -1,7 +1,8 @@
-"""Process and machine helpers shared by the bench scripts (compare.py, soak.py).
+"""Process and machine helpers shared by the bench scripts.
 
 What is here: facts about the machine and the run (CPU model, git commit, package
-versions), readers of /proc/PID/stat and /proc/PID/status, stopping a started process,
+versions), readers of /proc/PID/stat and /proc/PID/status, starting a server and waiting
+for its LISTENING line (``start_listening``, with ``Proc``), stopping a started process,
 CPU pinning (choosing the proxy and load CPUs, pinning a started process or a child before
 exec) and the tail of a log file for error messages. Linux only where /proc or
 sched_setaffinity is involved.
@@ -11,13 +12,16 @@ from __future__ import annotations
 
 import os
 import platform
+import select
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 STOP_TIMEOUT = 15.0
+STARTUP_TIMEOUT = 30.0
 
 
 # === /proc readers ===
@@ -88,6 +92,104 @@ def stop_popen(popen: subprocess.Popen, timeout: float = STOP_TIMEOUT) -> int | 
 
 
 # === CPU pinning ===
+
+class Proc:
+    """A started server process and what /proc says about it.
+
+    With ``tree`` (peers, llmedge --workers) CPU and memory are summed over the process and
+    all its descendants, since the work may happen in any of them."""
+
+    def __init__(self, name: str, popen: subprocess.Popen, port: int, startup_s: float,
+                 log_path: Path, tree: bool = False, headers: list[str] | None = None) -> None:
+        self.name = name
+        self.popen = popen
+        self.pid = popen.pid
+        self.port = port
+        self.startup_s = startup_s
+        self.log_path = log_path
+        self.tree = tree
+        self.headers = headers or []
+        self.lines: list[str] = []      # the LISTENING lines it printed
+
+    def pids(self) -> list[int]:
+        return process_tree(self.pid) if self.tree else [self.pid]
+
+    def cpu_s(self) -> float:
+        """User + system CPU seconds of the process (all its threads), or of its tree."""
+        if not self.tree:
+            return pid_cpu_s(self.pid)
+        total = 0.0
+        for pid in self.pids():
+            try:
+                total += pid_cpu_s(pid, reaped_children=True)
+            except (OSError, IndexError, ValueError):
+                pass        # exited meanwhile: its parent's reaped-children time has it
+        return total
+
+    def status_kb(self, key: str) -> int | None:
+        """A /proc/PID/status figure in kB; for a tree, the sum over its processes (for VmHWM
+        an upper bound: the processes need not peak at the same moment)."""
+        values = [v for v in (pid_status_kb(p, key) for p in self.pids()) if v is not None]
+        return sum(values) if values else None
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self) -> int | None:
+        pids = self.pids() if self.tree and self.alive() else []
+        code = stop_popen(self.popen)
+        for pid in pids[1:]:
+            # A descendant that outlived its parent would keep the port and a core busy.
+            try:
+                if proc_stat(pid)[0] != "Z":
+                    os.kill(pid, signal.SIGKILL)
+            except (OSError, IndexError):
+                pass
+        return code
+
+
+def start_listening(name: str, cmd: list[str], cpu: int | None, tmp: Path,
+                    env: dict | None = None, count: int = 1,
+                    affinity: set[int] | None = None, cwd: Path = REPO,
+                    tree: bool | None = None) -> Proc:
+    """Start a process that prints ``LISTENING host:port`` when ready: the one way every
+    bench script starts a server. ``count`` such lines for ``llmedge --workers`` (one per
+    worker) or for llmedge with both front ends (``LISTENING-GRPC`` first); they are in
+    ``Proc.lines``, and ``Proc.port`` is the HTTP one. ``tree`` (default: several lines)
+    counts CPU and memory over the process's descendants too."""
+    log_path = tmp / ("%s.log" % name)
+    log = open(log_path, "wb")
+    t0 = time.perf_counter()
+    popen = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=log, text=True,
+                             env=env, preexec_fn=pin_at_exec(affinity))
+    log.close()
+    pin(popen.pid, cpu)
+    # Raw reads, not readline(): workers write their lines at about the same time, and a
+    # line left in a file object's buffer is invisible to select().
+    fd = popen.stdout.fileno()
+    out = b""
+    deadline = t0 + STARTUP_TIMEOUT
+    while out.count(b"\n") < count and time.perf_counter() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.05)
+        if ready:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            out += chunk
+        elif popen.poll() is not None:
+            break
+    startup = time.perf_counter() - t0
+    lines = [ln.strip() for ln in out.decode(errors="replace").splitlines()[:count]]
+    if len(lines) < count or not all(ln.startswith("LISTENING") for ln in lines):
+        Proc(name, popen, 0, startup, log_path).stop()
+        raise RuntimeError("%s did not start (got %r):\n%s" % (name, out.decode(
+            errors="replace"), log_tail(log_path)))
+    http = next((ln for ln in lines if ln.startswith("LISTENING ")), lines[0])
+    proc = Proc(name, popen, int(http.rsplit(":", 1)[1]), startup, log_path,
+                tree=count > 1 if tree is None else tree)
+    proc.lines = lines
+    return proc
+
 
 def choose_cpus(no_pin: bool) -> dict:
     """The CPU for the proxy and the CPU for the load (simulators, generators), or Nones
