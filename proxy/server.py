@@ -94,10 +94,10 @@ class Server:
         self.metrics.upstream_connections.set_function(
             lambda: sum(e.open_connections for t in self.router.targets.values()
                         for e in t.endpoints))
+        cache = await open_cache(config.cache, self.metrics)
         if config.server.access_log:
             self.access_log = AccessLog(config.server.access_log)
-        self.gateway = Gateway(self.live, self.metrics,
-                               await open_cache(config.cache, self.metrics),
+        self.gateway = Gateway(self.live, self.metrics, cache,
                                RetryBudget(config.upstream.retry_budget), self.access_log)
         self.metrics.watch_endpoints(self._endpoint_rows)
         self.metrics.watch_llm_router(lambda: self.router.llm_outcomes)

@@ -273,7 +273,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
         remaining = context.time_remaining()
         if remaining is not None:
             # The dispatcher bounds every connect and first byte by it and tries no further
-            # candidate once it has passed (the handler's own timeout covers the rest).
+            # candidate once it has passed; grpc's core ends the call when it passes.
             ex.deadline = time.monotonic() + remaining
         self.active.add(ex)
         self.idle.clear()

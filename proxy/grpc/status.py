@@ -35,7 +35,7 @@ def from_error(exc: ProxyError, headers: Headers = (),
                code: grpc.StatusCode | None = None) -> Failure:
     trailers = metadata(headers)
     for key, value in (("type", exc.type), ("code", exc.code), ("param", exc.param)):
-        if value is not None:
+        if value:   # an upstream's error event may say "code": "" — nothing to pass on
             trailers.append(("x-llmedge-error-" + key,
                              value.encode("ascii", "backslashreplace").decode("ascii")))
     if exc.retry_after is not None:
