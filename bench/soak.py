@@ -70,8 +70,8 @@ import httptools
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import (choose_cpus, cpu_model, git_sha, log_tail, pid_cpu_s,  # noqa: E402
-                     pid_status_kb, pin, stop_popen, version_of)
+from machine import (Proc, choose_cpus, cpu_model, git_sha, log_tail, pid_cpu_s,  # noqa: E402
+                     pin, stop_popen, version_of)
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -142,24 +142,14 @@ def spawn(cmd: list[str], stdout, stderr) -> subprocess.Popen:
                             start_new_session=True, preexec_fn=_child_setup)
 
 
-class Server:
-    """A started server process (simulator or llmedge) and what /proc says about it."""
+class Server(Proc):
+    """A started server process (simulator or llmedge): ``machine.Proc``, plus its open file
+    descriptors, a CPU reading that is None once it is gone, and its exit code kept."""
 
     def __init__(self, name: str, popen: subprocess.Popen, port: int, startup_s: float,
                  log_path: Path) -> None:
-        self.name = name
-        self.popen = popen
-        self.pid = popen.pid
-        self.port = port
-        self.startup_s = startup_s
-        self.log_path = log_path
+        super().__init__(name, popen, port, startup_s, log_path)
         self.exit_code: int | None = None
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def status_kb(self, key: str) -> int | None:
-        return pid_status_kb(self.pid, key)
 
     def fds(self) -> int | None:
         try:
@@ -167,7 +157,7 @@ class Server:
         except OSError:
             return None
 
-    def cpu_s(self) -> float | None:
+    def cpu_s(self) -> float | None:  # type: ignore[override]
         try:
             return pid_cpu_s(self.pid)
         except (OSError, ValueError, IndexError):

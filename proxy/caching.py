@@ -23,9 +23,9 @@ from .cache_backend import CacheBackend
 from .cache_metrics import CacheMetrics
 from .config import CacheBreakerConfig, CacheSection, RouteCache
 from .metrics import Metrics
+from .responder import JSON
 from .sse_assemble import assemble
 
-_JSON = b"application/json"   # what a stream assembled into a completion is stored as
 
 log = logging.getLogger("llmedge.cache")
 
@@ -234,7 +234,7 @@ class ResponseCache:
             return
         body = assemble(b"".join(recording.parts))
         if body is not None:
-            await self.store(ticket, body, _JSON, upstream)
+            await self.store(ticket, body, JSON, upstream)  # stored as the completion
 
     async def store(self, ticket: Ticket, body: bytes, content_type: bytes,
                     upstream: bytes) -> None:
@@ -358,9 +358,7 @@ class ResponseCache:
 
     async def delete(self, route: str | None) -> int:
         """Drop every stored answer (of one route). Raises when the backend cannot."""
-        if self.sync:
-            return await self.backend.delete(route)
-        async with asyncio.timeout(ADMIN_TIMEOUT_S):
+        async with asyncio.timeout(None if self.sync else ADMIN_TIMEOUT_S):
             return await self.backend.delete(route)
 
     async def aclose(self) -> None:

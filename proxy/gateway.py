@@ -23,7 +23,7 @@ from .errors import (BadRequest, InternalError, MethodNotAllowed, NotFound, Over
                      ProxyError, ReloadRejected, refusal)
 from .jsondoc import decode_view
 from .metrics import Metrics
-from .responder import EVENT_STREAM, JSON, Headers, Responder
+from .responder import EVENT_STREAM, JSON, Responder
 from .routing.explain import explain_body
 from .routing.router import Router, parse_tags
 from .runtime import Live
@@ -123,7 +123,7 @@ class Gateway:
         elif path == b"/metrics":
             self._get(ex) and self._metrics(ex)
         else:
-            self._error(ex, NotFound("no such endpoint: %s" % path.decode("latin-1"),
+            ex.fail(NotFound("no such endpoint: %s" % path.decode("latin-1"),
                                      code="not_found"))
 
     # === endpoints ===
@@ -139,7 +139,7 @@ class Gateway:
     def _method(self, ex: Responder, method: bytes) -> bool:
         if ex.method == method:
             return True
-        self._error(ex, MethodNotAllowed("use %s for this endpoint" % method.decode(),
+        ex.fail(MethodNotAllowed("use %s for this endpoint" % method.decode(),
                                          code="method_not_allowed"),
                     ((b"allow", b"GET, HEAD" if method == b"GET" else method),))
         return False
@@ -150,7 +150,7 @@ class Gateway:
             # Quoted or not, the same id: %2F and / alike.
             body = self.router.model_bodies.get(quote(unquote_to_bytes(name), safe="").encode())
         if body is None:
-            self._error(ex, NotFound("The model %r does not exist: it names no route or "
+            ex.fail(NotFound("The model %r does not exist: it names no route or "
                                      "deployment" % unquote_to_bytes(name).decode("utf-8",
                                                                                    "replace"),
                                      param="model"))
@@ -272,7 +272,7 @@ class Gateway:
                 return
             decision = plan.decide(*args)
         except ProxyError as exc:
-            self._error(ex, exc)
+            ex.fail(exc)
             return
         ex.respond(200, explain_body(router, plan, decision))
 
@@ -280,7 +280,7 @@ class Gateway:
         try:
             decision = await plan.decide_async(*args)
         except ProxyError as exc:
-            self._error(ex, exc)
+            ex.fail(exc)
             return
         except Exception:
             log.exception("unexpected error deciding a route")
@@ -341,7 +341,7 @@ class Gateway:
                 request_id: bytes) -> None:
         """Refused before any upstream was asked (a bad request, tags no deployment has),
         but still one of the client's requests: it can be found by its id like any other."""
-        self._error(ex, exc, ((b"x-request-id", request_id),))
+        ex.fail(exc, ((b"x-request-id", request_id),))
         self.metrics.request("-", "-", exc.status, time.perf_counter() - started)
         if self.access_log is not None:
             self.access_log.write({"ts": time.time(),
@@ -367,7 +367,7 @@ class Gateway:
         if self.inflight >= runtime.max_inflight:
             # Shed at once: a bounded answer now beats an unbounded queue.
             answer.status = 503
-            self._error(ex, Overloaded("llmedge is at max_inflight (%d requests); retry shortly"
+            ex.fail(Overloaded("llmedge is at max_inflight (%d requests); retry shortly"
                                        % runtime.max_inflight, retry_after=1.0))
             self.metrics.shed("server_max_inflight")
             if answer.ticket is not None:
@@ -545,14 +545,14 @@ class Gateway:
         unknown = sorted(set(query) - {"route"})
         if unknown or len(query.get("route", ())) > 1 or query.get("route") == [""]:
             # A typo must not empty every route's cache.
-            self._error(ex, BadRequest(
+            ex.fail(BadRequest(
                 "DELETE /admin/cache takes one query parameter, route=NAME (got %s)"
                 % ", ".join(unknown or ["route=%s" % v for v in query["route"]]),
                 param="route"))
             return
         route = query.get("route", [None])[0]
         if route is not None and route not in self.router.routes:
-            self._error(ex, NotFound("no such route: %s" % route, code="route_not_found"))
+            ex.fail(NotFound("no such route: %s" % route, code="route_not_found"))
             return
         task = asyncio.get_running_loop().create_task(self._clear_cache(ex, route))
         ex.task = task
@@ -575,10 +575,6 @@ class Gateway:
         if workers is not None:
             body["workers"] = workers
         ex.respond(200, orjson.dumps(body))
-
-    @staticmethod
-    def _error(ex: Responder, exc: ProxyError, headers: Headers = ()) -> None:
-        ex.fail(exc, headers)
 
     def _request_id(self, ex: Responder) -> bytes:
         given = ex.headers.get(b"x-request-id")

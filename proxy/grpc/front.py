@@ -182,15 +182,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
                 await ex.wait()
         finally:
             self._end(ex)
-        if ex.aborted or ex.dropped or ex.status >= 300:
-            await self._fail_answer(ex, context, "Chat")
-        doc = self._whole(ex)
-        if doc is None:
-            await self._fail(context, "Chat", status.Failure(
-                grpc.StatusCode.INTERNAL, "the upstream's answer is not JSON",
-                status.metadata(ex.response_headers)))
-        await context.send_initial_metadata(status.metadata(ex.response_headers))
-        return translate.chat_response(doc)
+        return translate.chat_response(await self._whole_answer(ex, context, "Chat"))
 
     @_rpc("ChatStream")
     async def ChatStream(self, request: pb.ChatRequest,
@@ -201,14 +193,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
                 await ex.wait()
             if not ex.streaming:
                 # A whole answer: an error, or an upstream that did not stream.
-                if ex.aborted or ex.dropped or ex.status >= 300:
-                    await self._fail_answer(ex, context, "ChatStream")
-                doc = self._whole(ex)
-                if doc is None:
-                    await self._fail(context, "ChatStream", status.Failure(
-                        grpc.StatusCode.INTERNAL, "the upstream's answer is not JSON",
-                        status.metadata(ex.response_headers)))
-                await context.send_initial_metadata(status.metadata(ex.response_headers))
+                doc = await self._whole_answer(ex, context, "ChatStream")
                 await context.write(translate.completion_as_chunk(doc))
                 return
             await context.send_initial_metadata(status.metadata(ex.response_headers))
@@ -297,12 +282,20 @@ class GatewayServicer(pb_grpc.GatewayServicer):
         for ex in list(self.active):
             _cancel(ex)
 
-    @staticmethod
-    def _whole(ex: GrpcExchange) -> Any:
+    async def _whole_answer(self, ex: GrpcExchange, context: grpc.aio.ServicerContext,
+                            method: str) -> Any:
+        """The decoded JSON of a whole answer, its metadata sent; a failed or undecodable
+        one ends the call with its status instead."""
+        if ex.aborted or ex.dropped or ex.status >= 300:
+            await self._fail_answer(ex, context, method)
         try:
-            return orjson.loads(ex.payload)
+            doc = orjson.loads(ex.payload)
         except orjson.JSONDecodeError:
-            return None
+            await self._fail(context, method, status.Failure(
+                grpc.StatusCode.INTERNAL, "the upstream's answer is not JSON",
+                status.metadata(ex.response_headers)))
+        await context.send_initial_metadata(status.metadata(ex.response_headers))
+        return doc
 
     async def _fail_answer(self, ex: GrpcExchange, context: grpc.aio.ServicerContext,
                            method: str) -> NoReturn:
