@@ -6,7 +6,6 @@ Every problem is reported with its path (``routes[1].fallbacks[0]: unknown deplo
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from urllib.parse import urlsplit
@@ -15,6 +14,9 @@ import msgspec
 import yaml
 
 from ..errors import ConfigError
+from . import decode
+from .bounds import (AtLeastOne, Count, HeaderBytes, Jitter, NonNegative, Percent, Positive,
+                     Rate, Seconds, SecondsOrZero, Share, Tokens, ZeroIsNoLimit)
 from .classify import check_classify, writable_file_problem
 
 POLICIES = ("ordered", "weighted", "cost", "latency", "score", "classify")
@@ -24,64 +26,64 @@ CONTINUATIONS = ("none", "prefill")
 
 
 class Timeouts(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    connect_s: float = 5.0          # TCP (and TLS) connect
-    first_byte_s: float = 120.0     # request sent -> response head; LLMs think before answering
-    idle_s: float = 60.0            # between two chunks of a streamed body
-    first_token_s: float = 15.0     # streams: request sent -> the first content token
+    connect_s: Seconds = 5.0        # TCP (and TLS) connect
+    first_byte_s: Seconds = 120.0   # request sent -> response head; LLMs think before answering
+    idle_s: Seconds = 60.0          # between two chunks of a streamed body
+    first_token_s: Seconds = 15.0   # streams: request sent -> the first content token
 
 
 class Price(msgspec.Struct, forbid_unknown_fields=True):
-    input: float = 0.0              # USD per 1M prompt tokens
-    output: float = 0.0             # USD per 1M completion tokens
+    input: NonNegative = 0.0        # USD per 1M prompt tokens
+    output: NonNegative = 0.0       # USD per 1M completion tokens
 
 
 class GrpcLimits(msgspec.Struct, forbid_unknown_fields=True):
     """``server.grpc_limits``: message sizes, HTTP/2 streams and keepalive of the gRPC front."""
 
-    max_receive_message_bytes: int = 8 * 1024 * 1024   # one request message
-    max_send_message_bytes: int = 64 * 1024 * 1024     # one answer (as large as an upstream's)
-    max_concurrent_streams: int = 256       # calls at once on one client connection (HTTP/2)
-    max_concurrent_rpcs: int | None = None  # calls at once in all; past it RESOURCE_EXHAUSTED
-    keepalive_time_s: float = 60.0          # ping a connection after this long without data
-    keepalive_timeout_s: float = 20.0       # ... and close it when the ping is not answered
+    max_receive_message_bytes: AtLeastOne = 8 * 1024 * 1024  # one request message
+    max_send_message_bytes: AtLeastOne = 64 * 1024 * 1024    # one answer, as large as upstream's
+    max_concurrent_streams: AtLeastOne = 256        # calls at once on one client connection
+    max_concurrent_rpcs: AtLeastOne | None = None   # calls at once in all; then RESOURCE_EXHAUSTED
+    keepalive_time_s: Seconds = 60.0        # ping a connection after this long without data
+    keepalive_timeout_s: Seconds = 20.0     # ... and close it when the ping is not answered
     permit_keepalive_without_calls: bool = True   # clients may ping connections with no call
-    min_ping_interval_s: float = 10.0       # client pings more often count as strikes
-    max_ping_strikes: int = 2               # ... and past this many the connection is closed
-    max_connection_idle_s: float | None = None    # close connections idle this long
-    max_connection_age_s: float | None = None     # ask clients to reconnect after this long
-    max_connection_age_grace_s: float | None = None
+    min_ping_interval_s: Seconds = 10.0     # client pings more often count as strikes
+    max_ping_strikes: ZeroIsNoLimit = 2     # ... and past this many the connection is closed
+    max_connection_idle_s: Seconds | None = None  # close connections idle this long
+    max_connection_age_s: Seconds | None = None   # ask clients to reconnect after this long
+    max_connection_age_grace_s: Seconds | None = None
 
 
 class ServerSection(msgspec.Struct, forbid_unknown_fields=True):
     http: str | None = "127.0.0.1:8080"
     grpc: str | None = None
-    workers: int = 1
-    max_body_bytes: int = 8 * 1024 * 1024
-    max_header_bytes: int = 64 * 1024
-    max_headers: int = 100
-    request_timeout_s: float = 30.0      # to receive one request's head and body
-    keepalive_timeout_s: float = 75.0    # idle connection between requests
-    drain_timeout_s: float = 30.0
-    drain_delay_s: float = 0.0           # after SIGTERM: unready but serving, then close
-    max_pipelined: int = 32              # requests queued on one connection before reading pauses
+    workers: AtLeastOne = 1
+    max_body_bytes: AtLeastOne = 8 * 1024 * 1024
+    max_header_bytes: HeaderBytes = 64 * 1024
+    max_headers: AtLeastOne = 100
+    request_timeout_s: Seconds = 30.0    # to receive one request's head and body
+    keepalive_timeout_s: Seconds = 75.0  # idle connection between requests
+    drain_timeout_s: Seconds = 30.0
+    drain_delay_s: SecondsOrZero = 0.0   # after SIGTERM: unready but serving, then close
+    max_pipelined: AtLeastOne = 32       # requests queued on one connection before reading pauses
     admin_token_env: str | None = None   # when set, /admin/* needs "Authorization: Bearer <it>"
-    max_inflight: int = 4096             # proxied requests at once; past it, 503 at once
+    max_inflight: AtLeastOne = 4096      # proxied requests at once; past it, 503 at once
     grpc_limits: GrpcLimits = msgspec.field(default_factory=GrpcLimits)
     access_log: str | None = None        # "-" (stderr), "stdout" or a file: JSON lines
 
 
 class BreakerConfig(msgspec.Struct, forbid_unknown_fields=True):
-    consecutive_failures: int = 5      # open after this many failures in a row
-    failure_rate: float = 0.5          # ... or this share of failures in the window
-    min_requests: int = 20             # ... once the window holds at least this many
-    window_s: float = 10.0
+    consecutive_failures: AtLeastOne = 5  # open after this many failures in a row
+    failure_rate: Rate = 0.5           # ... or this share of failures in the window
+    min_requests: AtLeastOne = 20      # ... once the window holds at least this many
+    window_s: Seconds = 10.0
     # First backoff, doubling with each re-opening up to max_open_s. Short, because the cap
     # is how long a recovered endpoint that probes cannot vouch for (or with probes off) may
     # wait for its next trial; a trial costs one failed attempt, answered by a fallback.
-    open_s: float = 2.0
-    max_open_s: float = 10.0
-    jitter: float = 0.1                # +- share of the backoff, so replicas do not sync
-    cooldown_429_s: float = 5.0        # a 429 without Retry-After keeps the circuit open this long
+    open_s: Seconds = 2.0
+    max_open_s: Seconds = 10.0
+    jitter: Jitter = 0.1               # +- share of the backoff, so replicas do not sync
+    cooldown_429_s: Seconds = 5.0      # a 429 without Retry-After keeps the circuit open this long
 
 
 class HealthConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -89,14 +91,14 @@ class HealthConfig(msgspec.Struct, forbid_unknown_fields=True):
 
     enabled: bool = True
     path: str = "/models"              # appended to the endpoint's base path; GET, never billed
-    interval_s: float = 10.0           # between the end of one probe and the next
+    interval_s: Seconds = 10.0         # between the end of one probe and the next
     # ... instead, while the endpoint is in doubt (last probe failed, ejected, or its circuit
     # open): a recovery is noticed within about this long, not a whole interval later.
-    unhealthy_interval_s: float = 1.0
-    timeout_s: float = 2.0             # connect + response head of one probe
-    jitter: float = 0.1                # +- share of the interval, so endpoints do not sync
-    unhealthy_after: int = 3           # consecutive failed probes that eject an endpoint
-    healthy_after: int = 2             # consecutive passed probes that restore it
+    unhealthy_interval_s: Seconds = 1.0
+    timeout_s: Seconds = 2.0           # connect + response head of one probe
+    jitter: Jitter = 0.1               # +- share of the interval, so endpoints do not sync
+    unhealthy_after: AtLeastOne = 3    # consecutive failed probes that eject an endpoint
+    healthy_after: AtLeastOne = 2      # consecutive passed probes that restore it
 
 
 class HealthOverride(msgspec.Struct, forbid_unknown_fields=True):
@@ -105,12 +107,12 @@ class HealthOverride(msgspec.Struct, forbid_unknown_fields=True):
 
     enabled: bool | None = None
     path: str | None = None
-    interval_s: float | None = None
-    unhealthy_interval_s: float | None = None
-    timeout_s: float | None = None
-    jitter: float | None = None
-    unhealthy_after: int | None = None
-    healthy_after: int | None = None
+    interval_s: Seconds | None = None
+    unhealthy_interval_s: Seconds | None = None
+    timeout_s: Seconds | None = None
+    jitter: Jitter | None = None
+    unhealthy_after: AtLeastOne | None = None
+    healthy_after: AtLeastOne | None = None
 
     def apply(self, base: HealthConfig) -> HealthConfig:
         changes = {f: getattr(self, f) for f in self.__struct_fields__
@@ -119,9 +121,9 @@ class HealthOverride(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class RetryBudgetConfig(msgspec.Struct, forbid_unknown_fields=True):
-    ratio: float = 0.2                 # retries and fallbacks: at most this share of requests
-    min_per_s: float = 10.0            # ... plus this many per second, so a quiet proxy retries
-    window_s: float = 10.0             # over this much recent time
+    ratio: NonNegative = 0.2           # retries and fallbacks: at most this share of requests
+    min_per_s: NonNegative = 10.0      # ... plus this many per second, so a quiet proxy retries
+    window_s: Seconds = 10.0           # over this much recent time
 
 
 class RetryConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -130,32 +132,32 @@ class RetryConfig(msgspec.Struct, forbid_unknown_fields=True):
     full-jitter backoff; a 429 once when its Retry-After is at most ``max_retry_after_s``;
     a timeout never."""
 
-    same_deployment: int = 1           # extra attempts after a 5xx, reset or bad answer
-    backoff_s: float = 0.05            # first backoff; doubles per retry, full jitter
-    max_backoff_s: float = 1.0
-    max_retry_after_s: float = 2.0     # a 429 asking to wait this long or less is waited out
+    same_deployment: Count = 1         # extra attempts after a 5xx, reset or bad answer
+    backoff_s: SecondsOrZero = 0.05    # first backoff; doubles per retry, full jitter
+    max_backoff_s: SecondsOrZero = 1.0
+    max_retry_after_s: SecondsOrZero = 2.0  # a 429 asking to wait this long or less is waited out
 
 
 class OutlierConfig(msgspec.Struct, forbid_unknown_fields=True):
     """Passive outlier detection among a deployment's replicas, from real traffic."""
 
     enabled: bool = True
-    interval_s: float = 10.0
-    min_requests: int = 20             # per replica and interval before it is judged
-    success_rate_gap: float = 0.3      # ejected when this far below its peers' success rate
-    eject_s: float = 30.0              # first ejection; each further one lasts this much longer
-    max_eject_s: float = 300.0
-    max_ejection_percent: float = 50.0  # of a deployment's replicas; one always stays
+    interval_s: Seconds = 10.0
+    min_requests: AtLeastOne = 20      # per replica and interval before it is judged
+    success_rate_gap: Rate = 0.3       # ejected when this far below its peers' success rate
+    eject_s: Seconds = 30.0            # first ejection; each further one lasts this much longer
+    max_eject_s: Seconds = 300.0
+    max_ejection_percent: Percent = 50.0  # of a deployment's replicas; one always stays
 
 
 class UpstreamSection(msgspec.Struct, forbid_unknown_fields=True):
     timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
     # From a request's arrival to an upstream's response head, across every attempt and
     # fallback (None: only the per-attempt timeouts bound it).
-    deadline_s: float | None = None
+    deadline_s: Seconds | None = None
     retry: RetryConfig = msgspec.field(default_factory=RetryConfig)
     outlier: OutlierConfig = msgspec.field(default_factory=OutlierConfig)
-    pool_max_idle: int = 64              # idle keep-alive connections kept per endpoint
+    pool_max_idle: Count = 64            # idle keep-alive connections kept per endpoint
     ca_file: str | None = None           # PEM bundle trusted for https upstreams (default: system)
     breaker: BreakerConfig = msgspec.field(default_factory=BreakerConfig)
     retry_budget: RetryBudgetConfig = msgspec.field(default_factory=RetryBudgetConfig)
@@ -170,14 +172,14 @@ class Deployment(msgspec.Struct, forbid_unknown_fields=True):
     model: str | None = None            # name sent upstream; defaults to the deployment name
     api_key_env: str | None = None
     price: Price = msgspec.field(default_factory=Price)
-    quality: float = 0.5
+    quality: Share = 0.5
     tags: list[str] = []
     timeouts: Timeouts | None = None
     health: HealthOverride | None = None
-    max_inflight: int = 0               # requests at once; past it, the next candidate (0: no limit)
+    max_inflight: ZeroIsNoLimit = 0     # requests at once; past it, the next candidate (0: none)
     # Tokens the model takes in one request (prompt and answer); known, it lets a prompt too
     # long for a smaller model go to a larger one.
-    context_window: int | None = None
+    context_window: Tokens | None = None
     # Whether the deployment can continue a prefilled assistant turn (vLLM's
     # continue_final_message), so a stream cut elsewhere can be finished by it.
     continuation: str = "none"          # none | prefill
@@ -192,7 +194,7 @@ class Deployment(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class RouteCache(msgspec.Struct, forbid_unknown_fields=True):
-    ttl_s: float = 600.0
+    ttl_s: Positive = 600.0
     when: str = "repeatable"    # repeatable (temperature 0 or a seed) | always
     shared: bool = False        # True: one cache for every client credential (tenant)
 
@@ -201,35 +203,35 @@ CACHE_BACKENDS = ("memory", "redis")
 
 
 class CacheBreakerConfig(msgspec.Struct, forbid_unknown_fields=True):
-    failures: int = 3                  # backend errors in a row that open the breaker
-    open_s: float = 1.0                # no backend calls for this long; doubles while failing
-    max_open_s: float = 30.0
+    failures: AtLeastOne = 3           # backend errors in a row that open the breaker
+    open_s: Positive = 1.0             # no backend calls for this long; doubles while failing
+    max_open_s: Positive = 30.0
 
 
 class CacheSection(msgspec.Struct, forbid_unknown_fields=True):
-    max_entries: int = 10_000            # memory backend: LRU bounds
-    max_bytes: int = 64 * 1024 * 1024
+    max_entries: AtLeastOne = 10_000     # memory backend: LRU bounds
+    max_bytes: AtLeastOne = 64 * 1024 * 1024
     backend: str = "memory"              # memory (this process) | redis (shared by instances)
     url: str = "redis://127.0.0.1:6379/0"
     cluster: bool = False                # url names one node of a Redis Cluster
-    timeout_ms: float = 50.0             # per cache operation; slower = a miss, not an error
-    pool_size: int = 16                  # Redis connections per process
+    timeout_ms: Positive = 50.0          # per cache operation; slower = a miss, not an error
+    pool_size: AtLeastOne = 16           # Redis connections per process
     key_prefix: str = "llmedge:"
-    max_entry_bytes: int = 1024 * 1024   # larger answers (and streams) are not stored
+    max_entry_bytes: AtLeastOne = 1024 * 1024  # larger answers (and streams) are not stored
     tenant_header: str | None = None     # namespace by this header instead of Authorization
-    wait_s: float = 30.0                 # single-flight: how long an identical miss waits
+    wait_s: Positive = 30.0              # single-flight: how long an identical miss waits
     lock: bool = False                   # redis: single-flight across instances (SET NX PX)
-    lock_ttl_s: float = 30.0             # the cross-instance lock expires on its own after this
+    lock_ttl_s: Positive = 30.0          # the cross-instance lock expires on its own after this
     breaker: CacheBreakerConfig = msgspec.field(default_factory=CacheBreakerConfig)
 
 
 class Objective(msgspec.Struct, forbid_unknown_fields=True):
     """Weights of the ``score`` policy over features normalised across candidates."""
 
-    cost: float = 0.0
-    latency: float = 0.0
-    quality: float = 0.0
-    load: float = 0.0
+    cost: NonNegative = 0.0
+    latency: NonNegative = 0.0
+    quality: NonNegative = 0.0
+    load: NonNegative = 0.0
 
 
 class ClassSpec(msgspec.Struct, forbid_unknown_fields=True):
@@ -239,7 +241,7 @@ class ClassSpec(msgspec.Struct, forbid_unknown_fields=True):
     route: str | None = None            # ... or handed to another route (hierarchical)
     policy: str = "ordered"             # among deployments: ordered | cost | latency | score
     objective: Objective | None = None  # score policy
-    threshold: float = 0.0              # below this probability the route's default applies
+    threshold: Share = 0.0              # below this probability the route's default applies
     examples: list[str] = []
     description: str = ""
 
@@ -247,20 +249,20 @@ class ClassSpec(msgspec.Struct, forbid_unknown_fields=True):
 class RuleSignal(msgspec.Struct, forbid_unknown_fields=True):
     pattern: str                        # regex searched in the last user turn, any case
     class_: str = msgspec.field(name="class")
-    weight: float = 1.0
+    weight: Positive = 1.0
 
 
 class FeatureSignal(msgspec.Struct, forbid_unknown_fields=True):
     when: str                           # code_block | tools | images | long
     class_: str = msgspec.field(name="class")
-    weight: float = 1.0
-    min_chars: int = 4000               # long: the last user turn has at least this many
+    weight: Positive = 1.0
+    min_chars: AtLeastOne = 4000        # long: the last user turn has at least this many
 
 
 class SignalsConfig(msgspec.Struct, forbid_unknown_fields=True):
     """A classify route's weighted vote (see proxy/routing/signals.py)."""
 
-    classifier: float = 1.0             # weight of the compiled classifier's probabilities
+    classifier: NonNegative = 1.0       # weight of the compiled classifier's probabilities
     rules: list[RuleSignal] = []
     features: list[FeatureSignal] = []
     combine: str = "vote"               # vote: weights add up | confidence: the surest decides
@@ -271,15 +273,15 @@ class LlmTier(msgspec.Struct, forbid_unknown_fields=True):
 
     deployment: str                     # the (cheap) model asked for the class
     mode: str = "cascade"               # cascade: only below ``below`` | always | vote
-    below: float = 0.6                  # cascade: asked when the classifier is less sure
-    weight: float = 1.0                 # vote: the answer's weight beside the classifier
-    timeout_s: float = 1.0              # then the compiled classifier decides
-    cache_size: int = 10_000            # answers kept, by prompt hash
+    below: Share = 0.6                  # cascade: asked when the classifier is less sure
+    weight: Positive = 1.0              # vote: the answer's weight beside the classifier
+    timeout_s: Seconds = 1.0            # then the compiled classifier decides
+    cache_size: Count = 10_000          # answers kept, by prompt hash
 
 
 class AuditConfig(msgspec.Struct, forbid_unknown_fields=True):
     file: str                           # JSONL, appended
-    below: float = 0.5                  # decisions less confident than this are written
+    below: Share = 0.5                  # decisions less confident than this are written
     include_text: bool = False          # the prompt's last turn, only when allowed
 
 
@@ -287,25 +289,25 @@ class Route(msgspec.Struct, forbid_unknown_fields=True):
     name: str
     deployments: list[str] = []
     policy: str = "ordered"
-    weights: dict[str, float] = {}      # weighted policy; a deployment left out weighs 1
+    weights: dict[str, NonNegative] = {}  # weighted policy; a deployment left out weighs 1
     fallbacks: list[str] = []
     cache: RouteCache | None = None
     objective: Objective | None = None  # score policy
     require_tags: list[str] = []        # every deployment used must carry all of these
-    min_quality: float | None = None    # constraints: deployments outside them are not used
-    max_price: float | None = None      # USD per 1M tokens, input + output
+    min_quality: Share | None = None    # constraints: deployments outside them are not used
+    max_price: NonNegative | None = None  # USD per 1M tokens, input + output
     affinity: str | None = None         # "session": one session sticks to one replica
-    affinity_epsilon: float = 0.25      # bounded load: no replica above (1 + e) x the mean
+    affinity_epsilon: Positive = 0.25   # bounded load: no replica above (1 + e) x the mean
     classes: dict[str, ClassSpec] = {}  # classify policy (see proxy/routing/classify_route.py)
     default: str | None = None          # classify: deployment or route when unsure
     examples_file: str | None = None    # classify: JSONL {"text", "label"} to train from
     outcomes_file: str | None = None    # classify: JSONL {"prompt", "weak_correct", ...}
     model_file: str | None = None       # classify: a model from ``llmedge train``
-    strong_share: float | None = None   # classify on outcomes: share of traffic to "strong"
+    strong_share: Share | None = None   # classify on outcomes: share of traffic to "strong"
     audit: AuditConfig | None = None    # classify: log unsure decisions
     signals: SignalsConfig | None = None  # classify: rules and request features vote too
     llm: LlmTier | None = None          # classify: ask a model for the class
-    hysteresis: float = 0.0             # classify: a session keeps its class unless another
+    hysteresis: Share = 0.0             # classify: a session keeps its class unless another
                                         # beats it by more than this probability
 
 
@@ -315,16 +317,6 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     server: ServerSection = msgspec.field(default_factory=ServerSection)
     upstream: UpstreamSection = msgspec.field(default_factory=UpstreamSection)
     cache: CacheSection = msgspec.field(default_factory=CacheSection)
-
-
-_AT_PATH = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
-
-
-def _msgspec_problem(exc: msgspec.MsgspecError) -> str:
-    match = _AT_PATH.match(str(exc))
-    assert match is not None  # the pattern matches any text
-    path = (match.group("path") or "").lstrip(".")
-    return "%s: %s" % (path or "(top level)", match.group("msg"))
 
 
 class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
@@ -360,11 +352,9 @@ def parse(text: str | bytes) -> Config:
         doc = yaml.load(text, _Loader)
     except (yaml.YAMLError, ValueError) as exc:
         raise ConfigError(["(yaml): %s" % exc]) from None
-    try:
-        config = msgspec.convert(doc, Config)
-    except msgspec.ValidationError as exc:
-        raise ConfigError([_msgspec_problem(exc)]) from None
-    problems = check(config)
+    config, problems = decode.convert(doc, Config)
+    if config is not None:
+        problems += check(config)
     if problems:
         raise ConfigError(problems)
     return config
@@ -409,30 +399,6 @@ def _check_url(url: str) -> str | None:
     return None
 
 
-def _check_timeouts(where: str, timeouts: Timeouts, problems: list[str]) -> None:
-    for field in timeouts.__struct_fields__:
-        value = getattr(timeouts, field)
-        if not (value > 0 and math.isfinite(value)):
-            problems.append("%s.%s: must be a positive number of seconds" % (where, field))
-
-
-def _check_grpc_limits(limits: GrpcLimits, problems: list[str]) -> None:
-    for field in ("max_receive_message_bytes", "max_send_message_bytes",
-                  "max_concurrent_streams", "max_concurrent_rpcs"):
-        value = getattr(limits, field)
-        if value is not None and value < 1:
-            problems.append("server.grpc_limits.%s: must be >= 1" % field)
-    if limits.max_ping_strikes < 0:
-        problems.append("server.grpc_limits.max_ping_strikes: must be >= 0 (0: no limit)")
-    for field in ("keepalive_time_s", "keepalive_timeout_s", "min_ping_interval_s",
-                  "max_connection_idle_s", "max_connection_age_s",
-                  "max_connection_age_grace_s"):
-        value = getattr(limits, field)
-        if value is not None and not (value > 0 and math.isfinite(value)):
-            problems.append("server.grpc_limits.%s: must be a positive number of seconds"
-                            % field)
-
-
 def health_of(config: Config, dep: Deployment) -> HealthConfig:
     """The health-probe settings of one deployment: its override over ``upstream.health``."""
     base = config.upstream.health
@@ -447,15 +413,6 @@ def _check_health(where: str, health: HealthConfig, problems: list[str]) -> None
     if not _PROBE_PATH.match(health.path):
         problems.append("%s.path: must start with / and hold printable ASCII without spaces, "
                         "got %r" % (where, health.path))
-    for field in ("interval_s", "unhealthy_interval_s", "timeout_s"):
-        value = getattr(health, field)
-        if not (value > 0 and math.isfinite(value)):
-            problems.append("%s.%s: must be a positive number of seconds" % (where, field))
-    if not 0.0 <= health.jitter < 1.0:
-        problems.append("%s.jitter: must be in [0, 1)" % where)
-    for field in ("unhealthy_after", "healthy_after"):
-        if getattr(health, field) < 1:
-            problems.append("%s.%s: must be >= 1" % (where, field))
 
 
 def check(config: Config) -> list[str]:
@@ -480,64 +437,22 @@ def _check_server(server: ServerSection, problems: list[str]) -> None:
                 problems.append("server.%s: %s" % (field, exc))
     if server.http is None and server.grpc is None:
         problems.append("server: at least one of http and grpc must be set")
-    for field, low in (("workers", 1), ("max_body_bytes", 1), ("max_header_bytes", 256),
-                       ("max_headers", 1), ("max_pipelined", 1), ("max_inflight", 1)):
-        if getattr(server, field) < low:
-            problems.append("server.%s: must be >= %d" % (field, low))
-    for field in ("request_timeout_s", "keepalive_timeout_s", "drain_timeout_s"):
-        value = getattr(server, field)
-        if not (value > 0 and math.isfinite(value)):
-            problems.append("server.%s: must be a positive number of seconds" % field)
-    _check_grpc_limits(server.grpc_limits, problems)
     if server.access_log is not None and server.access_log not in ("-", "stderr", "stdout"):
         problem = writable_file_problem(server.access_log)
         if problem:
             problems.append("server.access_log: %s" % problem)
-    if not (0 <= server.drain_delay_s < math.inf):
-        problems.append("server.drain_delay_s: must be >= 0 seconds")
 
 
 def _check_upstream(upstream: UpstreamSection, problems: list[str]) -> None:
-    _check_timeouts("upstream.timeouts", upstream.timeouts, problems)
-    retry = upstream.retry
-    if not (0 <= retry.max_retry_after_s < math.inf):
-        problems.append("upstream.retry.max_retry_after_s: must be >= 0 seconds")
-    if retry.same_deployment < 0 or retry.backoff_s < 0 or retry.max_backoff_s < retry.backoff_s:
-        problems.append("upstream.retry: same_deployment and backoff_s must be >= 0 and "
-                        "max_backoff_s >= backoff_s")
-    outlier = upstream.outlier
-    if (outlier.interval_s <= 0 or outlier.min_requests < 1 or outlier.eject_s <= 0
-            or outlier.max_eject_s < outlier.eject_s
-            or not 0 < outlier.success_rate_gap <= 1
-            or not 0 <= outlier.max_ejection_percent <= 100):
-        problems.append("upstream.outlier: interval_s and eject_s must be > 0, max_eject_s >= "
-                        "eject_s, min_requests >= 1, success_rate_gap in (0, 1], "
-                        "max_ejection_percent in [0, 100]")
-    deadline = upstream.deadline_s
-    if deadline is not None and not (0 < deadline < math.inf):
-        problems.append("upstream.deadline_s: must be a positive number of seconds")
-    budget = upstream.retry_budget
-    if not (budget.ratio >= 0 and budget.min_per_s >= 0 and budget.window_s > 0
-            and all(math.isfinite(v) for v in (budget.ratio, budget.min_per_s, budget.window_s))):
-        problems.append("upstream.retry_budget: ratio and min_per_s must be >= 0, "
-                        "window_s > 0")
-    breaker = upstream.breaker
-    if breaker.consecutive_failures < 1 or breaker.min_requests < 1:
-        problems.append("upstream.breaker: consecutive_failures and min_requests must be >= 1")
-    if not 0.0 < breaker.failure_rate <= 1.0:
-        problems.append("upstream.breaker.failure_rate: must be in (0, 1]")
-    if not 0.0 <= breaker.jitter < 1.0:
-        problems.append("upstream.breaker.jitter: must be in [0, 1)")
-    for field in ("window_s", "open_s", "max_open_s", "cooldown_429_s"):
-        value = getattr(breaker, field)
-        if not (value > 0 and math.isfinite(value)):
-            problems.append("upstream.breaker.%s: must be a positive number of seconds" % field)
+    retry, outlier = upstream.retry, upstream.outlier
+    if retry.max_backoff_s < retry.backoff_s:
+        problems.append("upstream.retry.max_backoff_s: must be >= backoff_s")
+    if outlier.max_eject_s < outlier.eject_s:
+        problems.append("upstream.outlier.max_eject_s: must be >= eject_s")
     _check_health("upstream.health", upstream.health, problems)
     ca_file = upstream.ca_file
     if ca_file is not None and not os.path.isfile(ca_file):
         problems.append("upstream.ca_file: no such file %r" % ca_file)
-    if upstream.pool_max_idle < 0:
-        problems.append("upstream.pool_max_idle: must be >= 0")
 
 
 def _check_deployments(deployments: list[Deployment], names: dict[str, str],
@@ -561,18 +476,8 @@ def _check_deployments(deployments: list[Deployment], names: dict[str, str],
         if dep.continuation not in CONTINUATIONS:
             problems.append("%s.continuation: unknown value %r (known: %s)"
                             % (where, dep.continuation, ", ".join(CONTINUATIONS)))
-        if dep.context_window is not None and dep.context_window < 1:
-            problems.append("%s.context_window: must be a number of tokens >= 1" % where)
-        if dep.max_inflight < 0:
-            problems.append("%s.max_inflight: must be >= 0 (0: no limit)" % where)
-        if not 0.0 <= dep.quality <= 1.0:
-            problems.append("%s.quality: must be between 0 and 1" % where)
-        if dep.price.input < 0 or dep.price.output < 0:
-            problems.append("%s.price: must be >= 0" % where)
         if dep.api_key_env is not None and not dep.api_key_env:
             problems.append("%s.api_key_env: must name an environment variable" % where)
-        if dep.timeouts is not None:
-            _check_timeouts("%s.timeouts" % where, dep.timeouts, problems)
         if dep.health is not None:
             # Checked merged, but only for what the override sets: a bad inherited value
             # is reported once, under upstream.health.
@@ -599,63 +504,40 @@ def _check_routes(routes: list[Route], deployments: set[str], names: dict[str, s
                 elif name in seen:
                     problems.append("%s.%s[%d]: %r is listed twice" % (where, field, j, name))
                 seen.add(name)
-        for name, weight in route.weights.items():
+        for name in route.weights:
             if name not in route.deployments:
                 problems.append("%s.weights.%s: not one of the route's deployments" % (where, name))
-            elif not (weight >= 0 and math.isfinite(weight)):
-                problems.append("%s.weights.%s: must be a number >= 0" % (where, name))
         if route.weights and route.policy != "weighted":
             problems.append("%s.weights: only used by policy 'weighted'" % where)
         if route.policy == "score":
             objective = route.objective
             values = [] if objective is None else [
                 getattr(objective, f) for f in objective.__struct_fields__]
-            if not values or not all(v >= 0 and math.isfinite(v) for v in values) \
-                    or not any(values):
-                problems.append("%s.objective: policy 'score' needs weights >= 0, at least one "
-                                "> 0 (cost, latency, quality, load)" % where)
+            if not any(values):
+                problems.append("%s.objective: policy 'score' needs at least one weight > 0 "
+                                "(cost, latency, quality, load)" % where)
         elif route.objective is not None:
             problems.append("%s.objective: only used by policy 'score'" % where)
         for j, tag in enumerate(route.require_tags):
             if not tag or "," in tag or tag != tag.strip():
                 problems.append("%s.require_tags[%d]: %r is not a usable tag" % (where, j, tag))
-        if route.min_quality is not None and not 0.0 <= route.min_quality <= 1.0:
-            problems.append("%s.min_quality: must be between 0 and 1" % where)
-        if route.max_price is not None and not route.max_price >= 0:
-            problems.append("%s.max_price: must be >= 0" % where)
         if route.affinity is not None and route.affinity not in AFFINITIES:
             problems.append("%s.affinity: unknown affinity %r (known: %s)"
                             % (where, route.affinity, ", ".join(AFFINITIES)))
-        if not (route.affinity_epsilon > 0 and math.isfinite(route.affinity_epsilon)):
-            problems.append("%s.affinity_epsilon: must be > 0" % where)
         check_classify(where, route, deployments, routes, problems)
-        if route.cache is not None:
-            if not (route.cache.ttl_s > 0 and math.isfinite(route.cache.ttl_s)):
-                problems.append("%s.cache.ttl_s: must be > 0" % where)
-            if route.cache.when not in ("repeatable", "always"):
-                problems.append("%s.cache.when: must be 'repeatable' or 'always'" % where)
+        if route.cache is not None and route.cache.when not in ("repeatable", "always"):
+            problems.append("%s.cache.when: must be 'repeatable' or 'always'" % where)
 
 
 def _check_cache(cache: CacheSection, problems: list[str]) -> None:
-    for field in ("max_entries", "max_bytes", "pool_size", "max_entry_bytes"):
-        if getattr(cache, field) < 1:
-            problems.append("cache.%s: must be >= 1" % field)
     if cache.backend not in CACHE_BACKENDS:
         problems.append("cache.backend: unknown backend %r (known: %s)"
                         % (cache.backend, ", ".join(CACHE_BACKENDS)))
     if cache.backend == "redis" and urlsplit(cache.url).scheme not in ("redis", "rediss", "unix"):
         problems.append("cache.url: expected a redis://, rediss:// or unix:// URL, got %r"
                         % cache.url)
-    for field in ("timeout_ms", "wait_s", "lock_ttl_s", "breaker.open_s", "breaker.max_open_s"):
-        value = cache
-        for part in field.split("."):
-            value = getattr(value, part)
-        if not (value > 0 and math.isfinite(value)):
-            problems.append("cache.%s: must be > 0" % field)
     if cache.cluster and cache.url.startswith("unix:"):
         problems.append("cache.cluster: a Redis Cluster is reached over TCP, not %r" % cache.url)
-    if cache.breaker.failures < 1:
-        problems.append("cache.breaker.failures: must be >= 1")
     if cache.tenant_header is not None and not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+",
                                                             cache.tenant_header):
         problems.append("cache.tenant_header: %r is not a header name" % cache.tenant_header)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from typing import TYPE_CHECKING
@@ -49,8 +48,6 @@ def check_classify(where: str, route: Route, deployments: set[str], routes: list
     if route.strong_share is not None:
         if route.outcomes_file is None and "strong" not in route.classes:
             problems.append("%s.strong_share: needs a class 'strong'" % where)
-        if not 0.0 <= route.strong_share <= 1.0:
-            problems.append("%s.strong_share: must be between 0 and 1" % where)
     for label, spec in route.classes.items():
         at = "%s.classes.%s" % (where, label)
         if not label or label != label.strip():
@@ -74,8 +71,6 @@ def check_classify(where: str, route: Route, deployments: set[str], routes: list
                             % (at, spec.policy, ", ".join(CLASS_POLICIES)))
         if spec.policy == "score" and spec.objective is None:
             problems.append("%s.objective: policy 'score' needs an objective" % at)
-        if not (0.0 <= spec.threshold <= 1.0 and math.isfinite(spec.threshold)):
-            problems.append("%s.threshold: must be between 0 and 1" % at)
         for j, text in enumerate(spec.examples):
             if not text.strip():
                 problems.append("%s.examples[%d]: empty example" % (at, j))
@@ -101,22 +96,10 @@ def check_classify(where: str, route: Route, deployments: set[str], routes: list
         if llm.mode not in ("cascade", "always", "vote"):
             problems.append("%s.llm.mode: unknown mode %r (known: cascade, always, vote)"
                             % (where, llm.mode))
-        if not 0.0 <= llm.below <= 1.0:
-            problems.append("%s.llm.below: must be between 0 and 1" % where)
-        if not (llm.weight > 0 and math.isfinite(llm.weight)):
-            problems.append("%s.llm.weight: must be > 0" % where)
-        if not (llm.timeout_s > 0 and math.isfinite(llm.timeout_s)):
-            problems.append("%s.llm.timeout_s: must be a positive number of seconds" % where)
-        if llm.cache_size < 0:
-            problems.append("%s.llm.cache_size: must be >= 0" % where)
         if llm.mode == "vote" and route.strong_share is not None:
             problems.append("%s.llm.mode: strong_share sets its cut on the classifier alone; "
                             "an LLM vote would move every score past it" % where)
-    if not 0.0 <= route.hysteresis <= 1.0:
-        problems.append("%s.hysteresis: must be between 0 and 1" % where)
     if route.audit is not None:
-        if not 0.0 <= route.audit.below <= 1.0:
-            problems.append("%s.audit.below: must be between 0 and 1" % where)
         problem = writable_file_problem(route.audit.file)
         if problem:
             problems.append("%s.audit.file: %s" % (where, problem))
@@ -155,8 +138,6 @@ def _cycle(start: str, target: str, routes: list[Route]) -> bool:
 
 def check_signals(where: str, signals: SignalsConfig, classes: set[str],
                   problems: list[str]) -> None:
-    if not signals.classifier >= 0:
-        problems.append("%s.classifier: must be >= 0" % where)
     confidence = signals.combine == "confidence"
     if signals.combine not in COMBINE:
         problems.append("%s.combine: unknown way %r (known: %s)"
@@ -182,12 +163,8 @@ def check_signals(where: str, signals: SignalsConfig, classes: set[str],
             problems.append("%s.class: %r is not one of the route's classes"
                             % (at, feature.class_))
         _check_weight(at, feature.weight, confidence, problems)
-        if feature.min_chars < 1:
-            problems.append("%s.min_chars: must be >= 1" % at)
 
 
 def _check_weight(at: str, weight: float, confidence: bool, problems: list[str]) -> None:
-    if not weight > 0:
-        problems.append("%s.weight: must be > 0" % at)
-    elif confidence and weight > 1:
+    if confidence and weight > 1:
         problems.append("%s.weight: a confidence, at most 1 with combine: confidence" % at)
