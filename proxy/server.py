@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -191,10 +192,12 @@ class Server:
                 raise ReloadRejected("the server is stopping")
             loop = asyncio.get_running_loop()
             try:
-                # Reading and checking the file: not on the loop.
+                # Reading and checking the file, training, building: not on the loop.
                 config = await loop.run_in_executor(None, load, self.config_path)
                 await loop.run_in_executor(None, prepare_classifiers, config)
-                router = Router(config, await _ssl_context(config), previous=self.router)
+                ssl_context = await _ssl_context(config)
+                router = await loop.run_in_executor(
+                    None, functools.partial(Router, config, ssl_context, previous=self.router))
             except ConfigError as exc:
                 self.metrics.reload(False)
                 log.error("reload rejected, still serving the previous configuration: %s",

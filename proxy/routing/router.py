@@ -31,6 +31,40 @@ from .affinity import SessionAffinity
 from .policies import POLICIES, Direct, Policy
 
 
+class SharedChanges:
+    """What building a router changes in the state it shares with the router it replaces:
+    new rows of the endpoint table and the settings of kept endpoints. Applied by ``adopt``,
+    on the loop, so a reload builds its router in a thread while the previous one serves,
+    and a router that is rejected has changed nothing."""
+
+    def __init__(self, table: EndpointTable) -> None:
+        self.table = table
+        self._next_row = len(table)
+        self._rows: list[tuple[int, float, float]] = []
+        self._endpoints: list[tuple[Endpoint, int, ssl.SSLContext | None]] = []
+
+    def new_row(self, price: float, quality: float) -> int:
+        row, self._next_row = self._next_row, self._next_row + 1
+        self._rows.append((row, price, quality))
+        return row
+
+    def keep_endpoint(self, endpoint: Endpoint, max_idle: int,
+                      ssl_context: ssl.SSLContext | None) -> None:
+        self._endpoints.append((endpoint, max_idle, ssl_context))
+
+    def apply(self) -> None:
+        rows, self._rows = self._rows, []
+        for row, price, quality in rows:
+            added = self.table.add(price=price, quality=quality)
+            # Reloads run one at a time and only a router's adoption adds rows.
+            assert added == row, (added, row)
+        endpoints, self._endpoints = self._endpoints, []
+        for endpoint, max_idle, ssl_context in endpoints:
+            endpoint.max_idle = max_idle
+            if endpoint.ssl is not None:
+                endpoint.ssl = ssl_context
+
+
 class Target:
     """A deployment as the dispatcher sees it: endpoints with their table rows,
     credentials, timeouts and what routing filters on."""
@@ -40,7 +74,7 @@ class Target:
                  "max_inflight", "price_in", "price_out", "context_window", "continuation")
 
     def __init__(self, dep: Deployment, defaults: Timeouts, max_idle: int,
-                 ssl_context: ssl.SSLContext | None, table: EndpointTable,
+                 ssl_context: ssl.SSLContext | None, changes: SharedChanges,
                  kept: dict[tuple, tuple[int, Endpoint]] | None = None) -> None:
         self.name = dep.name
         self.name_bytes = dep.name.encode()
@@ -56,13 +90,11 @@ class Target:
             old = kept.pop(endpoint_key(dep.name, url, self.price, self.quality), None) \
                 if kept else None
             if old is None:
-                row = table.add(price=self.price, quality=dep.quality)
+                row = changes.new_row(self.price, dep.quality)
                 endpoint = Endpoint(url, max_idle, ssl_context)
             else:
                 row, endpoint = old
-                endpoint.max_idle = max_idle
-                if endpoint.ssl is not None:
-                    endpoint.ssl = ssl_context
+                changes.keep_endpoint(endpoint, max_idle, ssl_context)
             self.rows.append(row)
             self.endpoints.append(endpoint)
         self.timeouts = dep.timeouts or defaults
@@ -228,7 +260,8 @@ class Router:
                  previous: Router | None = None) -> None:
         """``previous``: the router this one replaces on a reload. The endpoint table and
         the breakers are shared with it, so requests still running on the old routes
-        record into the same rows; nothing of ``previous`` changes until ``adopt``."""
+        record into the same rows; nothing of ``previous`` changes until ``adopt``, so
+        building one needs no loop and may run in a thread."""
         self.rnd = rnd
         # (route, result) -> how often a classify route's LLM tier ended so; shared with the
         # router this one replaces, like the table, so the exported counters never go back.
@@ -250,9 +283,12 @@ class Router:
                         (row, endpoint)
         self._breaker_config = config.upstream.breaker
         defaults = config.upstream.timeouts
+        self._changes = SharedChanges(self.table)
         self.targets = {d.name: Target(d, defaults, config.upstream.pool_max_idle, ssl_context,
-                                       self.table, kept)
+                                       self._changes, kept)
                         for d in config.deployments}
+        if previous is None:
+            self._changes.apply()   # a table of its own: nobody else reads it yet
         # What the previous configuration had and this one does not.
         self.dropped = list(kept.values())
         reused = (sum(len(t.endpoints) for t in previous.targets.values()) - len(self.dropped)
@@ -361,6 +397,7 @@ class Router:
     def adopt(self) -> None:
         """Take over from the router passed as ``previous``: the breakers follow the new
         configuration, and endpoints that left it stop being used."""
+        self._changes.apply()
         self.breakers.config = self._breaker_config
         previous, self._previous = self._previous, None
         if previous is not None:
