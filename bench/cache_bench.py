@@ -30,7 +30,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,11 +39,10 @@ import httptools
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from compare import free_port  # noqa: E402
 from histogram import Histogram  # noqa: E402
 from load import new_loop  # noqa: E402
-from machine import (REPO, choose_cpus, cpu_model, git_state, pin, start_listening,  # noqa: E402
-                     stop_popen)
+from machine import (REPO, Proc, choose_cpus, cpu_model, free_port, git_state,  # noqa: E402
+                     pin, start_listening, start_server)
 
 PYTHON = sys.executable
 PROMPT = "What is the capital of France? Answer in one short sentence, please."
@@ -172,18 +170,13 @@ routes:
 """
 
 
-def start_redis(port: int, cpu: int | None, tmp: Path) -> subprocess.Popen | None:
+def start_redis(port: int, cpu: int | None, tmp: Path) -> Proc | None:
     binary = shutil.which("redis-server")
     if binary is None:
         return None
-    popen = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                              "--appendonly", "no", "--dir", str(tmp)],
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    pin(popen.pid, cpu)
-    for line in popen.stdout:
-        if "Ready to accept connections" in line:
-            break
-    return popen
+    return start_server("redis", [binary, "--port", str(port), "--bind", "127.0.0.1",
+                                  "--save", "", "--appendonly", "no", "--dir", str(tmp)],
+                        port, cpu, tmp)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="llmedge-cache-bench-"))
     env = {**os.environ, "LLMEDGE_LOG_LEVEL": "warning"}
     started: list = []
-    redis_popen = None
+    redis = None
     rows: list[dict] = []
     backend_errors: dict[str, dict[str, float]] = {}
     try:
@@ -210,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         started.append(sim)
         backends = {"memory": "{backend: memory}"}
         redis_port = free_port()
-        redis_popen = start_redis(redis_port, cpus["load"], tmp)
-        if redis_popen is not None:
+        redis = start_redis(redis_port, cpus["load"], tmp)
+        if redis is not None:
             backends["redis"] = "{backend: redis, url: 'redis://127.0.0.1:%d/0'}" % redis_port
         edges = {}
         for backend, cache in backends.items():
@@ -247,14 +240,14 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for proc in reversed(started):
             proc.stop()
-        if redis_popen is not None:
-            stop_popen(redis_popen)
+        if redis is not None:
+            redis.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
     meta = {"cpu": cpu_model(), "nproc": os.cpu_count(), "python": platform.python_version(),
             "git": git_state(), "pinning": cpus, "requests_per_case": args.requests,
             "rounds": args.rounds,
-            "redis": redis_popen is not None, "command": " ".join(["python",
+            "redis": redis is not None, "command": " ".join(["python",
                                                                    "bench/cache_bench.py",
                                                                    *(argv or sys.argv[1:])])}
     import _fastpath

@@ -38,30 +38,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import gc
 import json
 import math
 import os
 import platform
 import resource
-import select
-import signal
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 import aiohttp  # noqa: E402
+from machine import Proc, start_listening  # noqa: E402
 import httptools  # noqa: E402
 import uvloop  # noqa: E402
 
-from proxy.errors import UpstreamConnectError, UpstreamReset, UpstreamTimeout  # noqa: E402
-from proxy.upstream.conn import UpstreamConn  # noqa: E402
+from proxy.errors import UpstreamReset  # noqa: E402
 from proxy.upstream.pool import Endpoint  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -456,57 +456,13 @@ async def measure(cls, args, port: int, sim_pid: int, scenario, rep: int) -> dic
 
 # ==== simulator subprocess, pinning, watchdog ==================================================
 
-def _pin(core: int | None):
-    def pre() -> None:
-        try:  # die with the benchmark, whatever kills it
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except Exception:  # noqa: BLE001
-            pass
-        if core is not None:
-            os.sched_setaffinity(0, {core})
-    return pre
-
-
-def start_simulator(args, core: int | None) -> tuple[subprocess.Popen, int]:
+def start_simulator(args, core: int | None, tmp: Path) -> Proc:
     cmd = [sys.executable, "-m", "proxy.sim", "--host", HOST, "--port", "0",
            "--chunks", str(args.chunks), "--tokens-per-s", "0", "--ttft-ms", "0"]
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.Popen(cmd, cwd=str(ROOT), env=env, stdout=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, preexec_fn=_pin(core))
-    deadline = time.monotonic() + 15
-    buf = b""
-    while b"\n" not in buf:
-        left = deadline - time.monotonic()
-        if left <= 0 or proc.poll() is not None:
-            stop_simulator(proc)
-            raise SystemExit("simulator did not start (got %r)" % buf)
-        ready, _, _ = select.select([proc.stdout], [], [], left)
-        if ready:
-            chunk = os.read(proc.stdout.fileno(), 4096)
-            if not chunk:
-                continue
-            buf += chunk
-    line = buf.split(b"\n", 1)[0].decode()
-    if not line.startswith("LISTENING "):
-        stop_simulator(proc)
-        raise SystemExit("unexpected simulator output: %r" % line)
-    host, _, port = line.split()[1].rpartition(":")
-    if host != HOST:
-        stop_simulator(proc)
-        raise SystemExit("simulator not on %s: %r" % (HOST, line))
-    return proc, int(port)
-
-
-def stop_simulator(proc: subprocess.Popen) -> int | None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-    return proc.returncode
+    return start_listening("simulator", cmd, None, tmp, env=env, own_session=True,
+                           affinity=None if core is None else {core})
 
 
 def start_watchdog(budget_s: float, proc_holder: list) -> threading.Timer:
@@ -730,7 +686,9 @@ def main(argv: list[str] | None = None) -> int:
     holder: list = []
     watchdog = start_watchdog(budget, holder)
 
-    proc, port = start_simulator(args, sim_core)
+    tmp = Path(tempfile.mkdtemp(prefix="llmedge-client-compare-"))
+    sim = start_simulator(args, sim_core, tmp)
+    proc, port = sim.popen, sim.port
     holder.append(proc)
     if bench_core is not None:
         os.sched_setaffinity(0, {bench_core})
@@ -744,8 +702,9 @@ def main(argv: list[str] | None = None) -> int:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runs, warm_errors = runner.run(run_all(args, port, proc, clients, scenarios))
     finally:
-        sim_rc = stop_simulator(proc)
+        sim_rc = sim.stop()
         watchdog.cancel()
+        shutil.rmtree(tmp, ignore_errors=True)
 
     total_errors = sum(r["errors"] + r["warmup_errors"] for r in runs) + sum(warm_errors.values())
     leaks = [r for r in runs if r["fd_delta"] > 0 or r["stray_tasks"] > 0

@@ -62,7 +62,6 @@ import platform
 import resource
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -71,8 +70,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import (CLK_TCK, Proc, choose_cpus, cpu_model, git_state,  # noqa: E402
-                     log_tail, pid_cpu_s, pin, pin_at_exec, start_listening, version_of)
+from machine import (CLK_TCK, Proc, choose_cpus, cpu_model, free_port,  # noqa: E402
+                     git_state, log_tail, pid_cpu_s, start_listening, start_server,
+                     version_of)
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -187,37 +187,18 @@ PORTKEY_PACKAGE_JSON = {"private": True, "overrides": {"@hono/node-server": "1.1
 
 # === processes ===
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_nginx(nginx: str, upstream_port: int, cpu: int | None, tmp: Path) -> Proc:
     ndir = tmp / "nginx"
     ndir.mkdir()
     port = free_port()
     conf = ndir / "nginx.conf"
     conf.write_text(NGINX_CONFIG.format(tmp=ndir, upstream=upstream_port, port=port))
-    log_path = ndir / "stderr.log"
-    log = open(log_path, "wb")
-    t0 = time.perf_counter()
-    popen = subprocess.Popen([nginx, "-p", str(ndir), "-e", str(ndir / "nginx-error.log"),
-                              "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=log)
-    log.close()
-    pin(popen.pid, cpu)
-    deadline = t0 + STARTUP_TIMEOUT
-    while time.perf_counter() < deadline and popen.poll() is None:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            time.sleep(0.01)
-    else:
-        Proc("nginx", popen, port, 0.0, log_path).stop()
-        raise RuntimeError("nginx did not start:\n%s\n%s" % (
-            log_tail(log_path), log_tail(ndir / "nginx-error.log")))
-    return Proc("nginx", popen, port, time.perf_counter() - t0, log_path)
+    try:
+        return start_server("nginx", [nginx, "-p", str(ndir), "-e",
+                                      str(ndir / "nginx-error.log"), "-c", str(conf)],
+                            port, cpu, ndir)
+    except RuntimeError as exc:
+        raise RuntimeError("%s\n%s" % (exc, log_tail(ndir / "nginx-error.log"))) from None
 
 
 def header_dict(headers: list[str]) -> dict[str, str]:
@@ -566,27 +547,14 @@ def http_status(port: int, path: str) -> int | None:
 
 def start_http_server(name: str, cmd: list[str], port: int, ready_path: str, cpu: int | None,
                       tmp: Path, env: dict, headers: list[str]) -> Proc:
-    """Start a server that says nothing machine-readable; ready when ``ready_path`` answers
-    200. Its working directory is the run's temporary folder, so whatever it writes there
-    goes away with it."""
-    log_path = tmp / ("%s.log" % name)
-    with open(log_path, "wb") as log:
-        t0 = time.perf_counter()
-        popen = subprocess.Popen(cmd, cwd=tmp, stdin=subprocess.DEVNULL, stdout=log,
-                                 stderr=subprocess.STDOUT, env=env,
-                                 preexec_fn=pin_at_exec(None if cpu is None else {cpu}))
-    proc = Proc(name, popen, port, 0.0, log_path, tree=True, headers=headers)
-    deadline = t0 + PEER_STARTUP_TIMEOUT
-    while http_status(port, ready_path) != 200:
-        if popen.poll() is not None or time.perf_counter() > deadline:
-            why = ("exited with %s" % popen.returncode if popen.poll() is not None
-                   else "not ready after %d s" % PEER_STARTUP_TIMEOUT)
-            proc.stop()
-            raise PeerUnavailable("did not start (%s): %s" % (why, short(log_tail(log_path,
-                                                                                   5))))
-        time.sleep(0.05)
-    proc.startup_s = time.perf_counter() - t0
-    return proc
+    """Start a peer gateway; ready when ``ready_path`` answers 200. Its working directory
+    is the run's temporary folder, so whatever it writes there goes away with it."""
+    try:
+        return start_server(name, cmd, port, cpu, tmp, env=env, cwd=tmp, tree=True,
+                            headers=headers, timeout=PEER_STARTUP_TIMEOUT,
+                            ready=lambda: http_status(port, ready_path) == 200)
+    except RuntimeError as exc:
+        raise PeerUnavailable(short(str(exc))) from None
 
 
 def start_litellm(info: dict, sim_port: int, cpu: int | None, tmp: Path) -> Proc:

@@ -1,27 +1,34 @@
 """Process and machine helpers shared by the bench scripts.
 
 What is here: facts about the machine and the run (CPU model, git commit, package
-versions), readers of /proc/PID/stat and /proc/PID/status, starting a server and waiting
-for its LISTENING line (``start_listening``, with ``Proc``), stopping a started process,
-CPU pinning (choosing the proxy and load CPUs, pinning a started process or a child before
-exec) and the tail of a log file for error messages. Linux only where /proc or
-sched_setaffinity is involved.
+versions), readers of /proc/PID/stat and /proc/PID/status, the one way the bench scripts
+start processes (``spawn``) and servers (``start_listening`` waits for the LISTENING line
+llmedge, the simulator and the floor print; ``start_server`` for servers that print
+nothing machine-readable: nginx, redis, the peer gateways), ``Proc`` for a started server,
+stopping a started process, CPU pinning (choosing the proxy and load CPUs, pinning a
+started process or a child before exec) and the tail of a log file for error messages.
+Linux only where /proc, prctl or sched_setaffinity is involved.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import platform
 import select
 import signal
+import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 STOP_TIMEOUT = 15.0
 STARTUP_TIMEOUT = 30.0
+HOST = "127.0.0.1"          # every server a bench script starts listens here only
+PR_SET_PDEATHSIG = 1
 
 
 # === /proc readers ===
@@ -91,6 +98,32 @@ def stop_popen(popen: subprocess.Popen, timeout: float = STOP_TIMEOUT) -> int | 
     return code
 
 
+def spawn(cmd: list[str], *, cwd: Path = REPO, env: dict | None = None, stdin=None,
+          stdout=None, stderr=None, affinity: set[int] | None = None,
+          own_session: bool = False) -> subprocess.Popen:
+    """Start ``cmd``, pinned to ``affinity`` before exec. ``own_session``: in a session of
+    its own, so a Ctrl-C at the terminal reaches the bench script alone (which then stops
+    its children in order), and sent SIGTERM should the script die without stopping it."""
+    return subprocess.Popen(cmd, cwd=cwd, env=env, stdin=stdin, stdout=stdout, stderr=stderr,
+                            text=True, start_new_session=own_session,
+                            preexec_fn=_at_exec(affinity, own_session))
+
+
+def _at_exec(affinity: set[int] | None, die_with_parent: bool):
+    if not affinity and not die_with_parent:
+        return None
+
+    def setup() -> None:
+        if die_with_parent:
+            try:
+                ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+            except (OSError, AttributeError):
+                pass    # not Linux: the script's own clean-up still stops it
+        if affinity:
+            os.sched_setaffinity(0, affinity)
+    return setup
+
+
 # === CPU pinning ===
 
 class Proc:
@@ -151,19 +184,24 @@ class Proc:
 def start_listening(name: str, cmd: list[str], cpu: int | None, tmp: Path,
                     env: dict | None = None, count: int = 1,
                     affinity: set[int] | None = None, cwd: Path = REPO,
-                    tree: bool | None = None) -> Proc:
-    """Start a process that prints ``LISTENING host:port`` when ready: the one way every
-    bench script starts a server. ``count`` such lines for ``llmedge --workers`` (one per
+                    tree: bool | None = None, own_session: bool = False,
+                    started: list | None = None, proc_type: type[Proc] = Proc,
+                    best_effort_pin: bool = False) -> Proc:
+    """Start a process that prints ``LISTENING host:port`` when ready (llmedge, the
+    simulator, the gRPC floor). ``count`` such lines for ``llmedge --workers`` (one per
     worker) or for llmedge with both front ends (``LISTENING-GRPC`` first); they are in
     ``Proc.lines``, and ``Proc.port`` is the HTTP one. ``tree`` (default: several lines)
-    counts CPU and memory over the process's descendants too."""
+    counts CPU and memory over the process's descendants too. ``started`` receives the
+    Popen at once, so a caller's clean-up stops it whatever happens next; ``own_session``
+    as for ``spawn``."""
     log_path = tmp / ("%s.log" % name)
-    log = open(log_path, "wb")
-    t0 = time.perf_counter()
-    popen = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=log, text=True,
-                             env=env, preexec_fn=pin_at_exec(affinity))
-    log.close()
-    pin(popen.pid, cpu)
+    with open(log_path, "wb") as log:
+        t0 = time.perf_counter()
+        popen = spawn(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=log,
+                      affinity=affinity, own_session=own_session)
+    if started is not None:
+        started.append(popen)
+    pin(popen.pid, cpu, best_effort=best_effort_pin)
     # Raw reads, not readline(): workers write their lines at about the same time, and a
     # line left in a file object's buffer is invisible to select().
     fd = popen.stdout.fileno()
@@ -184,11 +222,55 @@ def start_listening(name: str, cmd: list[str], cpu: int | None, tmp: Path,
         Proc(name, popen, 0, startup, log_path).stop()
         raise RuntimeError("%s did not start (got %r):\n%s" % (name, out.decode(
             errors="replace"), log_tail(log_path)))
+    away = [ln for ln in lines if ln.split()[-1].rpartition(":")[0] != HOST]
+    if away:
+        Proc(name, popen, 0, startup, log_path).stop()
+        raise RuntimeError("%s listens beyond %s: %r" % (name, HOST, away))
     http = next((ln for ln in lines if ln.startswith("LISTENING ")), lines[0])
-    proc = Proc(name, popen, int(http.rsplit(":", 1)[1]), startup, log_path,
-                tree=count > 1 if tree is None else tree)
+    proc = proc_type(name, popen, int(http.rsplit(":", 1)[1]), startup, log_path,
+                     tree=count > 1 if tree is None else tree)
     proc.lines = lines
     return proc
+
+
+def start_server(name: str, cmd: list[str], port: int, cpu: int | None, tmp: Path,
+                 ready: Callable[[], bool] | None = None, env: dict | None = None,
+                 cwd: Path = REPO, tree: bool = False, headers: list[str] | None = None,
+                 timeout: float = STARTUP_TIMEOUT) -> Proc:
+    """Start a server that says nothing machine-readable (nginx, redis, the peer gateways),
+    its output in ``<tmp>/<name>.log``; ready once ``ready()`` (default: ``port`` accepts a
+    connection) is true. Raises RuntimeError, with the log's tail, if it exits or is not
+    ready within ``timeout`` seconds."""
+    log_path = tmp / ("%s.log" % name)
+    with open(log_path, "wb") as log:
+        t0 = time.perf_counter()
+        popen = spawn(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                      stderr=subprocess.STDOUT, affinity=None if cpu is None else {cpu})
+    proc = Proc(name, popen, port, 0.0, log_path, tree=tree, headers=headers)
+    is_ready = ready or (lambda: accepting(port))
+    while not is_ready():
+        if popen.poll() is not None or time.perf_counter() - t0 > timeout:
+            why = ("exited with %s" % popen.returncode if popen.poll() is not None
+                   else "not ready after %.0f s" % timeout)
+            proc.stop()
+            raise RuntimeError("%s did not start (%s):\n%s" % (name, why, log_tail(log_path)))
+        time.sleep(0.02)
+    proc.startup_s = time.perf_counter() - t0
+    return proc
+
+
+def accepting(port: int) -> bool:
+    try:
+        socket.create_connection((HOST, port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
 
 
 def choose_cpus(no_pin: bool) -> dict:
@@ -218,9 +300,7 @@ def pin_at_exec(cpus: set[int] | None):
     """A Popen preexec_fn that pins before exec: node and the ASGI servers start threads
     (and workers fork) right away, and threads that exist before a later
     sched_setaffinity(pid) would keep their old mask."""
-    if not cpus:
-        return None
-    return lambda: os.sched_setaffinity(0, cpus)
+    return _at_exec(cpus, False)
 
 
 # === logs ===

@@ -50,12 +50,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import json
 import os
 import platform
 import re
-import select
 import signal
 import socket
 import statistics
@@ -70,16 +68,14 @@ import httptools
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import (Proc, choose_cpus, cpu_model, git_sha, log_tail, pid_cpu_s,  # noqa: E402
-                     pin, stop_popen, version_of)
+from machine import (HOST, Proc, choose_cpus, cpu_model, git_sha, log_tail,  # noqa: E402
+                     pid_cpu_s, pin, spawn, start_listening, stop_popen, version_of)
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 LOAD = BENCH / "load.py"
-HOST = "127.0.0.1"          # every process this script starts listens here, and only here
 ROUTE = "soak"
 SLOW_ROUTE = "slow"
-STARTUP_TIMEOUT = 30.0
 PROBE_TIMEOUT = 5.0
 LOAD_TIMEOUT = 10.0         # per request in the load generators
 LOG_TAIL_LINES = 20         # lines of a log quoted in an error
@@ -122,33 +118,12 @@ routes:
 
 # === processes ===
 
-try:
-    _libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
-except OSError:  # pragma: no cover
-    _libc = None
-PR_SET_PDEATHSIG = 1
-
-
-def _child_setup() -> None:
-    """In the child, before exec: die with the soak, even if it is killed outright."""
-    if _libc is not None:
-        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def spawn(cmd: list[str], stdout, stderr) -> subprocess.Popen:
-    # A session of its own: a Ctrl-C at the terminal reaches the soak alone, which then stops
-    # its children in order (llmedge's exit status on SIGTERM is one of the checks).
-    return subprocess.Popen(cmd, cwd=REPO, stdout=stdout, stderr=stderr, text=True,
-                            start_new_session=True, preexec_fn=_child_setup)
-
-
 class Server(Proc):
     """A started server process (simulator or llmedge): ``machine.Proc``, plus its open file
     descriptors, a CPU reading that is None once it is gone, and its exit code kept."""
 
-    def __init__(self, name: str, popen: subprocess.Popen, port: int, startup_s: float,
-                 log_path: Path) -> None:
-        super().__init__(name, popen, port, startup_s, log_path)
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
         self.exit_code: int | None = None
 
     def fds(self) -> int | None:
@@ -171,28 +146,14 @@ class Server(Proc):
 
 def start_server(name: str, cmd: list[str], cpu: int | None, workdir: Path,
                  procs: list) -> Server:
-    """Start a process that prints ``LISTENING host:port`` once ready; it joins ``procs``
-    at once, so it is stopped whatever happens next."""
-    log_path = workdir / ("%s.log" % name)
-    with open(log_path, "wb") as log:
-        t0 = time.perf_counter()
-        popen = spawn(cmd, subprocess.PIPE, log)
-    procs.append(popen)
-    pin(popen.pid, cpu, best_effort=True)
-    line = ""
-    deadline = t0 + STARTUP_TIMEOUT
-    while not line.endswith("\n") and time.perf_counter() < deadline and popen.poll() is None:
-        ready, _, _ = select.select([popen.stdout], [], [], 0.05)
-        if ready:
-            line += popen.stdout.readline()
-    startup = time.perf_counter() - t0
-    match = re.match(r"LISTENING ([0-9.]+):(\d+)$", line.strip())
-    if not match:
-        raise RuntimeError("%s did not start (got %r):\n%s"
-                           % (name, line, log_tail(log_path, LOG_TAIL_LINES)))
-    if match.group(1) != HOST:
-        raise RuntimeError("%s listens on %s, not %s" % (name, match.group(1), HOST))
-    return Server(name, popen, int(match.group(2)), startup, log_path)
+    """Start a process that prints ``LISTENING host:port`` once ready, in a session of its
+    own (a Ctrl-C at the terminal reaches the soak alone, which then stops its children in
+    order: llmedge's exit status on SIGTERM is one of the checks); it joins ``procs`` at
+    once, so it is stopped whatever happens next."""
+    server = start_listening(name, cmd, cpu, workdir, own_session=True, started=procs,
+                             proc_type=Server, best_effort_pin=True)
+    assert isinstance(server, Server)
+    return server
 
 
 # === a small HTTP client (asyncio streams, no threads) ===
@@ -701,7 +662,7 @@ async def soak(args, report: dict, procs: list, workdir: Path) -> None:
         log_path = workdir / ("load-%s.log" % kind)
         with open(log_path, "wb") as log:
             popen = spawn(load_cmd(edge.port, args, stream, out, cpus["load"]),
-                          subprocess.DEVNULL, log)
+                          stdout=subprocess.DEVNULL, stderr=log, own_session=True)
         procs.append(popen)
         loads[kind] = (popen, out, log_path)
     try:
