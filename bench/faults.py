@@ -104,22 +104,6 @@ class Sim:
         self.proc.stop()
 
 
-class BehindFaultProxy:
-    """A simulator whose connections a fault proxy resets until ``heal``."""
-
-    def __init__(self, workdir: Path, name: str) -> None:
-        self.sim = Sim(workdir, name)
-        self.fault = FaultProxy(self.sim.proc.port)
-        self.url = self.fault.url
-
-    def completions(self) -> int:
-        return self.sim.completions()
-
-    def stop(self) -> None:
-        self.fault.close()
-        self.sim.stop()
-
-
 # === cases ===
 
 @dataclass
