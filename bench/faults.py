@@ -36,9 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO / "tests"))
 
-from procs import Llmedge, Simulator, parse_sse  # noqa: E402
+from machine import sim_control, start_llmedge, start_simulator  # noqa: E402
 from scripted_upstream import CLOSE, HOLD, RESET, ScriptedUpstream, chunk  # noqa: E402
 
 REPLY = "The primary and the fallback both know this answer by heart, word for word."
@@ -94,11 +95,12 @@ class Scripted:
 
 class Sim:
     def __init__(self, workdir: Path, name: str, *args: str) -> None:
-        self.proc = Simulator(workdir, name, "--reply", REPLY, "--chunks", str(CHUNKS), *args)
+        self.proc = start_simulator(name, workdir, "--reply", REPLY, "--chunks", str(CHUNKS),
+                                    *args)
         self.url = self.proc.url
 
     def completions(self) -> int:
-        return self.proc.stats()["chat"]
+        return sim_control(self.proc, "GET", "/_sim/stats")["chat"]
 
     def stop(self) -> None:
         self.proc.stop()
@@ -242,7 +244,7 @@ def describe(status: int, headers: dict, data: bytes, stream: bool) -> str:
         return "200, %s's answer%s" % (who, "" if text in (REPLY, PRIMARY_TEXT)
                                        else " (text differs)")
     text, error, continued, done, roles = "", None, None, False, 0
-    for event in parse_sse(data):
+    for event in data_events(data):
         if event == "[DONE]":
             done = True
             continue
@@ -272,14 +274,24 @@ def describe(status: int, headers: dict, data: bytes, stream: bool) -> str:
     return out + ("" if done else ", no [DONE]")
 
 
+def data_events(body: bytes) -> list[str]:
+    """The ``data:`` payloads of an SSE body, in order."""
+    events = []
+    for block in body.replace(b"\r\n", b"\n").split(b"\n\n"):
+        data = [line[5:].strip() for line in block.split(b"\n") if line.startswith(b"data:")]
+        if data:
+            events.append(b"\n".join(data).decode())
+    return events
+
+
 # === running ===
 
 def run_case(case: Case, tree: Path, workdir: Path, knows_new_fields: bool) -> dict:
     setup = case.setup(workdir)
     edge = None
     try:
-        edge = Llmedge(workdir, config(setup, knows_new_fields), tree=tree,
-                       name="llmedge-%s" % case.name)
+        edge = start_llmedge(config(setup, knows_new_fields), workdir, tree=tree,
+                             name="llmedge-%s" % case.name)
         result = ask(edge.port, case.messages, case.stream)
         result["attempts"] = {"primary": setup.primary.completions(),
                               "fallback": setup.fallback.completions()}

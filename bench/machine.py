@@ -13,12 +13,15 @@ Linux only where /proc, prctl or sched_setaffinity is involved.
 from __future__ import annotations
 
 import ctypes
+import http.client
+import json
 import os
 import platform
 import select
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -143,6 +146,7 @@ class Proc:
         self.tree = tree
         self.headers = headers or []
         self.lines: list[str] = []      # the LISTENING lines it printed
+        self.url = ""                   # a simulator's API base URL
 
     def pids(self) -> list[int]:
         return process_tree(self.pid) if self.tree else [self.pid]
@@ -257,6 +261,49 @@ def start_server(name: str, cmd: list[str], port: int, cpu: int | None, tmp: Pat
         time.sleep(0.02)
     proc.startup_s = time.perf_counter() - t0
     return proc
+
+
+def start_simulator(name: str, tmp: Path, *args: str, cpu: int | None = None) -> Proc:
+    """``python -m proxy.sim`` on an ephemeral port; ``Proc.url`` is its API base URL."""
+    proc = start_listening("sim-%s" % name, [sys.executable, "-m", "proxy.sim", "--port", "0",
+                                             "--name", name, *args], cpu, tmp)
+    proc.url = "http://%s:%d/v1" % (HOST, proc.port)
+    return proc
+
+
+def start_llmedge(config_text: str, tmp: Path, name: str = "llmedge", tree: Path = REPO,
+                  cpu: int | None = None, args: tuple[str, ...] = ()) -> Proc:
+    """``python -m proxy serve`` with this configuration; ``tree``: the llmedge of another
+    checkout (its _fastpath built), for benches comparing two versions in one run."""
+    config_path = tmp / ("%s.yaml" % name)
+    config_path.write_text(config_text)
+    env = dict(os.environ)
+    if tree != REPO:
+        env["PYTHONPATH"] = str(tree)
+    return start_listening(name, [sys.executable, "-m", "proxy", "serve", "-c",
+                                  str(config_path), *args], cpu, tmp, env=env, cwd=tree)
+
+
+def http_call(port: int, method: str, path: str, body: object = None,
+              timeout: float = 60.0) -> tuple[int, dict[str, str], bytes]:
+    """One request on a connection of its own: (status, lower-cased headers, body)."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        data = json.dumps(body).encode() if body is not None else None
+        conn.request(method, path, body=data,
+                     headers={"content-type": "application/json"} if data else {})
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def sim_control(sim: Proc, method: str, path: str, body: object = None) -> dict:
+    """A call to the simulator's control API (``/_sim/stats``, ``/_sim/config``)."""
+    status, _, data = http_call(sim.port, method, path, body)
+    if status != 200:
+        raise RuntimeError("%s %s on %s: %d %r" % (method, path, sim.name, status, data[:200]))
+    return json.loads(data)
 
 
 def accepting(port: int) -> bool:

@@ -33,10 +33,11 @@ import threading
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from faultproxy import PASS, RESET, FaultProxy  # noqa: E402
-from procs import Llmedge, Simulator, http_call  # noqa: E402
+from machine import REPO, http_call, sim_control, start_llmedge, start_simulator  # noqa: E402
 
 BODY = {"model": "auto", "messages": [{"role": "user", "content": "recovery"}]}
 
@@ -72,9 +73,9 @@ class Client(threading.Thread):
         due = time.monotonic()
         while not self.stop.is_set():
             sent = time.monotonic()
-            resp = http_call(self.port, "POST", "/v1/chat/completions", BODY)
-            self.log.append((sent, resp.headers.get("x-llmedge-upstream", ""),
-                             int(resp.headers.get("x-llmedge-attempts", "0")), resp.status))
+            status, headers, _ = http_call(self.port, "POST", "/v1/chat/completions", BODY)
+            self.log.append((sent, headers.get("x-llmedge-upstream", ""),
+                             int(headers.get("x-llmedge-attempts", "0")), status))
             due += self.pace
             self.stop.wait(max(0.0, due - time.monotonic()))
 
@@ -82,13 +83,13 @@ class Client(threading.Thread):
 def run(args, tree: Path | None = None) -> dict:
     """``tree``: run another checkout's llmedge (bench/faults.py --baseline)."""
     workdir = Path(tempfile.mkdtemp(prefix="llmedge-recovery-"))
-    primary = Simulator(workdir, "primary")
-    fallback = Simulator(workdir, "fallback")
+    primary = start_simulator("primary", workdir)
+    fallback = start_simulator("fallback", workdir)
     fault = FaultProxy(primary.port)
     edge = client = None
     try:
-        edge = Llmedge(workdir, config(fault.url, fallback.url, not args.no_probes),
-                       **({"tree": tree} if tree is not None else {}))
+        edge = start_llmedge(config(fault.url, fallback.url, not args.no_probes), workdir,
+                             tree=tree or REPO)
         client = Client(edge.port, args.pace)
         client.start()
         time.sleep(args.warmup)
@@ -96,13 +97,13 @@ def run(args, tree: Path | None = None) -> dict:
         if args.fault == "reset":
             fault.set(RESET)
         else:
-            primary.configure(status=503)
+            sim_control(primary, "POST", "/_sim/config", {"status": 503})
         time.sleep(args.down_s)
         up_at = time.monotonic()
         if args.fault == "reset":
             fault.set(PASS)
         else:
-            primary.configure(status=None)
+            sim_control(primary, "POST", "/_sim/config", {"status": None})
         deadline = up_at + args.max_wait
         back_at = None
         while time.monotonic() < deadline and back_at is None:
