@@ -7,13 +7,11 @@ to a test. Only the shape of the output, and that requests were answered, is che
 from __future__ import annotations
 
 import json
-import select
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+import procs
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -21,37 +19,11 @@ BENCH = REPO / "bench"
 PERCENTILE_KEYS = ("count", "min", "mean", "max", "p50", "p90", "p99", "p99.9")
 
 
-def start_simulator() -> tuple[subprocess.Popen, int]:
-    proc = subprocess.Popen([sys.executable, "-m", "proxy.sim", "--port", "0"],
-                            cwd=REPO, stdout=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    line = ""
-    while not line.endswith("\n") and time.monotonic() < deadline and proc.poll() is None:
-        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
-        if ready:
-            line += proc.stdout.readline()
-    if not line.startswith("LISTENING "):
-        stop(proc)
-        pytest.fail("simulator did not report LISTENING, got %r" % line)
-    return proc, int(line.rsplit(":", 1)[1])
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    proc.stdout.close()
-
-
 @pytest.fixture(scope="module")
-def simulator():
-    proc, port = start_simulator()
-    yield port
-    stop(proc)
+def simulator(tmp_path_factory):
+    proc = procs.Simulator(tmp_path_factory.mktemp("sim"), "bench")
+    yield proc.port
+    proc.stop()
 
 
 def check_summary(summary: dict) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import select
 import signal
 import socket
 import subprocess
@@ -21,31 +20,8 @@ STARTUP_TIMEOUT = 30.0
 POLL_LIMIT = 20.0
 
 
-def start_simulator(*args: str) -> tuple[subprocess.Popen, int]:
-    proc = subprocess.Popen([sys.executable, "-m", "proxy.sim", "--port", "0", *args],
-                            cwd=REPO, stdout=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    line = ""
-    while not line.endswith("\n") and time.monotonic() < deadline and proc.poll() is None:
-        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
-        if ready:
-            line += proc.stdout.readline()
-    if not line.startswith("LISTENING "):
-        stop_simulator(proc)
-        pytest.fail("simulator did not report LISTENING, got %r" % line)
-    return proc, int(line.rsplit(":", 1)[1])
-
-
-def stop_simulator(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> int:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-    try:
-        code = proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        code = proc.wait()
-    proc.stdout.close()
-    return code
+def start_simulator(workdir: Path, *args: str) -> procs.Simulator:
+    return procs.Simulator(workdir, "sim", *args)
 
 
 class Sim:
@@ -100,12 +76,13 @@ MESSAGES = [{"role": "user", "content": "Say something, simulator."}]
 
 
 @pytest.fixture(scope="module")
-def sim():
-    proc, port = start_simulator("--name", "fixture", "--model", "fixture-model", "--seed", "7")
+def sim(tmp_path_factory):
+    proc = procs.Simulator(tmp_path_factory.mktemp("sim"), "fixture", "--model",
+                           "fixture-model", "--seed", "7")
     try:
-        yield Sim(port)
+        yield Sim(proc.port)
     finally:
-        assert stop_simulator(proc) == 0
+        assert proc.stop() == 0
 
 
 @pytest.fixture(autouse=True)
@@ -398,12 +375,12 @@ def test_stats_keys(sim):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_exits_cleanly_on_signal(sig):
-    proc, port = start_simulator("--stall-after", "0")
+def test_exits_cleanly_on_signal(sig, tmp_path):
+    proc = start_simulator(tmp_path, "--stall-after", "0")
     # A pending request must not hold shutdown up.
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+    with socket.create_connection(("127.0.0.1", proc.port), timeout=30) as s:
         s.sendall(chat_request({"messages": MESSAGES}))
-        assert stop_simulator(proc, sig) == 0
+        assert proc.stop(sig) == 0
 
 
 # -- issue 14: early role, continuation, context window, malformed events ---------------------
@@ -722,11 +699,12 @@ def test_new_options_are_validated(sim, key, value):
     assert sim.json("GET", "/_sim/config") == before
 
 
-def test_new_options_from_the_command_line():
-    proc, port = start_simulator("--early-role", "--continuation", "none", "--context-window",
-                                 "3", "--context-error", "vllm", "--malformed-after", "1")
+def test_new_options_from_the_command_line(tmp_path):
+    proc = start_simulator(tmp_path, "--early-role", "--continuation", "none",
+                           "--context-window", "3", "--context-error", "vllm",
+                           "--malformed-after", "1")
     try:
-        s = Sim(port)
+        s = Sim(proc.port)
         cfg = s.json("GET", "/_sim/config")
         assert {k: cfg[k] for k in NEW_DEFAULTS} == {
             "early_role": True, "continuation": "none", "context_window": 3,
@@ -738,7 +716,7 @@ def test_new_options_from_the_command_line():
                                  json.dumps({"messages": MESSAGES}).encode())
         assert status == 400 and json.loads(body)["error"]["type"] == "BadRequestError"
     finally:
-        assert stop_simulator(proc) == 0
+        assert proc.stop() == 0
 
 
 @pytest.mark.parametrize("args", [("--context-window", "-1"), ("--context-error", "azure"),
