@@ -7,6 +7,11 @@ chunk, ``--chunks`` content chunks, a finish chunk). Like llmedge it sends the x
 initial metadata its API promises, so what is left between the two is llmedge's own work.
 ``bench/grpc_load.py --floor`` measures it beside llmedge in one run.
 
+With ``--upstream`` each call first makes one HTTP request to the simulator (a stream is
+relayed event by event) on a minimal keep-alive client, then answers the same constants:
+what grpc.aio costs once a call waits on network I/O, which llmedge's calls always do
+(``bench/grpc_load.py --floor-upstream``).
+
     python bench/grpc_floor.py --port 0     # prints "LISTENING 127.0.0.1:PORT"
 """
 
@@ -14,12 +19,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import grpc  # noqa: E402
+import httptools  # noqa: E402
 
 from proxy.grpc._gen import gateway_pb2 as pb  # noqa: E402
 from proxy.grpc._gen import gateway_pb2_grpc as pb_grpc  # noqa: E402
@@ -67,9 +74,94 @@ class Floor(pb_grpc.GatewayServicer):
             yield chunk
 
 
-async def serve(port: int, chunks: int) -> None:
+# === with an upstream: the same constant answers, after one loopback HTTP call each ===
+
+class _Answer(asyncio.Protocol):
+    """One keep-alive connection to the upstream; feeds each response's body, SSE event by
+    event for streams, to the call waiting on it. The least a Python client can do: no
+    timeouts, no retries, no pooling policy, which is what llmedge adds."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.events: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.buffer = b""
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+
+    def on_body(self, body: bytes) -> None:
+        self.buffer += body
+        *events, self.buffer = self.buffer.split(b"\n\n")
+        for event in events:
+            self.events.put_nowait(event)
+
+    def on_message_complete(self) -> None:
+        if self.buffer:
+            self.events.put_nowait(self.buffer)
+            self.buffer = b""
+        self.events.put_nowait(None)
+
+    def connection_lost(self, exc) -> None:
+        self.events.put_nowait(None)
+
+
+class Upstream:
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.idle: list[_Answer] = []
+
+    def request(self, stream: bool) -> bytes:
+        body = json.dumps({"model": "sim", "stream": stream,
+                           "messages": [{"role": "user", "content": "hello"}]}).encode()
+        return (b"POST /v1/chat/completions HTTP/1.1\r\nhost: upstream\r\n"
+                b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                % (len(body), body))
+
+    async def events(self, stream: bool):
+        conn = self.idle.pop() if self.idle else None
+        if conn is None or conn.transport.is_closing():
+            _, conn = await asyncio.get_running_loop().create_connection(
+                _Answer, self.host, self.port)
+        conn.transport.write(self.request(stream))
+        while (event := await conn.events.get()) is not None:
+            yield event
+        if not conn.transport.is_closing():
+            self.idle.append(conn)
+
+
+class UpstreamFloor(Floor):
+    def __init__(self, chunks: int, upstream: Upstream) -> None:
+        super().__init__(chunks)
+        self.upstream = upstream
+
+    async def Chat(self, request, context):  # noqa: N802
+        async for _ in self.upstream.events(False):
+            pass
+        await context.send_initial_metadata(METADATA)
+        return self.answer
+
+    async def ChatStream(self, request, context):  # noqa: N802
+        await context.send_initial_metadata(METADATA)
+        last = self.stream[-1]
+        chunks = iter(self.stream[:-1])
+        async for event in self.upstream.events(True):
+            if event.startswith(b"data: [DONE]"):
+                break
+            yield next(chunks, last)
+
+
+async def serve(port: int, chunks: int, upstream: str | None) -> None:
     server = grpc.aio.server()
-    pb_grpc.add_GatewayServicer_to_server(Floor(chunks), server)
+    if upstream:
+        host, _, upstream_port = upstream.rpartition(":")
+        servicer = UpstreamFloor(chunks, Upstream(host, int(upstream_port)))
+    else:
+        servicer = Floor(chunks)
+    pb_grpc.add_GatewayServicer_to_server(servicer, server)
     bound = server.add_insecure_port("127.0.0.1:%d" % port)
     await server.start()
     print("LISTENING 127.0.0.1:%d" % bound, flush=True)
@@ -80,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench/grpc_floor.py", description=__doc__.split("\n")[0])
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--chunks", type=int, default=8, help="content chunks per stream")
+    p.add_argument("--upstream", metavar="HOST:PORT",
+                   help="ask this upstream (the simulator) once per call before answering, "
+                        "relaying a stream event by event")
     args = p.parse_args(argv)
     try:
         import uvloop
@@ -88,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         runner = asyncio.Runner()
     with runner:
         try:
-            runner.run(serve(args.port, args.chunks))
+            runner.run(serve(args.port, args.chunks, args.upstream))
         except KeyboardInterrupt:
             pass
     return 0

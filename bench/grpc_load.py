@@ -12,7 +12,9 @@ cost alone; the latency also holds each client library's cost, which is not llme
 
 With ``--floor`` each round also drives the same gRPC load at a bare grpc.aio server
 answering a constant reply (``bench/grpc_floor.py``, pinned where llmedge is): the floor
-llmedge's gRPC CPU per call and per streamed message is reported against.
+llmedge's gRPC CPU per call and per streamed message is reported against. With
+``--floor-upstream`` also at that server asking the simulator once per call first
+(``grpc_floor.py --upstream``): the floor once a call waits on the network.
 
 With ``--grpc-only --target HOST:PORT`` it only drives gRPC load at a running llmedge.
 """
@@ -200,12 +202,14 @@ def markdown(report: dict) -> str:
     lines = ["| front | rps | p50 µs | p90 µs | p99 µs | server CPU µs/call | µs/message "
              "| client CPU |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    names = ("http", "grpc", "floor") if report.get("floor") else ("http", "grpc")
-    for name in names:
-        r = report[name]
+    titles = {"floor": "grpc.aio floor", "floor_upstream": "grpc.aio floor + upstream call"}
+    for name in ("http", "grpc", "floor", "floor_upstream"):
+        r = report.get(name)
+        if not r:
+            continue
         lat = r.get("latency_us") or {}
         lines.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
-            "grpc.aio floor" if name == "floor" else name, r["achieved_rps"], lat.get("p50"),
+            titles.get(name, name), r["achieved_rps"], lat.get("p50"),
             lat.get("p90"), lat.get("p99"), r["edge_cpu_us_per_request"],
             r.get("edge_cpu_us_per_message"), r["client_cpu_util"]))
     lines.append("")
@@ -215,6 +219,9 @@ def markdown(report: dict) -> str:
     for key, row in (report.get("against_floor") or {}).items():
         lines.append("%s: llmedge gRPC %s µs vs bare grpc.aio %s µs: ratio %.3f" % (
             key, row["grpc_us"], row["floor_us"], row["ratio"]))
+    for key, row in (report.get("against_floor_upstream") or {}).items():
+        lines.append("%s: llmedge gRPC %s µs vs bare grpc.aio + upstream call %s µs: "
+                     "ratio %.3f" % (key, row["grpc_us"], row["floor_us"], row["ratio"]))
     return "\n".join(lines)
 
 
@@ -235,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--floor", action="store_true",
                    help="also measure a bare grpc.aio server answering a constant reply "
                         "(bench/grpc_floor.py) on llmedge's CPU, each round")
+    p.add_argument("--floor-upstream", action="store_true",
+                   help="also measure the bare server asking the simulator once per call "
+                        "(bench/grpc_floor.py --upstream), each round")
     p.add_argument("--grpc-only", action="store_true", help="only gRPC load at --target")
     p.add_argument("--target", default="127.0.0.1:50051", help="with --grpc-only")
     p.add_argument("--model", default=ROUTE, help="with --grpc-only: the route or deployment")
@@ -252,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmpdir)
         sim = machine.start_listening("simulator", [sys.executable, "-m", "proxy.sim",
                                                     "--port", "0"], cpus["load"], tmp)
-        edge = floor = None
+        edge = floor = floor_up = None
         try:
             (tmp / "edge.yaml").write_text(edge_config(sim.port))
             edge = machine.start_listening("llmedge", [
@@ -265,7 +275,12 @@ def main(argv: list[str] | None = None) -> int:
                     sys.executable, str(machine.REPO / "bench" / "grpc_floor.py"), "--port",
                     "0"], cpus["proxy"], tmp)
                 floor_port = floor.port
-            rows: dict[str, list[dict]] = {"http": [], "grpc": [], "floor": []}
+            if args.floor_upstream:
+                floor_up = machine.start_listening("floor-upstream", [
+                    sys.executable, str(machine.REPO / "bench" / "grpc_floor.py"), "--port",
+                    "0", "--upstream", "127.0.0.1:%d" % sim.port], cpus["proxy"], tmp)
+            rows: dict[str, list[dict]] = {"http": [], "grpc": [], "floor": [],
+                                           "floor_upstream": []}
             for _ in range(args.rounds):
                 rows["http"].append(measure(args, "http", edge.pid,
                                             lambda: run_http(args, http_port)))
@@ -274,7 +289,17 @@ def main(argv: list[str] | None = None) -> int:
                 if floor is not None:
                     rows["floor"].append(measure(args, "floor", floor.pid, lambda: run_grpc(
                         args, "127.0.0.1:%d" % floor_port)))
+                if floor_up is not None:
+                    before = machine.sim_control(sim, "GET", "/_sim/stats")["chat"]
+                    row = measure(args, "floor_upstream", floor_up.pid,
+                                  lambda: run_grpc(args, "127.0.0.1:%d" % floor_up.port))
+                    # It did ask: one upstream call per completed call.
+                    row["upstream_calls"] = (machine.sim_control(sim, "GET", "/_sim/stats")
+                                             ["chat"] - before)
+                    rows["floor_upstream"].append(row)
         finally:
+            if floor_up is not None:
+                floor_up.stop()
             if floor is not None:
                 floor.stop()
             if edge is not None:
@@ -288,10 +313,15 @@ def main(argv: list[str] | None = None) -> int:
                        "grpcio": grpc.__version__},
               "http": combine(rows["http"]), "grpc": combine(rows["grpc"]),
               "floor": combine(rows["floor"]) if rows["floor"] else None,
+              "floor_upstream": (combine(rows["floor_upstream"]) if rows["floor_upstream"]
+                                 else None),
               "overhead": None, "runs": rows}
     report["overhead"] = overhead(report["http"], report["grpc"])
     if report["floor"]:
         report["against_floor"] = against_floor(report["grpc"], report["floor"])
+    if report["floor_upstream"]:
+        report["against_floor_upstream"] = against_floor(report["grpc"],
+                                                         report["floor_upstream"])
     if args.json == "-":
         print(json.dumps(report, indent=2))
     else:
@@ -299,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.json).write_text(json.dumps(report, indent=2))
         print(markdown(report))
     return 0 if not (report["http"]["errors"] or report["grpc"]["errors"]
-                     or (report["floor"] or {}).get("errors")) else 1
+                     or (report["floor"] or {}).get("errors")
+                     or (report["floor_upstream"] or {}).get("errors")) else 1
 
 
 if __name__ == "__main__":
