@@ -30,7 +30,7 @@ routes: [{name: r, deployments: [a], cache: {ttl_s: -1}, hysteresis: 2}]
 """)
     assert problems == [
         "server.workers: Expected `int`, got `str`",
-        "server.request_timeout_s: must be a positive number of seconds",
+        "server.request_timeout_s: must be at most 1e+09",
         "server.drain_delay_s: must be >= 0 seconds",
         "upstream.timeouts.connect_s: must be a positive number of seconds",
         "upstream.breaker.jitter: must be in [0, 1)",
@@ -116,3 +116,27 @@ def test_every_number_in_the_configuration_has_a_bound():
                 unbounded.append("%s.%s" % (struct.__name__, field.name))
     assert len(_structs(Config)) > 20
     assert unbounded == []
+
+
+def test_no_problem_is_reported_about_a_default_standing_in_for_a_bad_value():
+    problems = problems_of("""\
+upstream: {retry: {backoff_s: -1, max_backoff_s: 0.01}}
+deployments: [%s]
+routes: [{name: r, deployments: [a, nope], policy: 5, weights: {a: 1}}]
+""" % DEPLOYMENT)
+    # Not "max_backoff_s: must be >= backoff_s" (the default 0.05 is not the file's), nor
+    # "weights: only used by policy 'weighted'"; the unknown deployment is the file's own.
+    assert problems == [
+        "upstream.retry.backoff_s: must be >= 0 seconds",
+        "routes[0].policy: Expected `str`, got `int`",
+        "routes[0].deployments[1]: unknown deployment 'nope'",
+    ]
+
+
+def test_past_the_sanity_limit_the_limit_is_named():
+    problems = problems_of("""\
+server: {request_timeout_s: 1.0e+12}
+deployments: [{name: a, base_url: "http://127.0.0.1:1/v1", price: {input: .inf}}]
+""")
+    assert problems == ["server.request_timeout_s: must be at most 1e+09",
+                        "deployments[0].price.input: must be at most 1e+18"]

@@ -354,7 +354,7 @@ def parse(text: str | bytes) -> Config:
         raise ConfigError(["(yaml): %s" % exc]) from None
     config, problems = decode.convert(doc, Config)
     if config is not None:
-        problems += check(config)
+        problems += [p for p in check(config) if not decode.stood_in(p, problems)]
     if problems:
         raise ConfigError(problems)
     return config

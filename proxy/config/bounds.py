@@ -14,14 +14,14 @@ from msgspec import Meta
 
 # msgspec constraints must be finite, and an infinite (or absurdly long) time is a typo in a
 # configuration file, not a wish: about 31 years.
-_LONGEST_S = 1e9
-_LARGEST = 1e18
+LONGEST_S = 1e9
+LARGEST = 1e18
 
-Seconds = Annotated[float, Meta(gt=0, le=_LONGEST_S,
+Seconds = Annotated[float, Meta(gt=0, le=LONGEST_S,
                                 description="a positive number of seconds")]
-SecondsOrZero = Annotated[float, Meta(ge=0, le=_LONGEST_S, description=">= 0 seconds")]
-Positive = Annotated[float, Meta(gt=0, le=_LARGEST, description="> 0")]
-NonNegative = Annotated[float, Meta(ge=0, le=_LARGEST, description=">= 0")]
+SecondsOrZero = Annotated[float, Meta(ge=0, le=LONGEST_S, description=">= 0 seconds")]
+Positive = Annotated[float, Meta(gt=0, le=LARGEST, description="> 0")]
+NonNegative = Annotated[float, Meta(ge=0, le=LARGEST, description=">= 0")]
 Share = Annotated[float, Meta(ge=0, le=1, description="between 0 and 1")]
 Jitter = Annotated[float, Meta(ge=0, lt=1, description="in [0, 1)")]
 Rate = Annotated[float, Meta(gt=0, le=1, description="in (0, 1]")]

@@ -15,6 +15,8 @@ from typing import Any
 
 import msgspec
 
+from .bounds import LARGEST, LONGEST_S
+
 _AT_PATH = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
 _SEGMENT = re.compile(r"\.([^.\[]+)|\[(\d+|\.\.\.)\]")
 _ANY_KEY = "..."            # msgspec's name for "some key of this dict"
@@ -24,7 +26,10 @@ _MOST_PROBLEMS = 100
 def convert(doc: Any, type_: type) -> tuple[Any, list[str]]:
     """``(decoded, problems)``, each problem ``path: what is wrong``. With problems, the
     decoded value has defaults where the bad values were (None when that was impossible),
-    so checks across fields can still report theirs."""
+    so checks across fields can still report theirs (``stood_in`` says which to doubt).
+
+    A bad value inside a YAML anchor is reported once, at the first place msgspec meets it:
+    the copy keeps the anchor's uses shared, so taking it out there takes it out of all."""
     problems: list[str] = []
     copied = False
     while len(problems) < _MOST_PROBLEMS:
@@ -128,7 +133,27 @@ def _wording(type_: type, path: str, message: str) -> str:
         return message
     _, metas = _strip(tp)
     for meta in metas:
+        if meta.le in (LONGEST_S, LARGEST) and "` <" in message:
+            # Past the sanity limit: the field's words only tell the lower bound.
+            return "must be at most %g" % meta.le
         if meta.description:
             return "must be %s" % meta.description
     return message
 
+
+
+_LAST_STEP = re.compile(r"^(?P<parent>.*?)(?:\.(?P<name>[^.\[]+)|\[\d+\])$")
+
+
+def stood_in(problem: str, decode_problems: list[str]) -> bool:
+    """Whether a problem found across fields is about a default standing in for a value
+    that was taken out: in the same section, and naming the field (``max_backoff_s: must
+    be >= backoff_s`` after a bad ``backoff_s``). Such a problem is not about the file."""
+    for bad in decode_problems:
+        match = _LAST_STEP.match(bad.partition(": ")[0])
+        if match is None or not match.group("name"):
+            continue
+        if problem.startswith(match.group("parent")) and re.search(
+                r"\b%s\b" % re.escape(match.group("name")), problem):
+            return True
+    return False
