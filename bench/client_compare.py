@@ -687,7 +687,12 @@ def main(argv: list[str] | None = None) -> int:
     watchdog = start_watchdog(budget, holder)
 
     tmp = Path(tempfile.mkdtemp(prefix="llmedge-client-compare-"))
-    sim = start_simulator(args, sim_core, tmp)
+    try:
+        sim = start_simulator(args, sim_core, tmp)
+    except RuntimeError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        watchdog.cancel()
+        raise SystemExit(str(exc)) from None
     proc, port = sim.popen, sim.port
     holder.append(proc)
     if bench_core is not None:

@@ -32,6 +32,12 @@ STOP_TIMEOUT = 15.0
 STARTUP_TIMEOUT = 30.0
 HOST = "127.0.0.1"          # every server a bench script starts listens here only
 PR_SET_PDEATHSIG = 1
+try:
+    # Loaded here, not in the child between fork and exec: a parent with threads (a
+    # watchdog timer) could hold the loader's lock at the fork.
+    _LIBC = ctypes.CDLL(None, use_errno=True)
+except OSError:
+    _LIBC = None
 
 
 # === /proc readers ===
@@ -101,7 +107,8 @@ def stop_popen(popen: subprocess.Popen, timeout: float = STOP_TIMEOUT) -> int | 
     return code
 
 
-def spawn(cmd: list[str], *, cwd: Path = REPO, env: dict | None = None, stdin=None,
+def spawn(cmd: list[str], *, cwd: Path = REPO, env: dict | None = None,
+          stdin=subprocess.DEVNULL,
           stdout=None, stderr=None, affinity: set[int] | None = None,
           own_session: bool = False) -> subprocess.Popen:
     """Start ``cmd``, pinned to ``affinity`` before exec. ``own_session``: in a session of
@@ -117,10 +124,10 @@ def _at_exec(affinity: set[int] | None, die_with_parent: bool):
         return None
 
     def setup() -> None:
-        if die_with_parent:
+        if die_with_parent and _LIBC is not None:
             try:
-                ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-            except (OSError, AttributeError):
+                _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+            except AttributeError:
                 pass    # not Linux: the script's own clean-up still stops it
         if affinity:
             os.sched_setaffinity(0, affinity)
@@ -240,7 +247,7 @@ def start_listening(name: str, cmd: list[str], cpu: int | None, tmp: Path,
 def start_server(name: str, cmd: list[str], port: int, cpu: int | None, tmp: Path,
                  ready: Callable[[], bool] | None = None, env: dict | None = None,
                  cwd: Path = REPO, tree: bool = False, headers: list[str] | None = None,
-                 timeout: float = STARTUP_TIMEOUT) -> Proc:
+                 timeout: float = STARTUP_TIMEOUT, started: list | None = None) -> Proc:
     """Start a server that says nothing machine-readable (nginx, redis, the peer gateways),
     its output in ``<tmp>/<name>.log``; ready once ``ready()`` (default: ``port`` accepts a
     connection) is true. Raises RuntimeError, with the log's tail, if it exits or is not
@@ -248,8 +255,10 @@ def start_server(name: str, cmd: list[str], port: int, cpu: int | None, tmp: Pat
     log_path = tmp / ("%s.log" % name)
     with open(log_path, "wb") as log:
         t0 = time.perf_counter()
-        popen = spawn(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                      stderr=subprocess.STDOUT, affinity=None if cpu is None else {cpu})
+        popen = spawn(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                      affinity=None if cpu is None else {cpu})
+    if started is not None:
+        started.append(popen)
     proc = Proc(name, popen, port, 0.0, log_path, tree=tree, headers=headers)
     is_ready = ready or (lambda: accepting(port))
     while not is_ready():
