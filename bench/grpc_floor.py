@@ -127,10 +127,16 @@ class Upstream:
             _, conn = await asyncio.get_running_loop().create_connection(
                 _Answer, self.host, self.port)
         conn.transport.write(self.request(stream))
-        while (event := await conn.events.get()) is not None:
-            yield event
-        if not conn.transport.is_closing():
-            self.idle.append(conn)
+        done = False
+        try:
+            while (event := await conn.events.get()) is not None:
+                yield event
+            done = True
+        finally:
+            if done and not conn.transport.is_closing():
+                self.idle.append(conn)
+            else:
+                conn.transport.close()   # left mid-answer: its rest would confuse the next
 
 
 class UpstreamFloor(Floor):
@@ -146,12 +152,15 @@ class UpstreamFloor(Floor):
 
     async def ChatStream(self, request, context):  # noqa: N802
         await context.send_initial_metadata(METADATA)
-        last = self.stream[-1]
+        # One message per upstream event (the last carries the finish), whatever the two
+        # counts; the stream is read to its end so its connection goes back to the pool.
         chunks = iter(self.stream[:-1])
         async for event in self.upstream.events(True):
-            if event.startswith(b"data: [DONE]"):
-                break
-            yield next(chunks, last)
+            if not event.startswith(b"data: [DONE]"):
+                message = next(chunks, None)
+                if message is not None:
+                    yield message
+        yield self.stream[-1]
 
 
 async def serve(port: int, chunks: int, upstream: str | None) -> None:
