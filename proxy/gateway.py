@@ -14,6 +14,8 @@ import orjson
 
 
 from .accesslog import AccessLog
+from .anthropic import translate as messages_api
+from .anthropic.exchange import MessagesResponder
 from .accounting import ask_for_usage, cost_usd
 from .budget import RetryBudget
 from .cache import Entry, sse_replay
@@ -102,6 +104,8 @@ class Gateway:
         path = ex.url.partition(b"?")[0]
         if path == b"/v1/chat/completions":
             self._proxy(ex, CHAT_PATH, _chat_decoder)
+        elif path == b"/v1/messages":
+            self._messages(ex)
         elif path == b"/v1/embeddings":
             self._proxy(ex, EMBEDDINGS_PATH, _embeddings_decoder)
         elif path == b"/v1/route":
@@ -336,6 +340,28 @@ class Gateway:
                          answer.request_id if answer is not None else self._request_id(ex))
             return
         self._start(answer, started, args)
+
+    def _messages(self, ex: Responder) -> None:
+        """An Anthropic Messages request: translated, then answered as a chat completion
+        whose answer (and every error) goes back in the Messages API's shapes."""
+        messages = MessagesResponder(ex, b"", "")
+        if ex.method != b"POST":
+            messages.fail(MethodNotAllowed("use POST for this endpoint",
+                                           code="method_not_allowed"), ((b"allow", b"POST"),))
+            return
+        try:
+            try:
+                doc = orjson.loads(ex.body)
+            except orjson.JSONDecodeError as exc:
+                raise BadRequest("the request body is not valid JSON: %s" % exc) from None
+            chat = messages_api.chat_request(doc)
+        except BadRequest as exc:
+            self._refuse(messages, b"/messages", exc, time.perf_counter(),
+                         self._request_id(ex))
+            return
+        messages.body = orjson.dumps(chat)
+        messages.model = chat["model"]
+        self._proxy(messages, CHAT_PATH, _chat_decoder)
 
     def _refuse(self, ex: Responder, path: bytes, exc: ProxyError, started: float,
                 request_id: bytes) -> None:

@@ -1,0 +1,170 @@
+"""The Messages front end as a responder: a ``/v1/messages`` request seen by the request
+path as the Chat Completions request it translates to, answered in the Messages API's
+shapes on the client's own connection."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from ..errors import ProxyError, retry_after_header
+from ..responder import EVENT_STREAM, JSON, Headers, Responder, is_event_stream
+from . import translate
+
+CHAT_URL = b"/v1/chat/completions"
+
+
+class MessagesResponder:
+    """Implements ``Responder`` over the client's own exchange (``inner``)."""
+
+    method = b"POST"
+    url = CHAT_URL
+
+    def __init__(self, inner: Responder, chat_body: bytes, model: str) -> None:
+        self.inner = inner
+        self.body = chat_body
+        headers = inner.headers
+        if b"authorization" not in headers and b"x-api-key" in headers:
+            # The client's credential, however it sends it: the cache's tenant is by it.
+            headers = {**headers, b"authorization": b"Bearer " + headers[b"x-api-key"]}
+        self.headers = headers
+        self.model = model
+        self.stream: translate.StreamTranslator | None = None
+        self._buffer = b""
+
+    # The client's exchange owns these; the request path reads and sets them here.
+    @property
+    def deadline(self) -> float:
+        return self.inner.deadline
+
+    @property
+    def task(self) -> asyncio.Task | None:
+        return self.inner.task
+
+    @task.setter
+    def task(self, task: asyncio.Task | None) -> None:
+        self.inner.task = task
+
+    @property
+    def started(self) -> bool:
+        return self.inner.started
+
+    @property
+    def finished(self) -> bool:
+        return self.inner.finished
+
+    @property
+    def on_pause(self) -> Callable[[], None] | None:
+        return self.inner.on_pause
+
+    @on_pause.setter
+    def on_pause(self, callback: Callable[[], None] | None) -> None:
+        self.inner.on_pause = callback
+
+    @property
+    def on_resume(self) -> Callable[[], None] | None:
+        return self.inner.on_resume
+
+    @on_resume.setter
+    def on_resume(self, callback: Callable[[], None] | None) -> None:
+        self.inner.on_resume = callback
+
+    @property
+    def client_gone(self) -> bool:
+        return self.inner.client_gone
+
+    @property
+    def client_paused(self) -> bool:
+        return self.inner.client_paused
+
+    @property
+    def from_loopback(self) -> bool:
+        return self.inner.from_loopback
+
+    def _message_id(self, headers: list) -> str:
+        request_id = next((v for k, v in headers if k == b"x-request-id"), b"")
+        return "msg_" + (request_id.decode("latin-1") or "llmedge")
+
+    # === answering ===
+
+    def respond(self, status: int, body: bytes, content_type: bytes = JSON,
+                headers: Headers = ()) -> None:
+        pairs = _with_request_id(headers)
+        if status >= 300:
+            self.inner.respond(status, translate.error_body(
+                status, translate.upstream_error_message(body)), JSON, pairs)
+            return
+        try:
+            completion = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            self.inner.respond(502, translate.error_body(
+                502, "the upstream's answer is not JSON"), JSON, pairs)
+            return
+        if isinstance(completion, dict) and completion.get("object") == "chat.completion.chunk":
+            # A cached streamed answer replayed whole: translate it as the stream it was.
+            self.inner.respond(502, translate.error_body(
+                502, "the upstream answered a stream where a whole answer was expected"),
+                JSON, pairs)
+            return
+        doc = translate.message(completion, self.model, self._message_id(pairs))
+        self.inner.respond(status, orjson.dumps(doc), JSON, pairs)
+
+    def fail(self, exc: ProxyError, headers: Headers = ()) -> None:
+        pairs = _with_request_id(headers)
+        if exc.retry_after is not None:
+            pairs.append((b"retry-after", retry_after_header(exc.retry_after)))
+        self.inner.respond(exc.status, translate.error_body(exc.status, exc.message), JSON,
+                           pairs)
+
+    def start_stream(self, status: int, content_type: bytes, headers: Headers = ()) -> None:
+        pairs = _with_request_id(headers)
+        self.stream = translate.StreamTranslator(self.model, self._message_id(pairs))
+        self.inner.start_stream(status, EVENT_STREAM if is_event_stream(content_type)
+                                else content_type, pairs)
+        self.inner.write(self.stream.start())
+
+    def write(self, events: bytes) -> None:
+        assert self.stream is not None
+        out = b""
+        for block in events.split(b"\n\n"):
+            data = b"\n".join(line[5:].strip() for line in block.split(b"\n")
+                              if line.startswith(b"data:"))
+            if not data or data == b"[DONE]":
+                continue
+            try:
+                doc: Any = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                continue   # the relay has checked events already; a comment, a keep-alive
+            if isinstance(doc, dict) and isinstance(doc.get("error"), dict):
+                error = doc["error"]
+                out += self.stream.error(502, str(error.get("message") or "upstream error"))
+                continue
+            out += self.stream.chunk(doc)
+        if out:
+            self.inner.write(out)
+
+    def end_stream(self) -> None:
+        assert self.stream is not None
+        self.inner.write(self.stream.end())
+        self.inner.end_stream()
+
+    def fail_stream(self, exc: ProxyError) -> None:
+        assert self.stream is not None
+        self.inner.write(self.stream.error(exc.status, exc.message))
+        self.inner.end_stream()
+
+    def abort(self) -> None:
+        self.inner.abort()
+
+
+def _with_request_id(headers: Headers) -> list:
+    """The answer's headers, with Anthropic's ``request-id`` beside llmedge's own (the SDK
+    reads it into ``_request_id``)."""
+    pairs = list(headers)
+    request_id = next((v for k, v in pairs if k == b"x-request-id"), None)
+    if request_id is not None:
+        pairs.append((b"request-id", request_id))
+    return pairs
