@@ -144,3 +144,78 @@ class Collector:
 
     def abort(self) -> None:
         self.finished = True
+
+
+class Delegating:
+    """A responder over the client's own exchange (``inner``) for a front end that is a
+    translation of another API (the Messages and Responses APIs over chat completions):
+    the client's exchange keeps the deadline, the task, flow control and what went out;
+    the subclass translates the request's body and the answers."""
+
+    method = b"POST"
+    url = b"/v1/chat/completions"
+
+    def __init__(self, inner: Responder, body: bytes) -> None:
+        self.inner = inner
+        self.body = body
+        self.headers = inner.headers
+
+    @property
+    def deadline(self) -> float:
+        return self.inner.deadline
+
+    @property
+    def task(self) -> asyncio.Task | None:
+        return self.inner.task
+
+    @task.setter
+    def task(self, task: asyncio.Task | None) -> None:
+        self.inner.task = task
+
+    @property
+    def started(self) -> bool:
+        return self.inner.started
+
+    @property
+    def finished(self) -> bool:
+        return self.inner.finished
+
+    @property
+    def on_pause(self) -> Callable[[], None] | None:
+        return self.inner.on_pause
+
+    @on_pause.setter
+    def on_pause(self, callback: Callable[[], None] | None) -> None:
+        self.inner.on_pause = callback
+
+    @property
+    def on_resume(self) -> Callable[[], None] | None:
+        return self.inner.on_resume
+
+    @on_resume.setter
+    def on_resume(self, callback: Callable[[], None] | None) -> None:
+        self.inner.on_resume = callback
+
+    @property
+    def client_gone(self) -> bool:
+        return self.inner.client_gone
+
+    @property
+    def client_paused(self) -> bool:
+        return self.inner.client_paused
+
+    @property
+    def from_loopback(self) -> bool:
+        return self.inner.from_loopback
+
+    def abort(self) -> None:
+        self.inner.abort()
+
+
+def data_events(events: bytes) -> Iterator[bytes]:
+    """The ``data:`` payloads of whole SSE events, ``[DONE]`` and comments left out."""
+    for block in events.split(b"\n\n"):
+        data = b"\n".join(line[5:].strip() for line in block.split(b"\n")
+                          if line.startswith(b"data:"))
+        if data and data != b"[DONE]":
+            yield data

@@ -4,85 +4,27 @@ shapes on the client's own connection."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 from ..errors import ProxyError, retry_after_header
-from ..responder import EVENT_STREAM, JSON, Headers, Responder, is_event_stream
+from ..responder import (EVENT_STREAM, JSON, Delegating, Headers, Responder, data_events,
+                         is_event_stream)
 from . import translate
 
-CHAT_URL = b"/v1/chat/completions"
 
-
-class MessagesResponder:
+class MessagesResponder(Delegating):
     """Implements ``Responder`` over the client's own exchange (``inner``)."""
 
-    method = b"POST"
-    url = CHAT_URL
-
     def __init__(self, inner: Responder, chat_body: bytes, model: str) -> None:
-        self.inner = inner
-        self.body = chat_body
-        headers = inner.headers
-        if b"authorization" not in headers and b"x-api-key" in headers:
+        super().__init__(inner, chat_body)
+        if b"authorization" not in self.headers and b"x-api-key" in self.headers:
             # The client's credential, however it sends it: the cache's tenant is by it.
-            headers = {**headers, b"authorization": b"Bearer " + headers[b"x-api-key"]}
-        self.headers = headers
+            self.headers = {**self.headers,
+                            b"authorization": b"Bearer " + self.headers[b"x-api-key"]}
         self.model = model
         self.stream: translate.StreamTranslator | None = None
-        self._buffer = b""
-
-    # The client's exchange owns these; the request path reads and sets them here.
-    @property
-    def deadline(self) -> float:
-        return self.inner.deadline
-
-    @property
-    def task(self) -> asyncio.Task | None:
-        return self.inner.task
-
-    @task.setter
-    def task(self, task: asyncio.Task | None) -> None:
-        self.inner.task = task
-
-    @property
-    def started(self) -> bool:
-        return self.inner.started
-
-    @property
-    def finished(self) -> bool:
-        return self.inner.finished
-
-    @property
-    def on_pause(self) -> Callable[[], None] | None:
-        return self.inner.on_pause
-
-    @on_pause.setter
-    def on_pause(self, callback: Callable[[], None] | None) -> None:
-        self.inner.on_pause = callback
-
-    @property
-    def on_resume(self) -> Callable[[], None] | None:
-        return self.inner.on_resume
-
-    @on_resume.setter
-    def on_resume(self, callback: Callable[[], None] | None) -> None:
-        self.inner.on_resume = callback
-
-    @property
-    def client_gone(self) -> bool:
-        return self.inner.client_gone
-
-    @property
-    def client_paused(self) -> bool:
-        return self.inner.client_paused
-
-    @property
-    def from_loopback(self) -> bool:
-        return self.inner.from_loopback
 
     def _message_id(self, headers: list) -> str:
         request_id = next((v for k, v in headers if k == b"x-request-id"), b"")
@@ -129,11 +71,7 @@ class MessagesResponder:
     def write(self, events: bytes) -> None:
         assert self.stream is not None
         out = b""
-        for block in events.split(b"\n\n"):
-            data = b"\n".join(line[5:].strip() for line in block.split(b"\n")
-                              if line.startswith(b"data:"))
-            if not data or data == b"[DONE]":
-                continue
+        for data in data_events(events):
             try:
                 doc: Any = orjson.loads(data)
             except orjson.JSONDecodeError:
@@ -156,8 +94,6 @@ class MessagesResponder:
         self.inner.write(self.stream.error(exc.status, exc.message))
         self.inner.end_stream()
 
-    def abort(self) -> None:
-        self.inner.abort()
 
 
 def _with_request_id(headers: Headers) -> list:
