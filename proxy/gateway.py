@@ -16,6 +16,8 @@ import orjson
 from .accesslog import AccessLog
 from .anthropic import translate as messages_api
 from .anthropic.exchange import MessagesResponder
+from .responses_api import translate as responses_api
+from .responses_api.exchange import ResponsesResponder
 from .accounting import ask_for_usage, cost_usd
 from .budget import RetryBudget
 from .cache import Entry, sse_replay
@@ -106,6 +108,8 @@ class Gateway:
             self._proxy(ex, CHAT_PATH, _chat_decoder)
         elif path == b"/v1/messages":
             self._messages(ex)
+        elif path == b"/v1/responses":
+            self._responses(ex)
         elif path == b"/v1/embeddings":
             self._proxy(ex, EMBEDDINGS_PATH, _embeddings_decoder)
         elif path == b"/v1/route":
@@ -362,6 +366,23 @@ class Gateway:
         messages.body = orjson.dumps(chat)
         messages.model = chat["model"]
         self._proxy(messages, CHAT_PATH, _chat_decoder)
+
+    def _responses(self, ex: Responder) -> None:
+        """An OpenAI Responses request: translated, then answered as a chat completion
+        whose answer goes back as a ``response`` (or its event stream)."""
+        if not self._post(ex):
+            return
+        try:
+            try:
+                doc = orjson.loads(ex.body)
+            except orjson.JSONDecodeError as exc:
+                raise BadRequest("the request body is not valid JSON: %s" % exc) from None
+            chat = responses_api.chat_request(doc)
+        except BadRequest as exc:
+            self._refuse(ex, b"/responses", exc, time.perf_counter(), self._request_id(ex))
+            return
+        self._proxy(ResponsesResponder(ex, orjson.dumps(chat), doc), CHAT_PATH,
+                    _chat_decoder)
 
     def _refuse(self, ex: Responder, path: bytes, exc: ProxyError, started: float,
                 request_id: bytes) -> None:

@@ -1,0 +1,82 @@
+"""The Responses front end as a responder: a ``/v1/responses`` request seen by the request
+path as the Chat Completions request it translates to, answered as a ``response`` object
+or the Responses event stream. Errors are OpenAI-shaped in both APIs, so they pass as
+they are."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from ..errors import ProxyError, error_body
+from ..responder import (EVENT_STREAM, JSON, Delegating, Headers, Responder, data_events,
+                         is_event_stream)
+from . import translate
+
+
+class ResponsesResponder(Delegating):
+    def __init__(self, inner: Responder, chat_body: bytes, request: dict) -> None:
+        super().__init__(inner, chat_body)
+        self.request = request
+        self.stream: translate.StreamTranslator | None = None
+
+    def _shell(self, headers: list) -> translate.Shell:
+        request_id = next((v for k, v in headers if k == b"x-request-id"), b"")
+        return translate.Shell("resp_" + (request_id.decode("latin-1") or "llmedge"),
+                               str(self.request.get("model")), self.request)
+
+    def respond(self, status: int, body: bytes, content_type: bytes = JSON,
+                headers: Headers = ()) -> None:
+        pairs = list(headers)
+        if status >= 300:
+            self.inner.respond(status, body, content_type, pairs)
+            return
+        try:
+            completion = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            completion = None
+        if not isinstance(completion, dict) or "choices" not in completion:
+            self.inner.respond(502, error_body(
+                "the upstream's answer is not a chat completion", "upstream_error",
+                "bad_response"), JSON, pairs)
+            return
+        self.inner.respond(status, orjson.dumps(translate.response(
+            completion, self._shell(pairs))), JSON, pairs)
+
+    def fail(self, exc: ProxyError, headers: Headers = ()) -> None:
+        self.inner.fail(exc, headers)
+
+    def start_stream(self, status: int, content_type: bytes, headers: Headers = ()) -> None:
+        pairs = list(headers)
+        self.stream = translate.StreamTranslator(self._shell(pairs))
+        self.inner.start_stream(status, EVENT_STREAM if is_event_stream(content_type)
+                                else content_type, pairs)
+        self.inner.write(self.stream.start())
+
+    def write(self, events: bytes) -> None:
+        assert self.stream is not None
+        out = b""
+        for data in data_events(events):
+            try:
+                doc: Any = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(doc, dict) and isinstance(doc.get("error"), dict):
+                error = doc["error"]
+                out += self.stream.error(str(error.get("code") or "upstream_error"),
+                                         str(error.get("message") or "upstream error"))
+                continue
+            out += self.stream.chunk(doc)
+        if out:
+            self.inner.write(out)
+
+    def end_stream(self) -> None:
+        assert self.stream is not None
+        self.inner.write(self.stream.end())
+        self.inner.end_stream()
+
+    def fail_stream(self, exc: ProxyError) -> None:
+        assert self.stream is not None
+        self.inner.write(self.stream.error(exc.code or exc.type, exc.message))
+        self.inner.end_stream()
