@@ -212,10 +212,17 @@ class Delegating:
         self.inner.abort()
 
 
-def data_events(events: bytes) -> Iterator[bytes]:
+def data_events(events: bytes) -> list[bytes]:
     """The ``data:`` payloads of whole SSE events, ``[DONE]`` and comments left out."""
+    out = []
     for block in events.split(b"\n\n"):
-        data = b"\n".join(line[5:].strip() for line in block.split(b"\n")
-                          if line.startswith(b"data:"))
+        if block[:6] == b"data: " and b"\n" not in block:
+            data = block[6:]     # one data line: what every upstream sends, read at once
+        elif block:
+            data = b"\n".join(line[5:].strip() for line in block.split(b"\n")
+                              if line.startswith(b"data:"))
+        else:
+            continue
         if data and data != b"[DONE]":
-            yield data
+            out.append(data)
+    return out

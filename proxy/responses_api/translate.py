@@ -261,6 +261,11 @@ def response(completion: Any, shell: Shell) -> dict:
                           "max_output_tokens" if finish == "length" else None)
 
 
+_TEXT_DELTA = (b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
+               b'"item_id":%s,"output_index":%d,"content_index":0,"delta":%s,'
+               b'"sequence_number":%d}\n\n')
+
+
 def sse(data: dict) -> bytes:
     return b"event: %s\ndata: %s\n\n" % (data["type"].encode(), orjson.dumps(data))
 
@@ -351,10 +356,10 @@ class StreamTranslator:
                     out += self._open_text()
                 assert self.open is not None
                 self.open["_text"] += text
-                out += self._event({"type": "response.output_text.delta",
-                                    "item_id": self.open["id"],
-                                    "output_index": len(self.items) - 1, "content_index": 0,
-                                    "delta": text})
+                # The event of nearly every chunk, written without building it as a dict.
+                out += _TEXT_DELTA % (orjson.dumps(self.open["id"]), len(self.items) - 1,
+                                      orjson.dumps(text), self.sequence)
+                self.sequence += 1
             for call in delta.get("tool_calls") or ():
                 key = "tool:%s" % call.get("index", 0)
                 function = call.get("function") or {}
