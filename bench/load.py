@@ -77,6 +77,8 @@ class LoadOptions:
     spin_us: float = 1000.0          # open loop: yield-spin instead of sleeping this close to
                                      # a send (loop timers have 1 ms granularity); 0: never
     insecure: bool = False           # https: skip certificate verification
+    api: str = "chat"                # the body's shape: chat | messages | responses (the URL
+                                     # must name the matching endpoint)
 
     def check(self) -> None:
         parts = urlsplit(self.url)
@@ -129,20 +131,37 @@ class Result:
         return asdict(self)
 
 
-def build_body(model: str, stream: bool, size: int) -> bytes:
-    """A chat request of about ``size`` bytes (the user message is padded to get there)."""
-    doc = {"model": model, "messages": [{"role": "user", "content": ""}], "stream": stream}
+APIS = ("chat", "messages", "responses")
+# What the last event of a complete stream carries, per API.
+STREAM_END = {"chat": b"[DONE]", "messages": b"event: message_stop",
+              "responses": b"event: response.completed"}
+
+
+def build_body(model: str, stream: bool, size: int, api: str = "chat") -> bytes:
+    """A request of about ``size`` bytes in the shape of ``api`` (the user message is padded
+    to get there): the same prompt whichever API carries it."""
+    if api == "messages":
+        doc: dict = {"model": model, "max_tokens": 256, "stream": stream,
+                     "messages": [{"role": "user", "content": ""}]}
+    elif api == "responses":
+        doc = {"model": model, "stream": stream, "input": ""}
+    else:
+        doc = {"model": model, "messages": [{"role": "user", "content": ""}], "stream": stream}
     base = len(json.dumps(doc, separators=(",", ":")))
     filler = "The quick brown fox jumps over the lazy dog. "
     pad = max(1, size - base)
-    doc["messages"][0]["content"] = (filler * (pad // len(filler) + 1))[:pad]
+    text = (filler * (pad // len(filler) + 1))[:pad]
+    if api == "responses":
+        doc["input"] = text
+    else:
+        doc["messages"][0]["content"] = text
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
 def build_request(options: LoadOptions) -> bytes:
     parts = urlsplit(options.url)
     path = (parts.path or "/") + ("?" + parts.query if parts.query else "")
-    body = build_body(options.model, options.stream, options.body_size)
+    body = build_body(options.model, options.stream, options.body_size, options.api)
     head = ["POST %s HTTP/1.1" % path, "Host: %s" % parts.netloc,
             "Content-Type: application/json",
             "Accept: %s" % ("text/event-stream" if options.stream else "application/json"),
@@ -220,7 +239,7 @@ class StreamConn(Conn):
             self.gaps = [now]      # the first entry is the time of the first chunk
         self.t_prev = now
         self.chunks += 1
-        self.tail = (self.tail + body)[-64:]
+        self.tail = (self.tail + body)[-self.gen.tail_keep:]
 
 
 class Generator:
@@ -239,6 +258,10 @@ class Generator:
                 self.ssl.verify_mode = ssl.CERT_NONE
         self.request = build_request(options)
         self.stream = options.stream
+        self.stream_end = STREAM_END[options.api]
+        # Enough of the stream's end to hold its last event's marker: a Responses stream
+        # ends with the whole response object after it.
+        self.tail_keep = 8192 if options.api == "responses" else 64
         self.conn_class = StreamConn if options.stream else Conn
         self.open_loop = options.rate is not None
         h = lambda: Histogram(MAX_LATENCY_US)  # noqa: E731
@@ -303,7 +326,7 @@ class Generator:
             kind = "status_%d" % status
         elif now - conn.t_sent > self.timeout:
             kind = "timeout"          # answered, but after the timeout (the sweeper is coarse)
-        elif self.stream and b"[DONE]" not in conn.tail:
+        elif self.stream and self.stream_end not in conn.tail:
             kind = "stream_incomplete"
         else:
             kind = None
@@ -690,6 +713,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", "-w", type=float, default=d.warmup,
                    help="seconds of load before measuring")
     p.add_argument("--stream", action="store_true", help="request and time SSE streams")
+    p.add_argument("--api", choices=APIS, default=d.api,
+                   help="the request's shape; --url must name its endpoint (/v1/messages, "
+                        "/v1/responses)")
     p.add_argument("--body-size", type=int, default=d.body_size,
                    help="approximate request body bytes")
     p.add_argument("--timeout", type=float, default=d.timeout,

@@ -1,0 +1,128 @@
+"""What translating another API costs llmedge: CPU per request and per streamed event.
+
+Starts the simulator and one llmedge, then drives the same prompt, closed loop, through
+``/v1/chat/completions`` (passed through untranslated), ``/v1/messages`` (Anthropic
+Messages) and ``/v1/responses`` (OpenAI Responses), whole answers and streams, round robin
+for ``--rounds`` rounds. llmedge's CPU per request comes from /proc; a translated API's
+cost is its CPU per request minus the chat path's in the same round, and for streams that
+difference over the stream's events (the simulator's ``--chunks`` plus its role and finish
+chunks).
+
+    python bench/translate_cost.py --connections 8 --duration 3 --rounds 3 [--json out]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import load  # noqa: E402
+import machine  # noqa: E402
+
+ROUTE = "auto"
+PATHS = {"chat": "/v1/chat/completions", "messages": "/v1/messages",
+         "responses": "/v1/responses"}
+CHUNKS = 8
+EVENTS_PER_STREAM = CHUNKS + 2   # the role chunk, the content chunks, the finish chunk
+
+
+def config(sim_port: int) -> str:
+    return """\
+server: {http: "127.0.0.1:0", max_inflight: 100000}
+upstream: {health: {enabled: false}}
+deployments:
+  - {name: sim, base_url: "http://127.0.0.1:%d/v1"}
+routes:
+  - {name: %s, deployments: [sim]}
+""" % (sim_port, ROUTE)
+
+
+def measure(args, edge: machine.Proc, api: str, stream: bool) -> dict:
+    cpu0 = machine.pid_cpu_s(edge.pid)
+    result = load.run(load.LoadOptions(
+        url="http://127.0.0.1:%d%s" % (edge.port, PATHS[api]), model=ROUTE, api=api,
+        connections=args.connections, duration=args.duration, warmup=args.warmup,
+        stream=stream, body_size=args.body_size, timeout=10.0))
+    cpu = machine.pid_cpu_s(edge.pid) - cpu0
+    done = result.totals["completed"]
+    return {"api": api, "stream": stream, "requests": result.requests,
+            "errors": result.errors, "rps": result.achieved_rps,
+            "cpu_us_per_request": round(cpu / done * 1e6, 1) if done else None}
+
+
+def median(values: list[float]) -> float:
+    values = sorted(values)
+    return values[len(values) // 2]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--connections", "-c", type=int, default=8)
+    p.add_argument("--duration", "-d", type=float, default=3.0)
+    p.add_argument("--warmup", "-w", type=float, default=0.5)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--body-size", type=int, default=256)
+    p.add_argument("--no-pin", action="store_true")
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    cpus = machine.choose_cpus(args.no_pin)
+    machine.pin(0, cpus["load"])
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="llmedge-translate-") as tmpdir:
+        tmp = Path(tmpdir)
+        sim = machine.start_simulator("sim", tmp, "--chunks", str(CHUNKS), cpu=cpus["load"])
+        edge = None
+        try:
+            edge = machine.start_llmedge(config(sim.port), tmp, cpu=cpus["proxy"])
+            for round_ in range(args.rounds):
+                for stream in (False, True):
+                    for api in PATHS:
+                        row = measure(args, edge, api, stream)
+                        row["round"] = round_
+                        rows.append(row)
+        finally:
+            if edge is not None:
+                edge.stop()
+            sim.stop()
+    summary = []
+    for stream in (False, True):
+        chat = median([r["cpu_us_per_request"] for r in rows
+                       if r["api"] == "chat" and r["stream"] == stream])
+        for api in PATHS:
+            mine = [r for r in rows if r["api"] == api and r["stream"] == stream]
+            cpu = median([r["cpu_us_per_request"] for r in mine])
+            # Per round, against the chat path of the same round: the machine's drift cancels.
+            extra = median([r["cpu_us_per_request"] - next(
+                c["cpu_us_per_request"] for c in rows if c["api"] == "chat"
+                and c["stream"] == stream and c["round"] == r["round"]) for r in mine])
+            summary.append({"api": api, "stream": stream, "cpu_us_per_request": cpu,
+                            "ratio_to_chat": round(cpu / chat, 3),
+                            "extra_us_per_request": round(extra, 1),
+                            "extra_us_per_event": round(extra / EVENTS_PER_STREAM, 2)
+                            if stream else None,
+                            "errors": sum(sum(r["errors"].values()) for r in mine)})
+    report = {"meta": {"git": machine.git_state(), "cpu": machine.cpu_model(),
+                       "python": sys.version.split()[0], "pinning": cpus,
+                       "connections": args.connections, "duration_s": args.duration,
+                       "rounds": args.rounds, "events_per_stream": EVENTS_PER_STREAM},
+              "summary": summary, "runs": rows}
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    print("| API | stream | llmedge CPU µs/request | vs chat | extra µs/request | "
+          "extra µs/event |")
+    print("|---|---|---:|---:|---:|---:|")
+    for row in summary:
+        print("| %s | %s | %s | %.3f | %+.1f | %s |" % (
+            row["api"], "yes" if row["stream"] else "no", row["cpu_us_per_request"],
+            row["ratio_to_chat"], row["extra_us_per_request"],
+            "%+.2f" % row["extra_us_per_event"] if row["stream"] else "-"))
+    return 0 if not any(row["errors"] for row in summary) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
