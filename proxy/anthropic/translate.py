@@ -277,8 +277,14 @@ def upstream_error_message(body: bytes) -> str:
     return body[:500].decode("utf-8", "replace") or "the upstream answered with an error"
 
 
+# The events of every stream, written from templates rather than built as dicts.
 _TEXT_DELTA = (b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,'
                b'"delta":{"type":"text_delta","text":%s}}\n\n')
+_TEXT_START = (b'event: content_block_start\ndata: {"type":"content_block_start","index":%d,'
+               b'"content_block":{"type":"text","text":""}}\n\n')
+_BLOCK_STOP = b'event: content_block_stop\ndata: {"type":"content_block_stop","index":%d}\n\n'
+_PING = b'event: ping\ndata: {"type":"ping"}\n\n'
+_MESSAGE_STOP = b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
 
 
 def sse(kind: str, data: dict) -> bytes:
@@ -303,18 +309,20 @@ class StreamTranslator:
         return sse("message_start", {"type": "message_start", "message": {
             "id": self.message_id, "type": "message", "role": "assistant",
             "model": self.model, "content": [], "stop_reason": None, "stop_sequence": None,
-            "usage": dict(self.usage)}}) + sse("ping", {"type": "ping"})
+            "usage": dict(self.usage)}}) + _PING
 
     def _close(self) -> bytes:
         if self.open is None:
             return b""
         self.open = None
-        return sse("content_block_stop", {"type": "content_block_stop", "index": self.index})
+        return _BLOCK_STOP % self.index
 
     def _open(self, key: str, block: dict) -> bytes:
         out = self._close()
         self.index += 1
         self.open = key
+        if block.get("type") == "text":
+            return out + _TEXT_START % self.index
         return out + sse("content_block_start", {"type": "content_block_start",
                                                  "index": self.index, "content_block": block})
 
@@ -355,7 +363,7 @@ class StreamTranslator:
         return self._close() + sse("message_delta", {
             "type": "message_delta",
             "delta": {"stop_reason": self.stop_reason, "stop_sequence": None},
-            "usage": self.usage}) + sse("message_stop", {"type": "message_stop"})
+            "usage": self.usage}) + _MESSAGE_STOP
 
     def error(self, status: int, message: str) -> bytes:
         self.ended = True

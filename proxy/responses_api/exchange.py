@@ -20,6 +20,7 @@ class ResponsesResponder(Delegating):
         super().__init__(inner, chat_body)
         self.request = request
         self.stream: translate.StreamTranslator | None = None
+        self._opening = b""
 
     def _shell(self, headers: list) -> translate.Shell:
         request_id = next((v for k, v in headers if k == b"x-request-id"), b"")
@@ -52,11 +53,13 @@ class ResponsesResponder(Delegating):
         self.stream = translate.StreamTranslator(self._shell(pairs))
         self.inner.start_stream(status, EVENT_STREAM if is_event_stream(content_type)
                                 else content_type, pairs)
-        self.inner.write(self.stream.start())
+        # Sent with the first content: the request path starts a stream only once its first
+        # content is there, so nothing waits, and it is one write less.
+        self._opening = self.stream.start()
 
     def write(self, events: bytes) -> None:
         assert self.stream is not None
-        out = b""
+        out, self._opening = self._opening, b""
         for data in data_events(events):
             try:
                 doc: Any = orjson.loads(data)
@@ -73,10 +76,12 @@ class ResponsesResponder(Delegating):
 
     def end_stream(self) -> None:
         assert self.stream is not None
-        self.inner.write(self.stream.end())
+        out, self._opening = self._opening, b""
+        self.inner.write(out + self.stream.end())
         self.inner.end_stream()
 
     def fail_stream(self, exc: ProxyError) -> None:
         assert self.stream is not None
-        self.inner.write(self.stream.error(exc.code or exc.type, exc.message))
+        out, self._opening = self._opening, b""
+        self.inner.write(out + self.stream.error(exc.code or exc.type, exc.message))
         self.inner.end_stream()
