@@ -41,7 +41,10 @@ def test_failing_replica_is_ejected_then_traffic_avoids_it(start_edge, sims):
             ask(edge)
         return rows(edge)[sims.alpha.url]["outlier_ejected"]
 
-    wait_for(ejected, message="alpha to be ejected as an outlier")
+    # Whether alpha gets min_requests in one sweep depends on the balancer steering away
+    # from its errors; on a loaded machine (the pure-Python pass of CI) that took over 20 s
+    # once. The same ejection is asserted, with a wider limit.
+    wait_for(ejected, timeout=90.0, message="alpha to be ejected as an outlier")
     alpha = rows(edge)[sims.alpha.url]
     assert alpha["state"] == "ejected" and alpha["reason"].startswith("outlier:")
     assert rows(edge)[sims.beta.url]["state"] == "healthy"
