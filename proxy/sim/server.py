@@ -25,6 +25,8 @@ Flags (all behaviour flags can also be changed at runtime, see ``POST /_sim/conf
   --drop-after N      streams close the connection after N content chunks, mid chunked body;
                       N=0 also makes non-streamed chat requests closed without an answer
   --seed N            seed of the error-rate random generator (0)
+  --api-key KEY       require this key on every API request, sent as each API sends it:
+                      ``Authorization: Bearer``, Azure's ``api-key``, Anthropic's ``x-api-key``
   --framing F         how answers end: length (Content-Length or chunks), close
                       (Connection: close, body up to EOF) or http10 (HTTP/1.0 up to EOF)
   --answer-body TEXT  answer chat and embeddings requests with this body instead (with
@@ -67,7 +69,9 @@ of 0 cuts the stream after the role event, once the TTFT has passed (a drop then
 connection when the first token was due). A malformed event due at the same count as a stall or
 drop goes out before it.
 
-Endpoints: POST /v1/chat/completions, POST /v1/embeddings, GET /v1/models, GET /_sim/stats,
+Endpoints: POST /v1/chat/completions, POST /v1/embeddings, POST /v1/messages (Anthropic's
+Messages API, see proxy/sim/messages.py), POST /openai/deployments/{name}/chat/completions and
+.../embeddings (Azure OpenAI's paths; ``?api-version=`` required), GET /v1/models, GET /_sim/stats,
 POST /_sim/reset (zero counters, reseed; body ``{"config": true}`` also restores the startup
 config), GET|POST /_sim/config (JSON object of snake_case behaviour options; null restores an
 option's startup value; answers the effective config). Injected errors are answered at once,
@@ -91,6 +95,7 @@ from collections import deque
 import httptools
 import orjson
 
+from . import messages as anthropic_messages
 from . import wire
 from .wire import (BEHAVIOUR_DEFAULTS, DEFAULT_REPLY, Behaviour, ConfigError,
                              validate_option)
@@ -103,12 +108,14 @@ except ImportError:  # pragma: no cover - platforms without uvloop
 log = logging.getLogger("llmedge.simulator")
 
 MAX_BODY = 64 * 1024 * 1024
+AZURE_PREFIX = b"/openai/deployments/"
 # Past this many queued pipelined requests stop reading, so a flood cannot grow memory unbounded.
 MAX_PIPELINE = 64
 
 STAT_KEYS = ("requests", "chat", "embeddings", "models", "streams_started", "streams_completed",
              "streams_aborted", "streams_dropped", "streams_stalled", "errors_injected",
-             "connections_opened", "connections_closed", "continuations", "context_exceeded")
+             "connections_opened", "connections_closed", "continuations", "context_exceeded",
+             "messages", "azure")
 
 
 def _read_int(digits: str) -> int | str:
@@ -117,11 +124,12 @@ def _read_int(digits: str) -> int | str:
 
 
 class Request:
-    __slots__ = ("method", "path", "headers", "body", "keep_alive", "http10", "bad")
+    __slots__ = ("method", "path", "headers", "body", "keep_alive", "http10", "bad", "query")
 
-    def __init__(self, method, path, headers, body, keep_alive, http10, bad=None):
+    def __init__(self, method, path, headers, body, keep_alive, http10, bad=None, query=b""):
         self.method = method
         self.path = path
+        self.query = query
         self.headers = headers
         self.body = body
         self.keep_alive = keep_alive
@@ -249,8 +257,10 @@ class SimProtocol(asyncio.Protocol):
     def on_message_complete(self) -> None:
         p = self.parser
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        self.queue.append(Request(p.get_method(), self._url.partition(b"?")[0], self._headers,
-                                  body, p.should_keep_alive(), p.get_http_version() == "1.0"))
+        path, _, query = self._url.partition(b"?")
+        self.queue.append(Request(p.get_method(), path, self._headers, body,
+                                  p.should_keep_alive(), p.get_http_version() == "1.0",
+                                  query=query))
 
     def _reject(self, message: str, status: int = 400) -> None:
         self.parser = None
@@ -417,8 +427,10 @@ class Simulator:
     """Shared state of all connections: config, counters, and the request handlers."""
 
     def __init__(self, model: str = "sim-model", name: str = "sim", seed: int = 0,
-                 **options) -> None:
+                 api_key: str | None = None, **options) -> None:
         self.model = model
+        # Set: every /v1 and Azure request must carry it, the way its API sends keys.
+        self.api_key = api_key
         self.name = name
         self.seed = seed
         self.rng = random.Random(seed)
@@ -429,6 +441,7 @@ class Simulator:
         self.behaviour = Behaviour(dict(startup))
         self.stats = dict.fromkeys(STAT_KEYS, 0)
         self.last_headers: list = []
+        self.last_path = ""          # of the last API request, query string included
         self.last_body = None
         self.last_body_text = ""     # the last /v1 body as sent (valid UTF-8 or not)
         self.last_continuation_prefix: str | None = None
@@ -445,6 +458,7 @@ class Simulator:
         self._routes = {
             (b"POST", b"/v1/chat/completions"): self.chat,
             (b"POST", b"/v1/embeddings"): self.embeddings,
+            (b"POST", b"/v1/messages"): self.messages,
             (b"GET", b"/v1/models"): self.models,
             (b"GET", b"/_sim/stats"): self.sim_stats,
             (b"POST", b"/_sim/reset"): self.sim_reset,
@@ -490,11 +504,17 @@ class Simulator:
 
     def handle(self, conn: SimProtocol, req: Request) -> None:
         handler = self._routes.get((req.method, req.path))
-        is_api = req.path.startswith(b"/v1/")
-        if is_api:
+        azure = req.path.startswith(AZURE_PREFIX)
+        if azure or req.path.startswith(b"/v1/"):
             self.stats["requests"] += 1
             self.last_headers = req.headers
-        if handler is not None:
+            self.last_path = (req.path + (b"?" + req.query if req.query else b"")).decode(
+                "latin-1")
+            if not self._authorised(conn, req, azure):
+                return
+        if azure and req.method == b"POST":
+            self.azure(conn, req)
+        elif handler is not None:
             handler(conn, req)
         elif any(path == req.path for _, path in self._routes):
             conn.send(req, 405, wire.error_body(405, "method %s not allowed on %s"
@@ -502,6 +522,19 @@ class Simulator:
         else:
             conn.send(req, 404, wire.error_body(404, "unknown path %s"
                                                 % req.path.decode("latin-1")))
+
+    def _authorised(self, conn: SimProtocol, req: Request, azure: bool) -> bool:
+        """With an api_key, whether the request carries it as its API sends keys (Bearer;
+        Azure's api-key; Anthropic's x-api-key, checked by its handler)."""
+        if self.api_key is None or req.path == b"/v1/messages":
+            return True
+        name, expected = ((b"api-key", self.api_key.encode()) if azure
+                          else (b"authorization", b"Bearer " + self.api_key.encode()))
+        if any(k.lower() == name and v == expected for k, v in req.headers):
+            return True
+        conn.send(req, 401, wire.error_body(401, "invalid API key (sent as %s)"
+                                            % name.decode()))
+        return False
 
     def _parse_body(self, req: Request) -> tuple[dict | None, str]:
         """(object, "") or (None, why); the parsed JSON is also remembered for /_sim/stats."""
@@ -606,6 +639,23 @@ class Simulator:
             delay = beh.nonstream_delay if frags is beh.fragments else beh.answer_delay(frags)
             conn.send(req, 200, body, delay=delay, framing=beh.framing)
 
+    def messages(self, conn: SimProtocol, req: Request) -> None:
+        anthropic_messages.answer(self, conn, req)
+
+    def azure(self, conn: SimProtocol, req: Request) -> None:
+        """Azure OpenAI: ``/openai/deployments/{name}/chat/completions`` (or
+        ``/embeddings``) with an ``api-version`` query parameter, answered as OpenAI is."""
+        self.stats["azure"] += 1
+        deployment, _, rest = req.path[len(AZURE_PREFIX):].partition(b"/")
+        if not any(p.startswith(b"api-version=") and len(p) > 12
+                   for p in req.query.split(b"&")):
+            return conn.send(req, 404, wire.error_body(
+                404, "Resource not found (the api-version query parameter is missing)"))
+        handler = {b"chat/completions": self.chat, b"embeddings": self.embeddings}.get(rest)
+        if not deployment or handler is None:
+            return conn.send(req, 404, wire.error_body(404, "Resource not found"))
+        handler(conn, req)
+
     def _context_exceeded(self, conn, req, beh: Behaviour, obj: dict, prompt_tokens: int) -> None:
         # At once, as a server refuses before it queues the prompt for prefill.
         self.stats["context_exceeded"] += 1
@@ -682,6 +732,7 @@ class Simulator:
             c.transport.get_write_buffer_size() for c in self.connections
             if c.transport is not None)
         stats["last_headers"] = headers
+        stats["last_path"] = self.last_path
         stats["last_body"] = self.last_body
         stats["last_body_text"] = self.last_body_text
         stats["last_continuation_prefix"] = self.last_continuation_prefix
@@ -712,6 +763,7 @@ class Simulator:
         # Literal zeroes, so counts mean "since the reset"; active_connections stays live.
         self.stats = dict.fromkeys(STAT_KEYS, 0)
         self.last_headers = []
+        self.last_path = ""
         self.last_body = None
         self.last_body_text = ""
         self.last_continuation_prefix = None
@@ -742,6 +794,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="sim-model")
     p.add_argument("--name", default="sim")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--api-key", default=None)
     p.add_argument("--ttft-ms", type=float, default=0.0)
     p.add_argument("--tokens-per-s", type=float, default=0.0)
     p.add_argument("--chunks", type=int, default=8)
@@ -769,7 +822,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def serve(args: argparse.Namespace) -> None:
     options = {k: getattr(args, k) for k in BEHAVIOUR_DEFAULTS}
-    sim = Simulator(model=args.model, name=args.name, seed=args.seed, **options)
+    sim = Simulator(model=args.model, name=args.name, seed=args.seed, api_key=args.api_key,
+                    **options)
     tls = None
     if args.tls_cert:
         tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
