@@ -24,6 +24,7 @@ from .responder import EVENT_STREAM, JSON, AnswerHeaders, Responder, is_event_st
 from .retry_rules import retry_delay
 from .rewrite import replace_model
 from .metrics import Metrics
+from .providers import Untranslatable
 from .routing.router import RoutePlan, Router, Target
 from .runtime import Runtime
 from .continuation import Splice, continuation_body, read_partial
@@ -230,6 +231,11 @@ class Dispatcher:
         started = time.monotonic()
         try:
             first_event_at = await Dispatcher._exchange(answer, target, endpoint, cache)
+        except Untranslatable:
+            # Nothing was sent: the request, not the endpoint, is why.
+            answer.upstream_s += time.monotonic() - started
+            router.attempt_dropped(row)
+            raise
         except ContextWindowExceeded:
             # The endpoint did its job: it answered, fast, that the prompt is too long.
             now = time.monotonic()
@@ -271,11 +277,21 @@ class Dispatcher:
                 first_token_s = min(first_token_s, left)
         continuing = answer.continuing
         body = continuing[1] if continuing is not None else answer.body_for(target)
-        request = [Dispatcher._request_head(answer, target, endpoint, len(body)), body]
+        path = answer.path
+        adapter = target.adapter
+        if adapter is not None:
+            if not adapter.serves(path):
+                raise Untranslatable("%s (provider %s) has no /v1%s" % (
+                    target.name, adapter.name, path.decode("latin-1")))
+            body = adapter.request_body(body, answer.stream)
+            path = adapter.request_path(path, answer.stream)
+        request = [Dispatcher._request_head(answer, target, endpoint, path, len(body)), body]
         conn, head = await endpoint.send(request, connect_s, first_byte_s, timeouts.idle_s,
                                          first_token_s)
         try:
             answer.head_at = time.monotonic()
+            if adapter is not None:
+                head.status = adapter.status(head.status)
             status = head.status
             if first_token_s and not (200 <= status < 300 and is_event_stream(
                     head.headers.get(b"content-type", b""))):
@@ -306,11 +322,15 @@ class Dispatcher:
                                  cache.record(ticket) if storing else None,
                                  on_commit=conn.content_started,
                                  transform=continuing[0].rewrite if continuing else None)
+                feed = relay.feed
+                translator = adapter.stream(target.upstream_model) if adapter else None
+                if translator is not None:
+                    feed = _translated(translator, relay.feed)
                 early = conn.take_early()
                 if early:
-                    relay.feed(early)
+                    feed(early)
                 try:
-                    await conn.stream_to(relay.feed)
+                    await conn.stream_to(feed)
                 except UpstreamError:
                     if not relay.done:
                         raise
@@ -338,6 +358,9 @@ class Dispatcher:
                 if succeeded:
                     if answer.stream:
                         raise Dispatcher._not_a_stream(target, head, payload)
+                    if adapter is not None:
+                        payload = Dispatcher._translated_answer(target, payload)
+                        content_type = JSON
                     try:
                         answer.usage = read_answer(payload)
                     except NotJson as exc:
@@ -380,10 +403,19 @@ class Dispatcher:
                excerpt(payload, 80)))
 
     @staticmethod
-    def _request_head(answer: Answer, target: Target, endpoint: Endpoint, length: int) -> bytes:
+    def _translated_answer(target: Target, payload: bytes) -> bytes:
+        try:
+            return target.adapter.answer(payload)
+        except (ValueError, TypeError, AttributeError):
+            raise UpstreamBadResponse("%s answered 200 but not a %s answer: %s" % (
+                target.name, target.adapter.name, excerpt(payload, 80))) from None
+
+    @staticmethod
+    def _request_head(answer: Answer, target: Target, endpoint: Endpoint, path: bytes,
+                      length: int) -> bytes:
         return (b"POST %s%s HTTP/1.1\r\nhost: %s\r\ncontent-type: application/json\r\n"
                 b"content-length: %d\r\n%saccept: %s\r\nx-request-id: %s\r\n%s\r\n" % (
-                    endpoint.base_path, answer.path, endpoint.host_header, length,
+                    endpoint.base_path, path, endpoint.host_header, length,
                     target.auth_header,
                     EVENT_STREAM if answer.stream else JSON,
                     answer.request_id, USER_AGENT))
@@ -500,3 +532,12 @@ class Dispatcher:
             return refusal(503, "upstream_error", message, "upstream_unavailable")
         answer.status = last.status
         return refusal(last.status, last.type, message, "upstream_" + last.kind)
+
+
+def _translated(translator, sink):
+    """``sink`` fed the Chat Completions events of a provider's stream."""
+    def feed(data: bytes) -> None:
+        events = translator.feed(data)
+        if events:
+            sink(events)
+    return feed

@@ -14,6 +14,7 @@ import msgspec
 import yaml
 
 from ..errors import ConfigError
+from ..providers import PROVIDERS
 from . import decode
 from .bounds import (AtLeastOne, Count, HeaderBytes, Jitter, NonNegative, Percent, Positive,
                      Rate, Seconds, SecondsOrZero, Share, Tokens, ZeroIsNoLimit)
@@ -21,7 +22,6 @@ from .classify import check_classify, writable_file_problem
 
 POLICIES = ("ordered", "weighted", "cost", "latency", "score", "classify")
 AFFINITIES = ("session",)
-PROVIDERS = ("openai",)
 CONTINUATIONS = ("none", "prefill")
 
 
@@ -171,6 +171,8 @@ class Deployment(msgspec.Struct, forbid_unknown_fields=True):
     endpoints: list[str] = []
     model: str | None = None            # name sent upstream; defaults to the deployment name
     api_key_env: str | None = None
+    # azure: the api-version query parameter; anthropic: the anthropic-version header.
+    api_version: str | None = None
     price: Price = msgspec.field(default_factory=Price)
     quality: Share = 0.5
     tags: list[str] = []

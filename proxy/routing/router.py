@@ -26,6 +26,7 @@ from ..config import Config, Deployment, Route, Timeouts
 from ..endpoint_states import STATE_NAMES
 from ..errors import (BadRequest, ConfigError, NoHealthyUpstream, NotFound, UpstreamError,
                       UpstreamStatus)
+from ..providers import adapter_for, auth_headers
 from ..upstream.pool import Endpoint
 from .affinity import SessionAffinity
 from .policies import POLICIES, Direct, Policy
@@ -73,7 +74,8 @@ class Target:
 
     __slots__ = ("name", "name_bytes", "upstream_model", "endpoints", "rows", "auth_header",
                  "unusable", "timeouts", "tags", "price", "quality", "affinity", "inflight",
-                 "max_inflight", "price_in", "price_out", "context_window", "continuation")
+                 "max_inflight", "price_in", "price_out", "context_window", "continuation",
+                 "adapter")
 
     def __init__(self, dep: Deployment, defaults: Timeouts, max_idle: int,
                  ssl_context: ssl.SSLContext | None, changes: SharedChanges,
@@ -107,13 +109,14 @@ class Target:
         self.context_window = dep.context_window
         self.continuation = dep.continuation == "prefill"
         self.unusable: str | None = None
-        self.auth_header = b""
+        # None for OpenAI-compatible deployments: their requests go as they are.
+        self.adapter = adapter_for(dep.provider, dep.upstream_model, dep.api_version)
+        key = None
         if dep.api_key_env:
             key = os.environ.get(dep.api_key_env)
-            if key:
-                self.auth_header = b"authorization: Bearer %s\r\n" % key.encode("latin-1")
-            else:
+            if not key:
                 self.unusable = "environment variable %s is not set" % dep.api_key_env
+        self.auth_header = auth_headers(dep.provider, key, dep.api_version)
 
     def close(self) -> None:
         for endpoint in self.endpoints:

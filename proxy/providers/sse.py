@@ -1,0 +1,46 @@
+"""Server-sent events cut out of bytes that arrive in pieces, for the adapters whose
+provider streams something other than Chat Completions."""
+
+from __future__ import annotations
+
+from ..errors import UpstreamBadResponse
+
+# An event still missing its end past this is not SSE.
+MAX_PENDING = 1024 * 1024
+
+
+class EventSplitter:
+    """``feed`` returns the (event type, data) of every event the bytes completed; an
+    event's several ``data:`` lines are joined by newlines, as the SSE standard says."""
+
+    __slots__ = ("pending",)
+
+    def __init__(self) -> None:
+        self.pending = b""
+
+    def feed(self, data: bytes) -> list[tuple[bytes, bytes]]:
+        data = self.pending + data if self.pending else data
+        held = b""
+        if b"\r" in data:
+            if data.endswith(b"\r"):
+                # Maybe the first half of a CRLF: decided once the next byte is here.
+                data, held = data[:-1], b"\r"
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        *blocks, pending = data.split(b"\n\n")
+        self.pending = pending + held
+        if len(self.pending) > MAX_PENDING:
+            raise UpstreamBadResponse("the upstream's stream has an event longer than %d bytes"
+                                      % MAX_PENDING)
+        events = []
+        for block in blocks:
+            kind = b""
+            lines = []
+            for line in block.split(b"\n"):
+                if line.startswith(b"data:"):
+                    line = line[5:]
+                    lines.append(line[1:] if line[:1] == b" " else line)
+                elif line.startswith(b"event:"):
+                    kind = line[6:].strip()
+            if lines or kind:
+                events.append((kind, b"\n".join(lines)))
+        return events
