@@ -1,0 +1,295 @@
+"""Native upstream providers (``provider: anthropic``, ``provider: azure``) behind every
+front end, end to end: the official ``openai`` and ``anthropic`` SDKs talk to llmedge, which
+talks to simulators that speak Anthropic's Messages API and Azure OpenAI's paths and
+refuse a request without the key sent the way each API wants it."""
+
+from __future__ import annotations
+
+import json
+
+import anthropic
+import openai
+import pytest
+from procs import IO_TIMEOUT, Llmedge, Simulator, http_call
+
+KEY_ENV = "LLMEDGE_TEST_PROVIDER_KEY"
+KEY = "provider-secret"
+REPLY = "Native providers answer through the same request path."
+TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                   "required": ["city"]}}}
+
+
+@pytest.fixture(scope="module")
+def native(tmp_path_factory):
+    """Two simulators that want the key (one plays Anthropic, one Azure and OpenAI) and an
+    llmedge in front of them."""
+    workdir = tmp_path_factory.mktemp("providers")
+    started = []
+    try:
+        claude = Simulator(workdir, "claude", "--api-key", KEY, "--reply", REPLY)
+        started.append(claude)
+        plain = Simulator(workdir, "plain", "--api-key", KEY, "--reply", REPLY)
+        started.append(plain)
+        edge = Llmedge(workdir, """\
+server: {http: "127.0.0.1:0"}
+upstream: {health: {enabled: false}, retry: {same_deployment: 0}}
+deployments:
+  - {name: claude, provider: anthropic, base_url: "%s", model: claude-sim,
+     api_key_env: %s}
+  - {name: azure-gpt, provider: azure, base_url: "http://127.0.0.1:%d",
+     model: my-gpt-deployment, api_version: "2024-10-21", api_key_env: %s}
+  - {name: plain, base_url: "%s", model: plain-model, api_key_env: %s}
+routes:
+  - {name: to-claude, deployments: [claude]}
+  - {name: to-azure, deployments: [azure-gpt]}
+  - {name: claude-or-plain, deployments: [claude], fallbacks: [plain]}
+""" % (claude.url, KEY_ENV, plain.port, KEY_ENV, plain.url, KEY_ENV),
+            env={KEY_ENV: KEY, "LLMEDGE_LOG_LEVEL": "info"}, name="llmedge-providers")
+        started.append(edge)
+        yield edge, claude, plain
+    finally:
+        codes = {proc.label: proc.stop() for proc in started}
+        assert all(code == 0 for code in codes.values()), codes
+        if started and isinstance(started[-1], Llmedge):
+            assert "Traceback" not in started[-1].stderr(), started[-1].stderr()[-5000:]
+
+
+@pytest.fixture
+def env(native):
+    for sim in native[1:]:
+        sim.reset(config=True)
+    return native
+
+
+def anthropic_client(edge) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=edge.root, api_key="client-key", max_retries=0,
+                               timeout=IO_TIMEOUT)
+
+
+# === provider: anthropic ===
+
+def test_a_chat_completion_answered_by_the_messages_api(env):
+    edge, claude, _ = env
+    with edge.client() as c:
+        raw = c.chat.completions.with_raw_response.create(
+            model="to-claude", max_tokens=50, temperature=0.2, stop="NEVER",
+            messages=[{"role": "system", "content": "Be brief."},
+                      {"role": "user", "content": "Say something."}])
+        answer = raw.parse()
+    assert answer.choices[0].message.content == REPLY
+    assert answer.choices[0].finish_reason == "stop"
+    assert answer.usage.prompt_tokens > 0
+    assert answer.usage.completion_tokens > 0
+    assert answer.usage.total_tokens == answer.usage.prompt_tokens + answer.usage.completion_tokens
+    assert raw.headers["x-llmedge-upstream"] == "claude"
+    stats = claude.stats()
+    assert stats["messages"] == 1 and stats["chat"] == 0
+    assert stats["last_path"] == "/v1/messages"
+    headers = stats["last_headers"]
+    assert headers["x-api-key"] == KEY and headers["anthropic-version"] == "2023-06-01"
+    assert "authorization" not in headers   # the client's own key is never forwarded
+    sent = stats["last_body"]
+    assert sent["model"] == "claude-sim" and sent["max_tokens"] == 50
+    assert sent["system"] == "Be brief." and sent["temperature"] == 0.2
+    assert sent["stop_sequences"] == ["NEVER"]
+    assert sent["messages"] == [{"role": "user",
+                                 "content": [{"type": "text", "text": "Say something."}]}]
+
+
+def test_a_chat_stream_answered_by_the_messages_api(env):
+    edge, claude, _ = env
+    with edge.client() as c:
+        chunks = list(c.chat.completions.create(
+            model="to-claude", stream=True, stream_options={"include_usage": True},
+            messages=[{"role": "user", "content": "Say something."}]))
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert text == REPLY
+    finishes = [ch.choices[0].finish_reason for ch in chunks if ch.choices
+                and ch.choices[0].finish_reason]
+    assert finishes == ["stop"]
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    sent = claude.stats()["last_body"]
+    assert sent["stream"] is True and "stream_options" not in sent
+    assert sent["max_tokens"] == 4096   # Anthropic requires it; the client left it out
+
+
+def test_a_stream_without_usage_asked_gets_none(env):
+    edge, _, _ = env
+    with edge.client() as c:
+        chunks = list(c.chat.completions.create(
+            model="to-claude", stream=True,
+            messages=[{"role": "user", "content": "Say something."}]))
+    assert all(ch.usage is None for ch in chunks)
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == REPLY
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_tool_round_trip_through_the_openai_sdk(env, stream):
+    edge, claude, _ = env
+    question = [{"role": "user", "content": "Weather in Oslo?"}]
+    with edge.client() as c:
+        if stream:
+            chunks = list(c.chat.completions.create(model="to-claude", messages=question,
+                                                    tools=[TOOL], stream=True))
+            deltas = [d for ch in chunks if ch.choices
+                      for d in ch.choices[0].delta.tool_calls or ()]
+            call_id = deltas[0].id
+            name = deltas[0].function.name
+            arguments = "".join(d.function.arguments or "" for d in deltas)
+            finish = [ch.choices[0].finish_reason for ch in chunks
+                      if ch.choices and ch.choices[0].finish_reason]
+        else:
+            first = c.chat.completions.create(model="to-claude", messages=question,
+                                              tools=[TOOL])
+            call = first.choices[0].message.tool_calls[0]
+            call_id, name, arguments = call.id, call.function.name, call.function.arguments
+            finish = [first.choices[0].finish_reason]
+        assert finish == ["tool_calls"]
+        assert name == "get_weather" and json.loads(arguments) == {"city": "sim"}
+        sent = claude.stats()["last_body"]
+        assert sent["tools"] == [{"name": "get_weather", "description": "The weather in a city.",
+                                  "input_schema": TOOL["function"]["parameters"]}]
+        second = c.chat.completions.create(model="to-claude", tools=[TOOL], messages=[
+            *question,
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": call_id, "type": "function",
+                 "function": {"name": name, "arguments": arguments}}]},
+            {"role": "tool", "tool_call_id": call_id, "content": "Sunny, 21 C"}])
+    assert second.choices[0].message.content == "The tool answered: Sunny, 21 C"
+    turns = claude.stats()["last_body"]["messages"]
+    assert [t["role"] for t in turns] == ["user", "assistant", "user"]
+    assert turns[1]["content"] == [{"type": "tool_use", "id": call_id, "name": "get_weather",
+                                    "input": {"city": "sim"}}]
+    assert turns[2]["content"] == [{"type": "tool_result", "tool_use_id": call_id,
+                                    "content": "Sunny, 21 C"}]
+
+
+def test_the_anthropic_sdk_through_llmedge_to_the_messages_api(env):
+    edge, claude, _ = env
+    tool = {"name": "get_weather", "description": "The weather in a city.",
+            "input_schema": TOOL["function"]["parameters"]}
+    question = {"role": "user", "content": "Weather in Oslo?"}
+    with anthropic_client(edge) as c:
+        first = c.messages.create(model="to-claude", max_tokens=100, tools=[tool],
+                                  messages=[question])
+        assert first.stop_reason == "tool_use"
+        use = [b for b in first.content if b.type == "tool_use"][0]
+        assert use.name == "get_weather" and use.input == {"city": "sim"}
+        with c.messages.stream(model="to-claude", max_tokens=100, tools=[tool], messages=[
+                question, {"role": "assistant", "content": [use.model_dump()]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id,
+                                              "content": "Sunny"}]}]) as stream:
+            text = "".join(stream.text_stream)
+            final = stream.get_final_message()
+    assert text == "The tool answered: Sunny"
+    assert final.stop_reason == "end_turn" and final.usage.output_tokens > 0
+    assert claude.stats()["messages"] == 2
+
+
+def test_a_streamed_tool_call_reaches_the_anthropic_sdk_whole(env):
+    edge, _, _ = env
+    tool = {"name": "lookup", "input_schema": {
+        "type": "object", "properties": {"id": {"type": "integer"}, "q": {"type": "string"}},
+        "required": ["id", "q"]}}
+    with anthropic_client(edge) as c:
+        with c.messages.stream(model="to-claude", max_tokens=100, tools=[tool],
+                               tool_choice={"type": "tool", "name": "lookup"},
+                               messages=[{"role": "user", "content": "Find it."}]) as stream:
+            final = stream.get_final_message()
+    assert final.stop_reason == "tool_use"
+    assert [(b.type, b.name, b.input) for b in final.content] == [
+        ("tool_use", "lookup", {"id": 1, "q": "sim"})]
+
+
+def test_overloaded_529_falls_back_like_a_503(env):
+    edge, claude, plain = env
+    claude.configure(status=529)
+    with edge.client() as c:
+        raw = c.chat.completions.with_raw_response.create(
+            model="claude-or-plain", messages=[{"role": "user", "content": "hi"}])
+    assert raw.headers["x-llmedge-upstream"] == "plain"
+    assert raw.parse().choices[0].message.content == REPLY
+    assert claude.stats()["errors_injected"] == 1 and plain.stats()["chat"] == 1
+    # With nowhere else to go the client hears it as a 503, in Anthropic's words.
+    with edge.client() as c, pytest.raises(openai.APIStatusError) as caught:
+        c.chat.completions.create(model="to-claude",
+                                  messages=[{"role": "user", "content": "hi"}])
+    assert caught.value.status_code == 503
+    assert "simulated upstream error 529" in str(caught.value)
+
+
+def test_requests_the_messages_api_cannot_take_are_refused_with_the_reason(env):
+    edge, claude, _ = env
+    with edge.client() as c:
+        with pytest.raises(openai.BadRequestError) as caught:
+            c.chat.completions.create(model="to-claude", n=2,
+                                      messages=[{"role": "user", "content": "hi"}])
+        assert "n: Anthropic answers one choice" in str(caught.value)
+        with pytest.raises(openai.BadRequestError) as caught:
+            c.embeddings.create(model="to-claude", input="hi")
+        assert "no /v1/embeddings" in str(caught.value)
+    assert claude.stats()["messages"] == 0   # refused before anything was sent
+    # ... and a candidate that can take it does.
+    with edge.client() as c:
+        answer = c.chat.completions.create(model="claude-or-plain", n=2,
+                                           messages=[{"role": "user", "content": "hi"}])
+    assert answer.choices[0].message.content == REPLY
+
+
+def test_an_image_goes_as_an_anthropic_image_block(env):
+    edge, claude, _ = env
+    with edge.client() as c:
+        c.chat.completions.create(model="to-claude", messages=[{"role": "user", "content": [
+            {"type": "text", "text": "What is it?"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+            {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}])
+    assert claude.stats()["last_body"]["messages"][0]["content"] == [
+        {"type": "text", "text": "What is it?"},
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                     "data": "iVBORw0KGgo="}},
+        {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.png"}}]
+
+
+# === provider: azure ===
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_azure_openai_paths_and_key(env, stream):
+    edge, _, plain = env
+    with edge.client() as c:
+        if stream:
+            text = "".join(ch.choices[0].delta.content or "" for ch in c.chat.completions.create(
+                model="to-azure", stream=True, messages=[{"role": "user", "content": "hi"}])
+                if ch.choices)
+        else:
+            text = c.chat.completions.create(
+                model="to-azure", messages=[{"role": "user", "content": "hi"}]
+            ).choices[0].message.content
+    assert text == REPLY
+    stats = plain.stats()
+    assert stats["azure"] == 1
+    assert stats["last_path"] == ("/openai/deployments/my-gpt-deployment/chat/completions"
+                                  "?api-version=2024-10-21")
+    assert stats["last_headers"]["api-key"] == KEY
+    assert "authorization" not in stats["last_headers"]
+
+
+def test_azure_embeddings(env):
+    edge, _, plain = env
+    with edge.client() as c:
+        result = c.embeddings.create(model="to-azure", input=["a", "b"])
+    assert len(result.data) == 2
+    assert plain.stats()["last_path"].startswith(
+        "/openai/deployments/my-gpt-deployment/embeddings?api-version=")
+
+
+def test_the_simulators_refuse_a_missing_key(env):
+    _, claude, plain = env
+    resp = http_call(claude.port, "POST", "/v1/messages", {
+        "model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]},
+        headers={"anthropic-version": "2023-06-01"})
+    assert resp.status == 401 and resp.json()["error"]["type"] == "authentication_error"
+    resp = http_call(plain.port, "POST", "/openai/deployments/d/chat/completions"
+                     "?api-version=2024-10-21", {"messages": [{"role": "user", "content": "hi"}]})
+    assert resp.status == 401

@@ -1,0 +1,198 @@
+"""Golden tests of the provider adapters' translations, on examples in the providers'
+documented wire formats (tests/data/providers), and the stream translation's independence
+from where the bytes are cut."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxy.errors import UpstreamBadResponse
+from proxy.providers import Untranslatable, adapter_for, auth_headers
+from proxy.providers.anthropic import MessagesStream, completion, messages_request
+from proxy.providers.sse import EventSplitter
+
+DATA = Path(__file__).parent / "data" / "providers"
+
+
+def chunks_of(sse: bytes) -> list:
+    """The Chat Completions chunks (decoded) and the [DONE] of translated SSE."""
+    out = []
+    for block in sse.decode().split("\n\n"):
+        if not block:
+            continue
+        assert block.startswith("data: "), block
+        payload = block[6:]
+        out.append(payload if payload == "[DONE]" else json.loads(payload))
+    return out
+
+
+def translate(raw: bytes, cuts: list[int] = ()) -> bytes:
+    stream = MessagesStream("fallback-model")
+    out, at = [], 0
+    for cut in sorted(set(cuts)):
+        out.append(stream.feed(raw[at:cut]))
+        at = cut
+    out.append(stream.feed(raw[at:]))
+    return b"".join(out)
+
+
+def test_a_documented_text_stream():
+    chunks = chunks_of(translate((DATA / "anthropic_stream_text.sse").read_bytes()))
+    assert chunks[-1] == "[DONE]"
+    body = chunks[:-1]
+    assert {c["id"] for c in body} == {"msg_01XFDUDYJgAACzvnptvVoYEL"}
+    assert {c["model"] for c in body} == {"claude-sonnet-4-5"}
+    assert all(c["object"] == "chat.completion.chunk" for c in body)
+    assert body[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert [c["choices"][0]["delta"].get("content") for c in body[1:3]] == ["Hello", "!"]
+    assert body[3]["choices"][0] == {"index": 0, "delta": {}, "logprobs": None,
+                                     "finish_reason": "stop"}
+    assert body[4]["choices"] == []
+    assert body[4]["usage"] == {"prompt_tokens": 25, "completion_tokens": 15,
+                                "total_tokens": 40}
+    assert len(body) == 5
+
+
+def test_a_documented_tool_use_stream():
+    chunks = chunks_of(translate((DATA / "anthropic_stream_tool_use.sse").read_bytes()))
+    deltas = [c["choices"][0]["delta"] for c in chunks[:-1] if c["choices"]]
+    text = "".join(d.get("content") or "" for d in deltas)
+    assert text == "Okay, let's check the weather."
+    calls = [call for d in deltas for call in d.get("tool_calls") or ()]
+    assert calls[0] == {"index": 0, "id": "toolu_01T1x1fJ34qAmk2tNTrN7Up6", "type": "function",
+                        "function": {"name": "get_weather", "arguments": ""}}
+    assert all(call["index"] == 0 for call in calls)
+    arguments = "".join(call["function"]["arguments"] for call in calls)
+    assert json.loads(arguments) == {"location": "San Francisco, CA"}
+    finishes = [c["choices"][0]["finish_reason"] for c in chunks[:-1] if c["choices"]
+                and c["choices"][0]["finish_reason"]]
+    assert finishes == ["tool_calls"]
+    usage = chunks[-2]["usage"]
+    # Cache reads are prompt tokens too, and reported as cached.
+    assert usage == {"prompt_tokens": 572, "completion_tokens": 89, "total_tokens": 661,
+                     "prompt_tokens_details": {"cached_tokens": 100}}
+
+
+@settings(max_examples=200, deadline=None)
+@given(name=st.sampled_from(["anthropic_stream_text.sse", "anthropic_stream_tool_use.sse"]),
+       crlf=st.booleans(), data=st.data())
+def test_where_the_bytes_are_cut_changes_nothing(name, crlf, data):
+    raw = (DATA / name).read_bytes()
+    if crlf:
+        raw = raw.replace(b"\n", b"\r\n")
+    cuts = data.draw(st.lists(st.integers(0, len(raw)), max_size=12))
+    assert translate(raw, cuts) == translate((DATA / name).read_bytes())
+
+
+def test_an_error_event_becomes_an_openai_error_event():
+    stream = MessagesStream("m")
+    out = stream.feed(b'event: error\ndata: {"type": "error", "error": {"type": '
+                      b'"overloaded_error", "message": "Overloaded"}}\n\n')
+    assert chunks_of(out) == [{"error": {"type": "overloaded_error", "message": "Overloaded"}}]
+
+
+def test_an_event_past_the_bound_is_not_sse():
+    with pytest.raises(UpstreamBadResponse):
+        EventSplitter().feed(b"data: " + b"x" * (2 * 1024 * 1024))
+
+
+def test_a_documented_whole_answer_with_a_tool_call():
+    doc = json.loads((DATA / "anthropic_message_tool_use.json").read_text())
+    answer = completion(doc)
+    choice = answer["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"]["content"] == \
+        "I'll check the current weather in San Francisco for you."
+    [call] = choice["message"]["tool_calls"]
+    assert call["id"] == "toolu_01A09q90qw90lq917835lq9"
+    assert call["function"]["name"] == "get_weather"
+    assert json.loads(call["function"]["arguments"]) == {"location": "San Francisco, CA",
+                                                         "unit": "celsius"}
+    assert answer["usage"] == {"prompt_tokens": 404, "completion_tokens": 62,
+                               "total_tokens": 466}
+    with pytest.raises(ValueError):
+        completion({"type": "error"})
+
+
+def test_a_multi_turn_tool_conversation_as_a_messages_request():
+    request = messages_request({
+        "model": "route", "max_completion_tokens": 300, "temperature": 0.5,
+        "parallel_tool_calls": False, "tool_choice": "required", "user": "u-1",
+        "stop": ["END", "STOP"],
+        "messages": [
+            {"role": "system", "content": "You are terse."},
+            {"role": "developer", "content": [{"type": "text", "text": "Use tools."}]},
+            {"role": "user", "content": "Weather in SF and NYC?"},
+            {"role": "assistant", "content": "Checking both.", "tool_calls": [
+                {"id": "c1", "type": "function",
+                 "function": {"name": "get_weather", "arguments": '{"location": "SF"}'}},
+                {"id": "c2", "type": "function",
+                 "function": {"name": "get_weather", "arguments": '{"location": "NYC"}'}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "15 C"},
+            {"role": "tool", "tool_call_id": "c2", "content": [{"type": "text",
+                                                               "text": "3 C"}]},
+            {"role": "user", "content": "Thanks. Which is warmer?"}],
+        "tools": [{"type": "function", "function": {
+            "name": "get_weather", "description": "Current weather",
+            "parameters": {"type": "object", "properties": {"location": {"type": "string"}}}}}],
+    }, "claude-x", stream=False)
+    assert request == {
+        "model": "claude-x", "max_tokens": 300, "temperature": 0.5,
+        "system": "You are terse.\n\nUse tools.",
+        "stop_sequences": ["END", "STOP"], "metadata": {"user_id": "u-1"},
+        "tools": [{"name": "get_weather", "description": "Current weather", "input_schema": {
+            "type": "object", "properties": {"location": {"type": "string"}}}}],
+        "tool_choice": {"type": "any", "disable_parallel_tool_use": True},
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "Weather in SF and NYC?"}]},
+            {"role": "assistant", "content": [
+                {"type": "text", "text": "Checking both."},
+                {"type": "tool_use", "id": "c1", "name": "get_weather",
+                 "input": {"location": "SF"}},
+                {"type": "tool_use", "id": "c2", "name": "get_weather",
+                 "input": {"location": "NYC"}}]},
+            # Both results in one user turn, ahead of the text that follows them.
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "c1", "content": "15 C"},
+                {"type": "tool_result", "tool_use_id": "c2", "content": "3 C"},
+                {"type": "text", "text": "Thanks. Which is warmer?"}]}]}
+
+
+@pytest.mark.parametrize("doc, why", [
+    ({"n": 3}, "n:"),
+    ({"logprobs": True}, "logprobs"),
+    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"functions": []}, "functions: no Messages counterpart"),
+    ({"messages": [{"role": "system", "content": "only this"}]}, "user turn"),
+    ({"messages": [{"role": "user", "content": [{"type": "input_audio"}]}]}, "input_audio"),
+    ({"messages": [{"role": "assistant", "content": None, "tool_calls": [
+        {"id": "x", "function": {"name": "f", "arguments": "{not json"}}]}]}, "not JSON"),
+])
+def test_what_has_no_messages_counterpart_is_refused(doc, why):
+    request = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **doc}
+    with pytest.raises(Untranslatable) as caught:
+        messages_request(request, "claude", stream=False)
+    assert why in str(caught.value)
+    assert caught.value.status == 400
+
+
+def test_the_adapters_addresses_and_keys():
+    claude = adapter_for("anthropic", "claude-x", None)
+    assert claude.request_path(b"/chat/completions", True) == b"/messages"
+    assert claude.status(529) == 503 and claude.status(429) == 429
+    assert not claude.serves(b"/embeddings")
+    assert auth_headers("anthropic", "k", None) == (b"anthropic-version: 2023-06-01\r\n"
+                                                    b"x-api-key: k\r\n")
+    azure = adapter_for("azure", "my deployment", "2025-01-01-preview")
+    assert azure.request_path(b"/embeddings", False) == \
+        b"/openai/deployments/my%20deployment/embeddings?api-version=2025-01-01-preview"
+    assert azure.request_body(b'{"a":1}', False) == b'{"a":1}'
+    assert auth_headers("azure", "k", None) == b"api-key: k\r\n"
+    assert adapter_for("openai", "m", None) is None
+    assert auth_headers("openai", "k", None) == b"authorization: Bearer k\r\n"
+    assert auth_headers("openai", None, None) == b""
