@@ -1,12 +1,14 @@
 """What translating another API costs llmedge: CPU per request and per streamed event.
 
 Starts the simulator and one llmedge, then drives the same prompt, closed loop, through
-``/v1/chat/completions`` (passed through untranslated), ``/v1/messages`` (Anthropic
-Messages) and ``/v1/responses`` (OpenAI Responses), whole answers and streams, round robin
-for ``--rounds`` rounds. llmedge's CPU per request comes from /proc; a translated API's
-cost is its CPU per request minus the chat path's in the same round, and for streams that
-difference over the stream's events (the simulator's ``--chunks`` plus its role and finish
-chunks).
+each pair of a front end — ``/v1/chat/completions``, ``/v1/messages`` (Anthropic Messages),
+``/v1/responses`` (OpenAI Responses) — and an upstream provider — an OpenAI-compatible
+deployment, ``provider: anthropic`` (the simulator's Messages API), ``provider: azure`` —
+whole answers and streams, round robin for ``--rounds`` rounds. Chat Completions to the
+OpenAI-compatible deployment is passed through untranslated: the baseline. llmedge's CPU
+per request comes from /proc; a pair's cost is its CPU per request minus the baseline's in
+the same round, and for streams that difference over the stream's events (the simulator's
+``--chunks`` plus its role and finish chunks).
 
     python bench/translate_cost.py --connections 8 --duration 3 --rounds 3 [--json out]
 """
@@ -24,9 +26,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import load  # noqa: E402
 import machine  # noqa: E402
 
-ROUTE = "auto"
 PATHS = {"chat": "/v1/chat/completions", "messages": "/v1/messages",
          "responses": "/v1/responses"}
+# (front end, provider); the provider's name is also its route's.
+PAIRS = [("chat", "openai"), ("messages", "openai"), ("responses", "openai"),
+         ("chat", "anthropic"), ("messages", "anthropic"), ("responses", "anthropic"),
+         ("chat", "azure")]
+BASELINE = ("chat", "openai")
 CHUNKS = 8
 EVENTS_PER_STREAM = CHUNKS + 2   # the role chunk, the content chunks, the finish chunk
 
@@ -37,20 +43,24 @@ server: {http: "127.0.0.1:0", max_inflight: 100000}
 upstream: {health: {enabled: false}}
 deployments:
   - {name: sim, base_url: "http://127.0.0.1:%d/v1"}
+  - {name: sim-anthropic, provider: anthropic, base_url: "http://127.0.0.1:%d/v1"}
+  - {name: sim-azure, provider: azure, base_url: "http://127.0.0.1:%d", model: sim}
 routes:
-  - {name: %s, deployments: [sim]}
-""" % (sim_port, ROUTE)
+  - {name: openai, deployments: [sim]}
+  - {name: anthropic, deployments: [sim-anthropic]}
+  - {name: azure, deployments: [sim-azure]}
+""" % (sim_port, sim_port, sim_port)
 
 
-def measure(args, edge: machine.Proc, api: str, stream: bool) -> dict:
+def measure(args, edge: machine.Proc, api: str, provider: str, stream: bool) -> dict:
     cpu0 = machine.pid_cpu_s(edge.pid)
     result = load.run(load.LoadOptions(
-        url="http://127.0.0.1:%d%s" % (edge.port, PATHS[api]), model=ROUTE, api=api,
+        url="http://127.0.0.1:%d%s" % (edge.port, PATHS[api]), model=provider, api=api,
         connections=args.connections, duration=args.duration, warmup=args.warmup,
         stream=stream, body_size=args.body_size, timeout=10.0))
     cpu = machine.pid_cpu_s(edge.pid) - cpu0
     done = result.totals["completed"]
-    return {"api": api, "stream": stream, "requests": result.requests,
+    return {"api": api, "provider": provider, "stream": stream, "requests": result.requests,
             "errors": result.errors, "rps": result.achieved_rps,
             "cpu_us_per_request": round(cpu / done * 1e6, 1) if done else None}
 
@@ -81,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             edge = machine.start_llmedge(config(sim.port), tmp, cpu=cpus["proxy"])
             for round_ in range(args.rounds):
                 for stream in (False, True):
-                    for api in PATHS:
-                        row = measure(args, edge, api, stream)
+                    for api, provider in PAIRS:
+                        row = measure(args, edge, api, provider, stream)
                         row["round"] = round_
                         rows.append(row)
         finally:
@@ -90,17 +100,22 @@ def main(argv: list[str] | None = None) -> int:
                 edge.stop()
             sim.stop()
     summary = []
+
+    def pair(row: dict) -> tuple[str, str]:
+        return row["api"], row["provider"]
+
     for stream in (False, True):
         chat = median([r["cpu_us_per_request"] for r in rows
-                       if r["api"] == "chat" and r["stream"] == stream])
-        for api in PATHS:
-            mine = [r for r in rows if r["api"] == api and r["stream"] == stream]
+                       if pair(r) == BASELINE and r["stream"] == stream])
+        for api, provider in PAIRS:
+            mine = [r for r in rows if pair(r) == (api, provider) and r["stream"] == stream]
             cpu = median([r["cpu_us_per_request"] for r in mine])
-            # Per round, against the chat path of the same round: the machine's drift cancels.
+            # Per round, against the baseline of the same round: the machine's drift cancels.
             extra = median([r["cpu_us_per_request"] - next(
-                c["cpu_us_per_request"] for c in rows if c["api"] == "chat"
+                c["cpu_us_per_request"] for c in rows if pair(c) == BASELINE
                 and c["stream"] == stream and c["round"] == r["round"]) for r in mine])
-            summary.append({"api": api, "stream": stream, "cpu_us_per_request": cpu,
+            summary.append({"api": api, "provider": provider, "stream": stream,
+                            "cpu_us_per_request": cpu,
                             "ratio_to_chat": round(cpu / chat, 3),
                             "extra_us_per_request": round(extra, 1),
                             "extra_us_per_event": round(extra / EVENTS_PER_STREAM, 2)
@@ -113,12 +128,13 @@ def main(argv: list[str] | None = None) -> int:
               "summary": summary, "runs": rows}
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
-    print("| API | stream | llmedge CPU µs/request | vs chat | extra µs/request | "
-          "extra µs/event |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("| front end | provider | stream | llmedge CPU µs/request | vs chat to openai | "
+          "extra µs/request | extra µs/event |")
+    print("|---|---|---|---:|---:|---:|---:|")
     for row in summary:
-        print("| %s | %s | %s | %.3f | %+.1f | %s |" % (
-            row["api"], "yes" if row["stream"] else "no", row["cpu_us_per_request"],
+        print("| %s | %s | %s | %s | %.3f | %+.1f | %s |" % (
+            row["api"], row["provider"], "yes" if row["stream"] else "no",
+            row["cpu_us_per_request"],
             row["ratio_to_chat"], row["extra_us_per_request"],
             "%+.2f" % row["extra_us_per_event"] if row["stream"] else "-"))
     return 0 if not any(row["errors"] for row in summary) else 1
