@@ -24,6 +24,7 @@ from .responder import EVENT_STREAM, JSON, AnswerHeaders, Responder, is_event_st
 from .retry_rules import retry_delay
 from .rewrite import replace_model
 from .metrics import Metrics
+from .passthrough import Native
 from .providers import Untranslatable
 from .routing.router import RoutePlan, Router, Target
 from .runtime import Runtime
@@ -49,7 +50,7 @@ class Answer:
                  "cache_state", "ticket", "failures", "_bodies", "deadline", "upstream_s",
                  "first_event_at", "usage", "strip_usage", "retries", "complete",
                  "transcript", "transcript_bytes", "continuing", "continuations", "tags",
-                 "runtime")
+                 "runtime", "native")
 
     def __init__(self, exchange: Responder, runtime: Runtime | None, plan: RoutePlan,
                  path: bytes, body: bytes, model: str, stream: bool, request_id: bytes,
@@ -88,6 +89,8 @@ class Answer:
         self.continuing: tuple[Splice, bytes] | None = None   # the attempt continues one
         self.continuations: list[dict] = []
         self.tags: frozenset[str] = _NO_TAGS   # what the client's x-llmedge-tags require
+        # The client's own request, for a deployment that speaks its API (passthrough.py).
+        self.native: Native | None = None
 
     def body_for(self, target: Target) -> bytes:
         model = target.upstream_model
@@ -279,11 +282,18 @@ class Dispatcher:
         body = continuing[1] if continuing is not None else answer.body_for(target)
         path = answer.path
         adapter = target.adapter
+        native = answer.native
+        if native is not None:
+            native.begin(adapter is not None and continuing is None
+                         and native.api == adapter.name)
+            if not native.on:
+                native = None
         if adapter is not None:
             if not adapter.serves(path):
                 raise Untranslatable("%s (provider %s) has no /v1%s" % (
                     target.name, adapter.name, path.decode("latin-1")))
-            body = adapter.request_body(body, answer.stream)
+            body = (native.body_for(target.upstream_model) if native is not None
+                    else adapter.request_body(body, answer.stream))
             path = adapter.request_path(path, answer.stream)
         request = [Dispatcher._request_head(answer, target, endpoint, path, len(body)), body]
         conn, head = await endpoint.send(request, connect_s, first_byte_s, timeouts.idle_s,
@@ -325,7 +335,7 @@ class Dispatcher:
                 feed = relay.feed
                 translator = adapter.stream(target.upstream_model) if adapter else None
                 if translator is not None:
-                    feed = _translated(translator, relay.feed)
+                    feed = _translated(translator, relay.feed, native)
                 early = conn.take_early()
                 if early:
                     feed(early)
@@ -359,6 +369,8 @@ class Dispatcher:
                     if answer.stream:
                         raise Dispatcher._not_a_stream(target, head, payload)
                     if adapter is not None:
+                        if native is not None:
+                            native.whole = payload   # what the client gets
                         payload = Dispatcher._translated_answer(target, payload)
                         content_type = JSON
                     try:
@@ -425,6 +437,10 @@ class Dispatcher:
         """Finish an answer cut mid-stream on the next candidates that can continue it
         (proxy/continuation.py); False when none could, and the stream must end broken.
         A continuation cut in turn is continued again, from the longer answer."""
+        if answer.native is not None and answer.native.on:
+            # The client has the provider's own events, which another model's continuation
+            # (Chat Completions) cannot extend.
+            return False
         metrics = self.metrics
         router = answer.runtime.router
         route = answer.plan.name
@@ -534,10 +550,15 @@ class Dispatcher:
         return refusal(last.status, last.type, message, "upstream_" + last.kind)
 
 
-def _translated(translator, sink):
-    """``sink`` fed the Chat Completions events of a provider's stream."""
+def _translated(translator, sink, native: Native | None):
+    """``sink`` fed the Chat Completions events of a provider's stream; a native attempt's
+    client is sent the provider's own events instead, at the moments the relay writes."""
     def feed(data: bytes) -> None:
         events = translator.feed(data)
+        if native is not None:
+            passed = translator.passed()
+            if passed:
+                native.events.append(passed)
         if events:
             sink(events)
     return feed

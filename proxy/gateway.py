@@ -27,6 +27,7 @@ from .errors import (BadRequest, InternalError, MethodNotAllowed, NotFound, Over
                      ProxyError, ReloadRejected, refusal)
 from .jsondoc import decode_view
 from .metrics import Metrics
+from .passthrough import Native
 from .responder import EVENT_STREAM, JSON, Responder
 from .routing.explain import explain_body
 from .routing.router import Router, parse_tags
@@ -303,7 +304,8 @@ class Gateway:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _proxy(self, ex: Responder, path: bytes, decoder: msgspec.json.Decoder) -> None:
+    def _proxy(self, ex: Responder, path: bytes, decoder: msgspec.json.Decoder,
+               native: Native | None = None) -> None:
         if ex.method != b"POST":
             self._method(ex, b"POST")
             return
@@ -330,6 +332,7 @@ class Gateway:
             answer = Answer(ex, runtime, plan, path, ex.body, view.model, stream,
                             self._request_id(ex), session)
             answer.tags = required
+            answer.native = native
             # The cache looks first: a hit pays for no classifier and no LLM tier.
             if plan.cache is not None and path is CHAT_PATH and self._from_cache(answer, stream):
                 self._account(answer, started)
@@ -365,7 +368,8 @@ class Gateway:
             return
         messages.body = orjson.dumps(chat)
         messages.model = chat["model"]
-        self._proxy(messages, CHAT_PATH, _chat_decoder)
+        messages.native = Native("anthropic", ex.body, chat["model"])
+        self._proxy(messages, CHAT_PATH, _chat_decoder, messages.native)
 
     def _responses(self, ex: Responder) -> None:
         """An OpenAI Responses request: translated, then answered as a chat completion

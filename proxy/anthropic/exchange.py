@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 
 from ..errors import ProxyError, retry_after_header
+from ..passthrough import Native
 from ..responder import (EVENT_STREAM, JSON, Delegating, Headers, Responder, data_events,
                          is_event_stream)
 from . import translate
@@ -26,6 +27,10 @@ class MessagesResponder(Delegating):
         self.model = model
         self.stream: translate.StreamTranslator | None = None
         self._opening = b""
+        # Set by the gateway: an attempt at an Anthropic deployment answers the client with
+        # the provider's own answer (proxy/passthrough.py).
+        self.native: Native | None = None
+        self._native_stream = False
 
     def _message_id(self, headers: list) -> str:
         request_id = next((v for k, v in headers if k == b"x-request-id"), b"")
@@ -39,6 +44,10 @@ class MessagesResponder(Delegating):
         if status >= 300:
             self.inner.respond(status, translate.error_body(
                 status, translate.upstream_error_message(body)), JSON, pairs)
+            return
+        native = self.native
+        if native is not None and native.on and native.whole is not None:
+            self.inner.respond(status, native.whole, JSON, pairs)
             return
         try:
             completion = orjson.loads(body)
@@ -64,6 +73,11 @@ class MessagesResponder(Delegating):
 
     def start_stream(self, status: int, content_type: bytes, headers: Headers = ()) -> None:
         pairs = _with_request_id(headers)
+        native = self.native
+        if native is not None and native.on:
+            self._native_stream = True
+            self.inner.start_stream(status, EVENT_STREAM, pairs)
+            return
         self.stream = translate.StreamTranslator(self.model, self._message_id(pairs))
         self.inner.start_stream(status, EVENT_STREAM if is_event_stream(content_type)
                                 else content_type, pairs)
@@ -72,6 +86,11 @@ class MessagesResponder(Delegating):
         self._opening = self.stream.start()
 
     def write(self, events: bytes) -> None:
+        if self._native_stream:
+            out = self.native.take_events()
+            if out:
+                self.inner.write(out)
+            return
         assert self.stream is not None
         out, self._opening = self._opening, b""
         for data in data_events(events):
@@ -88,12 +107,24 @@ class MessagesResponder(Delegating):
             self.inner.write(out)
 
     def end_stream(self) -> None:
+        if self._native_stream:
+            out = self.native.take_events()
+            if out:
+                self.inner.write(out)
+            self.inner.end_stream()
+            return
         assert self.stream is not None
         out, self._opening = self._opening, b""
         self.inner.write(out + self.stream.end())
         self.inner.end_stream()
 
     def fail_stream(self, exc: ProxyError) -> None:
+        if self._native_stream:
+            self.inner.write(self.native.take_events() + translate.sse("error", {
+                "type": "error", "error": {"type": translate.error_type(exc.status),
+                                           "message": exc.message}}))
+            self.inner.end_stream()
+            return
         assert self.stream is not None
         out, self._opening = self._opening, b""
         self.inner.write(out + self.stream.error(exc.status, exc.message))

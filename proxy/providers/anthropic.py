@@ -304,6 +304,9 @@ class MessagesStream(StreamTranslator):
         return b'%s[{"index":0,"delta":%s,"logprobs":null,"finish_reason":%s}]}\n\n' % (
             self.prefix, delta, finish)
 
+    def passed(self) -> bytes:
+        return self.events.complete
+
     def feed(self, data: bytes) -> bytes:
         out = []
         for kind, payload in self.events.feed(data):

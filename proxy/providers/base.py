@@ -29,6 +29,11 @@ class StreamTranslator:
     def feed(self, data: bytes) -> bytes:
         raise NotImplementedError
 
+    def passed(self) -> bytes:
+        """The provider's own bytes of the events the last ``feed`` completed (what a
+        client of the same API gets, untranslated)."""
+        raise NotImplementedError
+
 
 class Adapter:
     """One deployment's provider. ``openai`` has none: its requests and answers go as they

@@ -13,10 +13,11 @@ class EventSplitter:
     """``feed`` returns the (event type, data) of every event the bytes completed; an
     event's several ``data:`` lines are joined by newlines, as the SSE standard says."""
 
-    __slots__ = ("pending",)
+    __slots__ = ("pending", "complete")
 
     def __init__(self) -> None:
         self.pending = b""
+        self.complete = b""   # the bytes of the events the last feed completed
 
     def feed(self, data: bytes) -> list[tuple[bytes, bytes]]:
         data = self.pending + data if self.pending else data
@@ -28,6 +29,7 @@ class EventSplitter:
             data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         *blocks, pending = data.split(b"\n\n")
         self.pending = pending + held
+        self.complete = b"\n\n".join(blocks) + b"\n\n" if blocks else b""
         if len(self.pending) > MAX_PENDING:
             raise UpstreamBadResponse("the upstream's stream has an event longer than %d bytes"
                                       % MAX_PENDING)

@@ -45,6 +45,7 @@ routes:
   - {name: to-claude, deployments: [claude]}
   - {name: to-azure, deployments: [azure-gpt]}
   - {name: claude-or-plain, deployments: [claude], fallbacks: [plain]}
+  - {name: claude-cached, deployments: [claude], cache: {ttl_s: 600, when: always}}
 """ % (claude.url, KEY_ENV, plain.port, KEY_ENV, plain.url, KEY_ENV),
             env={KEY_ENV: KEY, "LLMEDGE_LOG_LEVEL": "info"}, name="llmedge-providers")
         started.append(edge)
@@ -293,3 +294,90 @@ def test_the_simulators_refuse_a_missing_key(env):
     resp = http_call(plain.port, "POST", "/openai/deployments/d/chat/completions"
                      "?api-version=2024-10-21", {"messages": [{"role": "user", "content": "hi"}]})
     assert resp.status == 401
+
+
+# === the Messages API to provider: anthropic: passed through ===
+
+def sse_kinds(raw: bytes) -> list[str]:
+    return [line[7:] for line in raw.decode().split("\n") if line.startswith("event: ")]
+
+
+def test_a_messages_request_to_an_anthropic_deployment_goes_as_the_client_sent_it(env):
+    edge, claude, _ = env
+    body = {"model": "to-claude", "max_tokens": 64, "top_k": 5,
+            "thinking": {"type": "enabled", "budget_tokens": 32},
+            "system": [{"type": "text", "text": "Be brief.",
+                        "cache_control": {"type": "ephemeral"}}],
+            "messages": [{"role": "user", "content": "Say something."}]}
+    resp = http_call(edge.port, "POST", "/v1/messages", body,
+                     headers={"x-api-key": "client-key", "anthropic-version": "2023-06-01"})
+    assert resp.status == 200, resp
+    # Untranslated both ways: what the provider got is the client's body but for the
+    # model, and what the client got is the provider's own answer (its id, its model).
+    assert claude.stats()["last_body"] == {**body, "model": "claude-sim"}
+    answer = resp.json()
+    assert answer["id"].startswith("msg_sim") and answer["model"] == "claude-sim"
+    assert answer["content"] == [{"type": "text", "text": REPLY}]
+    assert resp.headers["x-llmedge-upstream"] == "claude"
+    assert resp.headers["request-id"] == resp.headers["x-request-id"]
+
+
+def test_a_passed_through_stream_is_the_providers_own_events(env):
+    edge, claude, _ = env
+    body = {"model": "to-claude", "max_tokens": 64, "stream": True,
+            "messages": [{"role": "user", "content": "Stream."}]}
+    resp = http_call(edge.port, "POST", "/v1/messages", body,
+                     headers={"x-api-key": "client-key", "anthropic-version": "2023-06-01"})
+    assert resp.status == 200 and resp.headers["content-type"].startswith("text/event-stream")
+    # The simulator's order (a translation would put ping right after message_start).
+    kinds = sse_kinds(resp.body)
+    assert kinds[:3] == ["message_start", "content_block_start", "ping"]
+    assert kinds[-3:] == ["content_block_stop", "message_delta", "message_stop"]
+    assert b'"id":"msg_sim' in resp.body
+    # The SDK reads the same stream whole.
+    with anthropic_client(edge) as c:
+        with c.messages.stream(model="to-claude", max_tokens=64,
+                               messages=[{"role": "user", "content": "Stream."}]) as stream:
+            text = "".join(stream.text_stream)
+            final = stream.get_final_message()
+    assert text == REPLY and final.stop_reason == "end_turn"
+    assert final.usage.input_tokens > 0 and final.usage.output_tokens > 0
+    assert claude.stats()["last_body"]["stream"] is True
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_messages_request_falls_back_from_anthropic_to_openai(env, stream):
+    edge, claude, plain = env
+    claude.configure(status=529)
+    with anthropic_client(edge) as c:
+        if stream:
+            with c.messages.stream(model="claude-or-plain", max_tokens=64,
+                                   messages=[{"role": "user", "content": "hi"}]) as s:
+                message = s.get_final_message()
+        else:
+            message = c.messages.create(model="claude-or-plain", max_tokens=64,
+                                        messages=[{"role": "user", "content": "hi"}])
+    # Answered by the OpenAI-compatible fallback, translated as for any OpenAI upstream.
+    assert message.content[0].text == REPLY
+    assert not message.id.startswith("msg_sim")
+    assert claude.stats()["errors_injected"] == 1 and plain.stats()["chat"] == 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_passed_through_answer_is_cached(env, stream):
+    edge, claude, _ = env
+    question = [{"role": "user", "content": "Cache me %s." % stream}]
+    with anthropic_client(edge) as c:
+        def ask():
+            if stream:
+                raw = c.messages.with_raw_response.create(
+                    model="claude-cached", max_tokens=64, messages=question, stream=True)
+                text = "".join(event.delta.text for event in raw.parse()
+                               if event.type == "content_block_delta")
+                return raw.headers["x-llmedge-cache"], text
+            raw = c.messages.with_raw_response.create(model="claude-cached", max_tokens=64,
+                                                      messages=question)
+            return raw.headers["x-llmedge-cache"], raw.parse().content[0].text
+        assert ask() == ("miss", REPLY)
+        assert ask() == ("hit", REPLY)
+    assert claude.stats()["messages"] == 1
