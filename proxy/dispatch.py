@@ -341,6 +341,10 @@ class Dispatcher:
                     feed(early)
                 try:
                     await conn.stream_to(feed)
+                    if translator is not None:
+                        tail = translator.end()
+                        if tail:
+                            relay.feed(tail)
                 except UpstreamError:
                     if not relay.done:
                         raise

@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 from proxy.errors import UpstreamBadResponse
 from proxy.providers import Untranslatable, adapter_for, auth_headers
 from proxy.providers.anthropic import MessagesStream, completion, messages_request
+from proxy.providers.gemini import GenerateStream, generate_request
+from proxy.providers.gemini import completion as gemini_completion
 from proxy.providers.sse import EventSplitter
 
 DATA = Path(__file__).parent / "data" / "providers"
@@ -196,3 +198,114 @@ def test_the_adapters_addresses_and_keys():
     assert adapter_for("openai", "m", None) is None
     assert auth_headers("openai", "k", None) == b"authorization: Bearer k\r\n"
     assert auth_headers("openai", None, None) == b""
+
+
+# === gemini ===
+
+def gemini_translate(raw: bytes, cuts=()) -> bytes:
+    stream = GenerateStream("gemini-model")
+    out, at = [], 0
+    for cut in sorted(set(cuts)):
+        out.append(stream.feed(raw[at:cut]))
+        at = cut
+    out.append(stream.feed(raw[at:]))
+    return b"".join(out) + stream.end()
+
+
+def test_a_documented_gemini_stream():
+    raw = (DATA / "gemini_stream_text.sse").read_bytes()
+    chunks = chunks_of(gemini_translate(raw))
+    assert chunks[-1] == "[DONE]"
+    deltas = [c["choices"][0]["delta"] for c in chunks[:-1] if c["choices"]]
+    assert deltas[0] == {"role": "assistant", "content": ""}
+    assert "".join(d.get("content") or "" for d in deltas) == \
+        "Once upon a time, in a village by the sea."
+    finishes = [c["choices"][0]["finish_reason"] for c in chunks[:-1] if c["choices"]
+                and c["choices"][0]["finish_reason"]]
+    assert finishes == ["stop"]
+    # One usage, the last one Gemini counted, after the finish.
+    usages = [c["usage"] for c in chunks[:-1] if c.get("usage")]
+    assert usages == [{"prompt_tokens": 8, "completion_tokens": 12, "total_tokens": 20,
+                       "prompt_tokens_details": {"cached_tokens": 4}}]
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_where_a_gemini_stream_is_cut_changes_nothing(data):
+    raw = (DATA / "gemini_stream_text.sse").read_bytes()
+    cuts = data.draw(st.lists(st.integers(0, len(raw)), max_size=12))
+    assert gemini_translate(raw, cuts) == gemini_translate(raw)
+
+
+def test_a_gemini_stream_that_ends_without_a_finish_reason_has_no_end_marker():
+    raw = (DATA / "gemini_stream_text.sse").read_bytes()
+    first_two = b"\r\n\r\n".join(raw.split(b"\r\n\r\n")[:2]) + b"\r\n\r\n"
+    stream = GenerateStream("m")
+    out = stream.feed(first_two) + stream.end()
+    assert b"[DONE]" not in out and b"finish_reason\":\"" not in out
+
+
+def test_a_documented_gemini_function_call():
+    doc = json.loads((DATA / "gemini_function_call.json").read_text())
+    answer = gemini_completion(doc)
+    choice = answer["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"]["content"] is None
+    assert choice["message"]["reasoning_content"] == "Thinking about the lights."
+    [call] = choice["message"]["tool_calls"]
+    assert call["id"] and call["function"]["name"] == "set_light_values"
+    assert json.loads(call["function"]["arguments"]) == {"brightness": 25,
+                                                         "color_temp": "warm"}
+    # Thinking tokens are billed as output.
+    assert answer["usage"] == {"prompt_tokens": 120, "completion_tokens": 28,
+                               "total_tokens": 148}
+    assert answer["model"] == "gemini-2.5-flash"
+
+
+def test_a_blocked_prompt_is_a_content_filter_finish():
+    answer = gemini_completion({"promptFeedback": {"blockReason": "SAFETY"},
+                                "usageMetadata": {"promptTokenCount": 5}})
+    assert answer["choices"][0]["finish_reason"] == "content_filter"
+    with pytest.raises(ValueError):
+        gemini_completion({"something": "else"})
+
+
+def test_a_chat_request_as_generate_content():
+    request = generate_request({
+        "model": "route", "max_completion_tokens": 100, "top_p": 0.9, "seed": 7,
+        "tool_choice": {"type": "function", "function": {"name": "f"}},
+        "response_format": {"type": "json_schema", "json_schema": {
+            "name": "x", "schema": {"type": "object"}}},
+        "messages": [
+            {"role": "system", "content": "Sys."},
+            {"role": "user", "content": [
+                {"type": "text", "text": "Look:"},
+                {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,/9j/"}}]},
+            {"role": "assistant", "content": "Calling.", "tool_calls": [
+                {"id": "call_1", "type": "function",
+                 "function": {"name": "f", "arguments": '{"q": 1}'}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": '{"result": 2}'}],
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {
+            "type": "object"}}}]})
+    assert request == {
+        "systemInstruction": {"parts": [{"text": "Sys."}]},
+        "contents": [
+            {"role": "user", "parts": [{"text": "Look:"},
+                                       {"inlineData": {"mimeType": "image/jpeg",
+                                                       "data": "/9j/"}}]},
+            {"role": "model", "parts": [{"text": "Calling."},
+                                        {"functionCall": {"name": "f", "args": {"q": 1}}}]},
+            # A JSON object result goes as the response itself.
+            {"role": "user", "parts": [{"functionResponse": {"name": "f",
+                                                             "response": {"result": 2}}}]}],
+        "generationConfig": {"topP": 0.9, "seed": 7, "maxOutputTokens": 100,
+                             "responseMimeType": "application/json",
+                             "responseJsonSchema": {"type": "object"}},
+        "tools": [{"functionDeclarations": [{"name": "f", "parameters": {"type": "object"}}]}],
+        "toolConfig": {"functionCallingConfig": {"mode": "ANY",
+                                                 "allowedFunctionNames": ["f"]}}}
+    with pytest.raises(Untranslatable, match="no earlier assistant message"):
+        generate_request({"messages": [{"role": "tool", "tool_call_id": "x", "content": ""}]})
+    assert adapter_for("gemini", "gemini-2.5-pro", None).request_path(
+        b"/chat/completions", True) == b"/models/gemini-2.5-pro:streamGenerateContent?alt=sse"
+    assert auth_headers("gemini", "k", None) == b"x-goog-api-key: k\r\n"

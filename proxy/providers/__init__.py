@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from . import anthropic, azure
+from . import anthropic, azure, gemini
 from .base import Adapter, StreamTranslator, Untranslatable
 
-PROVIDERS = ("openai", "anthropic", "azure")
+PROVIDERS = ("openai", "anthropic", "azure", "gemini")
 
 __all__ = ["PROVIDERS", "Adapter", "StreamTranslator", "Untranslatable", "adapter_for",
            "auth_headers"]
@@ -17,6 +17,8 @@ def adapter_for(provider: str, model: str, api_version: str | None) -> Adapter |
         return anthropic.AnthropicAdapter(model)
     if provider == "azure":
         return azure.AzureAdapter(model, api_version)
+    if provider == "gemini":
+        return gemini.GeminiAdapter(model)
     return None
 
 
@@ -26,4 +28,6 @@ def auth_headers(provider: str, key: str | None, api_version: str | None) -> byt
         return anthropic.auth_headers(key, api_version)
     if provider == "azure":
         return azure.auth_headers(key)
+    if provider == "gemini":
+        return gemini.auth_headers(key)
     return b"authorization: Bearer %s\r\n" % key.encode("latin-1") if key else b""

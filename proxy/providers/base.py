@@ -29,6 +29,11 @@ class StreamTranslator:
     def feed(self, data: bytes) -> bytes:
         raise NotImplementedError
 
+    def end(self) -> bytes:
+        """Events owed once the provider's body ended (for a provider whose stream has no
+        end marker of its own)."""
+        return b""
+
     def passed(self) -> bytes:
         """The provider's own bytes of the events the last ``feed`` completed (what a
         client of the same API gets, untranslated)."""

@@ -26,7 +26,8 @@ Flags (all behaviour flags can also be changed at runtime, see ``POST /_sim/conf
                       N=0 also makes non-streamed chat requests closed without an answer
   --seed N            seed of the error-rate random generator (0)
   --api-key KEY       require this key on every API request, sent as each API sends it:
-                      ``Authorization: Bearer``, Azure's ``api-key``, Anthropic's ``x-api-key``
+                      ``Authorization: Bearer``, Azure's ``api-key``, Anthropic's
+                      ``x-api-key``, Gemini's ``x-goog-api-key``
   --framing F         how answers end: length (Content-Length or chunks), close
                       (Connection: close, body up to EOF) or http10 (HTTP/1.0 up to EOF)
   --answer-body TEXT  answer chat and embeddings requests with this body instead (with
@@ -71,7 +72,9 @@ drop goes out before it.
 
 Endpoints: POST /v1/chat/completions, POST /v1/embeddings, POST /v1/messages (Anthropic's
 Messages API, see proxy/sim/messages.py), POST /openai/deployments/{name}/chat/completions and
-.../embeddings (Azure OpenAI's paths; ``?api-version=`` required), GET /v1/models, GET /_sim/stats,
+.../embeddings (Azure OpenAI's paths; ``?api-version=`` required), POST
+/v1beta/models/{model}:generateContent and :streamGenerateContent (Gemini's, see
+proxy/sim/gemini.py), GET /v1/models, GET /_sim/stats,
 POST /_sim/reset (zero counters, reseed; body ``{"config": true}`` also restores the startup
 config), GET|POST /_sim/config (JSON object of snake_case behaviour options; null restores an
 option's startup value; answers the effective config). Injected errors are answered at once,
@@ -95,6 +98,7 @@ from collections import deque
 import httptools
 import orjson
 
+from . import gemini
 from . import messages as anthropic_messages
 from . import wire
 from .wire import (BEHAVIOUR_DEFAULTS, DEFAULT_REPLY, Behaviour, ConfigError,
@@ -115,7 +119,7 @@ MAX_PIPELINE = 64
 STAT_KEYS = ("requests", "chat", "embeddings", "models", "streams_started", "streams_completed",
              "streams_aborted", "streams_dropped", "streams_stalled", "errors_injected",
              "connections_opened", "connections_closed", "continuations", "context_exceeded",
-             "messages", "azure")
+             "messages", "azure", "gemini")
 
 
 def _read_int(digits: str) -> int | str:
@@ -505,15 +509,18 @@ class Simulator:
     def handle(self, conn: SimProtocol, req: Request) -> None:
         handler = self._routes.get((req.method, req.path))
         azure = req.path.startswith(AZURE_PREFIX)
-        if azure or req.path.startswith(b"/v1/"):
+        google = req.path.startswith(gemini.PREFIX)
+        if azure or google or req.path.startswith(b"/v1/"):
             self.stats["requests"] += 1
             self.last_headers = req.headers
             self.last_path = (req.path + (b"?" + req.query if req.query else b"")).decode(
                 "latin-1")
-            if not self._authorised(conn, req, azure):
+            if not self._authorised(conn, req, azure, google):
                 return
         if azure and req.method == b"POST":
             self.azure(conn, req)
+        elif google and req.method == b"POST":
+            gemini.answer(self, conn, req)
         elif handler is not None:
             handler(conn, req)
         elif any(path == req.path for _, path in self._routes):
@@ -523,17 +530,21 @@ class Simulator:
             conn.send(req, 404, wire.error_body(404, "unknown path %s"
                                                 % req.path.decode("latin-1")))
 
-    def _authorised(self, conn: SimProtocol, req: Request, azure: bool) -> bool:
+    def _authorised(self, conn: SimProtocol, req: Request, azure: bool, google: bool) -> bool:
         """With an api_key, whether the request carries it as its API sends keys (Bearer;
-        Azure's api-key; Anthropic's x-api-key, checked by its handler)."""
+        Azure's api-key; Gemini's x-goog-api-key; Anthropic's x-api-key, checked by its
+        handler)."""
         if self.api_key is None or req.path == b"/v1/messages":
             return True
-        name, expected = ((b"api-key", self.api_key.encode()) if azure
-                          else (b"authorization", b"Bearer " + self.api_key.encode()))
+        key = self.api_key.encode()
+        name, expected = ((b"api-key", key) if azure else (b"x-goog-api-key", key) if google
+                          else (b"authorization", b"Bearer " + key))
         if any(k.lower() == name and v == expected for k, v in req.headers):
             return True
-        conn.send(req, 401, wire.error_body(401, "invalid API key (sent as %s)"
-                                            % name.decode()))
+        body = (gemini.error_body(401, "API key not valid. Please pass a valid API key.")
+                if google else wire.error_body(401, "invalid API key (sent as %s)"
+                                               % name.decode()))
+        conn.send(req, 401, body)
         return False
 
     def _parse_body(self, req: Request) -> tuple[dict | None, str]:

@@ -1,7 +1,8 @@
-"""Native upstream providers (``provider: anthropic``, ``provider: azure``) behind every
+"""Native upstream providers (``provider: anthropic``, ``azure``, ``gemini``) behind every
 front end, end to end: the official ``openai`` and ``anthropic`` SDKs talk to llmedge, which
 talks to simulators that speak Anthropic's Messages API and Azure OpenAI's paths and
-refuse a request without the key sent the way each API wants it."""
+refuse a request without the key sent the way each API wants it (the "plain" one also
+serves Azure's and Gemini's paths)."""
 
 from __future__ import annotations
 
@@ -41,12 +42,15 @@ deployments:
   - {name: azure-gpt, provider: azure, base_url: "http://127.0.0.1:%d",
      model: my-gpt-deployment, api_version: "2024-10-21", api_key_env: %s}
   - {name: plain, base_url: "%s", model: plain-model, api_key_env: %s}
+  - {name: gem, provider: gemini, base_url: "http://127.0.0.1:%d/v1beta", model: gemini-sim,
+     api_key_env: %s}
 routes:
   - {name: to-claude, deployments: [claude]}
   - {name: to-azure, deployments: [azure-gpt]}
   - {name: claude-or-plain, deployments: [claude], fallbacks: [plain]}
   - {name: claude-cached, deployments: [claude], cache: {ttl_s: 600, when: always}}
-""" % (claude.url, KEY_ENV, plain.port, KEY_ENV, plain.url, KEY_ENV),
+  - {name: to-gemini, deployments: [gem]}
+""" % (claude.url, KEY_ENV, plain.port, KEY_ENV, plain.url, KEY_ENV, plain.port, KEY_ENV),
             env={KEY_ENV: KEY, "LLMEDGE_LOG_LEVEL": "info"}, name="llmedge-providers")
         started.append(edge)
         yield edge, claude, plain
@@ -381,3 +385,107 @@ def test_a_passed_through_answer_is_cached(env, stream):
         assert ask() == ("miss", REPLY)
         assert ask() == ("hit", REPLY)
     assert claude.stats()["messages"] == 1
+
+
+# === provider: gemini ===
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_chat_completion_answered_by_gemini(env, stream):
+    edge, _, plain = env
+    with edge.client() as c:
+        request = dict(model="to-gemini", temperature=0.3, max_tokens=40, stop=["NEVER"],
+                       messages=[{"role": "system", "content": "Be brief."},
+                                 {"role": "user", "content": "Say something."}])
+        if stream:
+            chunks = list(c.chat.completions.create(
+                **request, stream=True, stream_options={"include_usage": True}))
+            text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+            finish = [ch.choices[0].finish_reason for ch in chunks
+                      if ch.choices and ch.choices[0].finish_reason]
+            usage = chunks[-1].usage
+        else:
+            answer = c.chat.completions.create(**request)
+            text, finish = answer.choices[0].message.content, [answer.choices[0].finish_reason]
+            usage = answer.usage
+    assert text == REPLY and finish == ["stop"]
+    assert usage.prompt_tokens > 0 and usage.completion_tokens > 0
+    stats = plain.stats()
+    assert stats["gemini"] == 1
+    assert stats["last_path"] == ("/v1beta/models/gemini-sim:streamGenerateContent?alt=sse"
+                                  if stream else "/v1beta/models/gemini-sim:generateContent")
+    assert stats["last_headers"]["x-goog-api-key"] == KEY
+    assert "authorization" not in stats["last_headers"]
+    sent = stats["last_body"]
+    assert sent["systemInstruction"] == {"parts": [{"text": "Be brief."}]}
+    assert sent["contents"] == [{"role": "user", "parts": [{"text": "Say something."}]}]
+    assert sent["generationConfig"] == {"temperature": 0.3, "maxOutputTokens": 40,
+                                        "stopSequences": ["NEVER"]}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_tool_round_trip_through_gemini(env, stream):
+    edge, _, plain = env
+    question = [{"role": "user", "content": "Weather in Oslo?"}]
+    with edge.client() as c:
+        if stream:
+            chunks = list(c.chat.completions.create(model="to-gemini", messages=question,
+                                                    tools=[TOOL], stream=True))
+            deltas = [d for ch in chunks if ch.choices
+                      for d in ch.choices[0].delta.tool_calls or ()]
+            call_id, name = deltas[0].id, deltas[0].function.name
+            arguments = "".join(d.function.arguments or "" for d in deltas)
+            finish = [ch.choices[0].finish_reason for ch in chunks
+                      if ch.choices and ch.choices[0].finish_reason]
+        else:
+            first = c.chat.completions.create(model="to-gemini", messages=question,
+                                              tools=[TOOL])
+            call = first.choices[0].message.tool_calls[0]
+            call_id, name, arguments = call.id, call.function.name, call.function.arguments
+            finish = [first.choices[0].finish_reason]
+        assert finish == ["tool_calls"] and call_id
+        assert name == "get_weather" and json.loads(arguments) == {"city": "sim"}
+        assert plain.stats()["last_body"]["tools"] == [{"functionDeclarations": [{
+            "name": "get_weather", "description": "The weather in a city.",
+            "parameters": TOOL["function"]["parameters"]}]}]
+        second = c.chat.completions.create(model="to-gemini", tools=[TOOL], messages=[
+            *question,
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": call_id, "type": "function",
+                 "function": {"name": name, "arguments": arguments}}]},
+            {"role": "tool", "tool_call_id": call_id, "content": "Sunny, 21 C"}])
+    assert second.choices[0].message.content == "The tool answered: Sunny, 21 C"
+    contents = plain.stats()["last_body"]["contents"]
+    assert [c["role"] for c in contents] == ["user", "model", "user"]
+    assert contents[1]["parts"] == [{"functionCall": {"name": "get_weather",
+                                                      "args": {"city": "sim"}}}]
+    # Gemini matches a result to its call by the function's name.
+    assert contents[2]["parts"] == [{"functionResponse": {
+        "name": "get_weather", "response": {"content": "Sunny, 21 C"}}}]
+
+
+def test_the_anthropic_sdk_and_the_responses_api_in_front_of_gemini(env):
+    edge, _, _ = env
+    tool = {"name": "get_weather", "input_schema": TOOL["function"]["parameters"]}
+    with anthropic_client(edge) as c:
+        with c.messages.stream(model="to-gemini", max_tokens=64, tools=[tool],
+                               messages=[{"role": "user", "content": "Weather?"}]) as s:
+            final = s.get_final_message()
+    assert final.stop_reason == "tool_use"
+    assert [(b.name, b.input) for b in final.content if b.type == "tool_use"] == [
+        ("get_weather", {"city": "sim"})]
+    with edge.client() as c:
+        response = c.responses.create(model="to-gemini", input="Say something.")
+        streamed = [e for e in c.responses.create(model="to-gemini", input="Say something.",
+                                                  stream=True)]
+    assert response.output_text == REPLY
+    assert streamed[-1].type == "response.completed"
+    assert streamed[-1].response.output_text == REPLY
+
+
+def test_a_gemini_stream_cut_short_is_not_passed_off_as_whole(env):
+    edge, _, plain = env
+    plain.configure(drop_after=2)
+    with edge.client() as c, pytest.raises(openai.APIError):
+        for _ in c.chat.completions.create(model="to-gemini", stream=True,
+                                           messages=[{"role": "user", "content": "hi"}]):
+            pass
