@@ -295,7 +295,11 @@ class Dispatcher:
             body = (native.body_for(target.upstream_model) if native is not None
                     else adapter.request_body(body, answer.stream))
             path = adapter.request_path(path, answer.stream)
-        request = [Dispatcher._request_head(answer, target, endpoint, path, len(body)), body]
+            auth = target.auth_header + adapter.signed_headers(
+                endpoint.scheme, endpoint.host_header, endpoint.base_path + path, body)
+        else:
+            auth = target.auth_header
+        request = [Dispatcher._request_head(answer, endpoint, path, len(body), auth), body]
         conn, head = await endpoint.send(request, connect_s, first_byte_s, timeouts.idle_s,
                                          first_token_s)
         try:
@@ -303,8 +307,8 @@ class Dispatcher:
             if adapter is not None:
                 head.status = adapter.status(head.status)
             status = head.status
-            if first_token_s and not (200 <= status < 300 and is_event_stream(
-                    head.headers.get(b"content-type", b""))):
+            if first_token_s and not (200 <= status < 300 and _streamed(
+                    head.headers.get(b"content-type", b""), adapter)):
                 conn.content_started()   # not a stream: its body is the whole answer
             if failed_status(status):
                 raise status_error(head, await conn.read_whole())
@@ -327,7 +331,7 @@ class Dispatcher:
                 payload = await conn.read_whole()
                 raise UpstreamBadResponse("%s answered a continuation with %d %s: %s" % (
                     target.name, status, content_type.decode("latin-1"), excerpt(payload, 80)))
-            if answer.stream and succeeded and is_event_stream(content_type):
+            if answer.stream and succeeded and _streamed(content_type, adapter):
                 relay = SseRelay(answer, conn, head,
                                  cache.record(ticket) if storing else None,
                                  on_commit=conn.content_started,
@@ -427,12 +431,12 @@ class Dispatcher:
                 target.name, target.adapter.name, excerpt(payload, 80))) from None
 
     @staticmethod
-    def _request_head(answer: Answer, target: Target, endpoint: Endpoint, path: bytes,
-                      length: int) -> bytes:
+    def _request_head(answer: Answer, endpoint: Endpoint, path: bytes, length: int,
+                      auth: bytes) -> bytes:
         return (b"POST %s%s HTTP/1.1\r\nhost: %s\r\ncontent-type: application/json\r\n"
                 b"content-length: %d\r\n%saccept: %s\r\nx-request-id: %s\r\n%s\r\n" % (
                     endpoint.base_path, path, endpoint.host_header, length,
-                    target.auth_header,
+                    auth,
                     EVENT_STREAM if answer.stream else JSON,
                     answer.request_id, USER_AGENT))
 
@@ -552,6 +556,12 @@ class Dispatcher:
             return refusal(503, "upstream_error", message, "upstream_unavailable")
         answer.status = last.status
         return refusal(last.status, last.type, message, "upstream_" + last.kind)
+
+
+def _streamed(content_type: bytes, adapter) -> bool:
+    """Whether an answer of this type is a stream (Bedrock's is not SSE)."""
+    return is_event_stream(content_type) or (adapter is not None
+                                             and adapter.is_stream(content_type))
 
 
 def _translated(translator, sink, native: Native | None):

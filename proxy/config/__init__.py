@@ -173,6 +173,7 @@ class Deployment(msgspec.Struct, forbid_unknown_fields=True):
     api_key_env: str | None = None
     # azure: the api-version query parameter; anthropic: the anthropic-version header.
     api_version: str | None = None
+    region: str | None = None           # bedrock: the AWS region (and its default base_url)
     price: Price = msgspec.field(default_factory=Price)
     quality: Share = 0.5
     tags: list[str] = []
@@ -192,7 +193,13 @@ class Deployment(msgspec.Struct, forbid_unknown_fields=True):
 
     @property
     def urls(self) -> list[str]:
-        return self.endpoints or ([self.base_url] if self.base_url else [])
+        if self.endpoints:
+            return self.endpoints
+        if self.base_url:
+            return [self.base_url]
+        if self.provider == "bedrock" and self.region:
+            return ["https://bedrock-runtime.%s.amazonaws.com" % self.region]
+        return []
 
 
 class RouteCache(msgspec.Struct, forbid_unknown_fields=True):
@@ -457,6 +464,19 @@ def _check_upstream(upstream: UpstreamSection, problems: list[str]) -> None:
         problems.append("upstream.ca_file: no such file %r" % ca_file)
 
 
+def _check_bedrock(where: str, dep: Deployment, problems: list[str]) -> None:
+    try:
+        import botocore  # noqa: F401 (an optional extra; its signer signs every request)
+    except ImportError:
+        problems.append("%s.provider: bedrock needs botocore: pip install 'llmedge[bedrock]'"
+                        % where)
+    if dep.api_key_env is not None:
+        problems.append("%s.api_key_env: bedrock signs with AWS credentials (the AWS_* "
+                        "environment variables or a profile), not a key" % where)
+    if not dep.urls:
+        problems.append("%s: bedrock needs a region (or base_url)" % where)
+
+
 def _check_deployments(deployments: list[Deployment], names: dict[str, str],
                        problems: list[str]) -> None:
     if not deployments:
@@ -467,6 +487,10 @@ def _check_deployments(deployments: list[Deployment], names: dict[str, str],
         if dep.provider not in PROVIDERS:
             problems.append("%s.provider: unknown provider %r (known: %s)"
                             % (where, dep.provider, ", ".join(PROVIDERS)))
+        if dep.provider == "bedrock":
+            _check_bedrock(where, dep, problems)
+        elif dep.region is not None:
+            problems.append("%s.region: only provider bedrock takes a region" % where)
         if not dep.urls:
             problems.append("%s: needs base_url or endpoints" % where)
         if dep.base_url is not None:

@@ -5,20 +5,25 @@ from __future__ import annotations
 from . import anthropic, azure, gemini
 from .base import Adapter, StreamTranslator, Untranslatable
 
-PROVIDERS = ("openai", "anthropic", "azure", "gemini")
+PROVIDERS = ("openai", "anthropic", "azure", "gemini", "bedrock")
 
 __all__ = ["PROVIDERS", "Adapter", "StreamTranslator", "Untranslatable", "adapter_for",
            "auth_headers"]
 
 
-def adapter_for(provider: str, model: str, api_version: str | None) -> Adapter | None:
-    """The deployment's adapter; None for ``openai``, whose requests go as they are."""
+def adapter_for(provider: str, model: str, api_version: str | None,
+                region: str | None = None) -> Adapter | None:
+    """The deployment's adapter; None for ``openai``, whose requests go as they are.
+    ``bedrock`` reads AWS credential files: built off the event loop, as routers are."""
     if provider == "anthropic":
         return anthropic.AnthropicAdapter(model)
     if provider == "azure":
         return azure.AzureAdapter(model, api_version)
     if provider == "gemini":
         return gemini.GeminiAdapter(model)
+    if provider == "bedrock":
+        from . import bedrock   # botocore is an optional extra: only when asked for
+        return bedrock.BedrockAdapter(model, region)
     return None
 
 
@@ -30,4 +35,6 @@ def auth_headers(provider: str, key: str | None, api_version: str | None) -> byt
         return azure.auth_headers(key)
     if provider == "gemini":
         return gemini.auth_headers(key)
+    if provider == "bedrock":
+        return b""   # each request is signed (BedrockAdapter.signed_headers)
     return b"authorization: Bearer %s\r\n" % key.encode("latin-1") if key else b""

@@ -45,6 +45,8 @@ class Adapter:
     are, and the plain path pays nothing for the others."""
 
     name = "openai"
+    # Why the deployment cannot be used (no credentials), or None.
+    unusable: str | None = None
 
     def serves(self, path: bytes) -> bool:
         """Whether the provider has an equivalent of this request path (below ``/v1``)."""
@@ -58,6 +60,14 @@ class Adapter:
         """The provider's request for a Chat Completions body; ``Untranslatable`` or
         ``BadRequest`` when it has none."""
         return body
+
+    def is_stream(self, content_type: bytes) -> bool:
+        """Whether a content type other than text/event-stream is this provider's stream."""
+        return False
+
+    def signed_headers(self, scheme: str, host: bytes, path: bytes, body: bytes) -> bytes:
+        """Header lines that sign this one request (AWS SigV4), or nothing."""
+        return b""
 
     def status(self, status: int) -> int:
         """The provider's status as the failure classes know it (Anthropic's 529

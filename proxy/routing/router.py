@@ -110,7 +110,10 @@ class Target:
         self.continuation = dep.continuation == "prefill"
         self.unusable: str | None = None
         # None for OpenAI-compatible deployments: their requests go as they are.
-        self.adapter = adapter_for(dep.provider, dep.upstream_model, dep.api_version)
+        self.adapter = adapter_for(dep.provider, dep.upstream_model, dep.api_version,
+                                   dep.region)
+        if self.adapter is not None and self.adapter.unusable:
+            self.unusable = self.adapter.unusable
         key = None
         if dep.api_key_env:
             key = os.environ.get(dep.api_key_env)

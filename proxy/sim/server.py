@@ -27,7 +27,8 @@ Flags (all behaviour flags can also be changed at runtime, see ``POST /_sim/conf
   --seed N            seed of the error-rate random generator (0)
   --api-key KEY       require this key on every API request, sent as each API sends it:
                       ``Authorization: Bearer``, Azure's ``api-key``, Anthropic's
-                      ``x-api-key``, Gemini's ``x-goog-api-key``
+                      ``x-api-key``, Gemini's ``x-goog-api-key``; for Bedrock it is the
+                      secret access key its SigV4 signatures must be made with
   --framing F         how answers end: length (Content-Length or chunks), close
                       (Connection: close, body up to EOF) or http10 (HTTP/1.0 up to EOF)
   --answer-body TEXT  answer chat and embeddings requests with this body instead (with
@@ -74,7 +75,8 @@ Endpoints: POST /v1/chat/completions, POST /v1/embeddings, POST /v1/messages (An
 Messages API, see proxy/sim/messages.py), POST /openai/deployments/{name}/chat/completions and
 .../embeddings (Azure OpenAI's paths; ``?api-version=`` required), POST
 /v1beta/models/{model}:generateContent and :streamGenerateContent (Gemini's, see
-proxy/sim/gemini.py), GET /v1/models, GET /_sim/stats,
+proxy/sim/gemini.py), POST /model/{id}/converse and /converse-stream (Amazon Bedrock's, signed
+requests checked; see proxy/sim/bedrock.py), GET /v1/models, GET /_sim/stats,
 POST /_sim/reset (zero counters, reseed; body ``{"config": true}`` also restores the startup
 config), GET|POST /_sim/config (JSON object of snake_case behaviour options; null restores an
 option's startup value; answers the effective config). Injected errors are answered at once,
@@ -98,7 +100,7 @@ from collections import deque
 import httptools
 import orjson
 
-from . import gemini
+from . import bedrock, gemini
 from . import messages as anthropic_messages
 from . import wire
 from .wire import (BEHAVIOUR_DEFAULTS, DEFAULT_REPLY, Behaviour, ConfigError,
@@ -119,7 +121,7 @@ MAX_PIPELINE = 64
 STAT_KEYS = ("requests", "chat", "embeddings", "models", "streams_started", "streams_completed",
              "streams_aborted", "streams_dropped", "streams_stalled", "errors_injected",
              "connections_opened", "connections_closed", "continuations", "context_exceeded",
-             "messages", "azure", "gemini")
+             "messages", "azure", "gemini", "bedrock", "bad_signatures")
 
 
 def _read_int(digits: str) -> int | str:
@@ -344,7 +346,8 @@ class SimProtocol(asyncio.Protocol):
         self.closed = True
         self.transport.close()
 
-    def start_stream(self, req: Request, events: list, beh: Behaviour, n: int) -> None:
+    def start_stream(self, req: Request, events: list, beh: Behaviour, n: int,
+                     ctype: bytes = b"text/event-stream") -> None:
         """Stream ``events`` (role, ``n`` contents, finish, [usage], [DONE]) as ``beh`` says."""
         cut, drop = len(events), False
         # A limit at or past the finish event withholds nothing, so it is ignored.
@@ -355,8 +358,7 @@ class SimProtocol(asyncio.Protocol):
         self.stream = st = Stream(events, n, cut, drop, beh.interval,
                                   req.keep_alive and chunked, chunked)
         self.sim.stats["streams_started"] += 1
-        head = self.head(req, 200, b"text/event-stream", None, b"cache-control: no-cache\r\n",
-                         beh.framing)
+        head = self.head(req, 200, ctype, None, b"cache-control: no-cache\r\n", beh.framing)
         if beh.stream_tweaks:
             head = self._tweak_stream(st, beh, head)
         self.transport.write(head)
@@ -510,17 +512,20 @@ class Simulator:
         handler = self._routes.get((req.method, req.path))
         azure = req.path.startswith(AZURE_PREFIX)
         google = req.path.startswith(gemini.PREFIX)
-        if azure or google or req.path.startswith(b"/v1/"):
+        aws = req.path.startswith(bedrock.PREFIX)
+        if azure or google or aws or req.path.startswith(b"/v1/"):
             self.stats["requests"] += 1
             self.last_headers = req.headers
             self.last_path = (req.path + (b"?" + req.query if req.query else b"")).decode(
                 "latin-1")
-            if not self._authorised(conn, req, azure, google):
-                return
+            if not aws and not self._authorised(conn, req, azure, google):
+                return   # (Bedrock's signature is checked by its handler)
         if azure and req.method == b"POST":
             self.azure(conn, req)
         elif google and req.method == b"POST":
             gemini.answer(self, conn, req)
+        elif aws and req.method == b"POST":
+            bedrock.answer(self, conn, req)
         elif handler is not None:
             handler(conn, req)
         elif any(path == req.path for _, path in self._routes):
