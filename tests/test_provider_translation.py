@@ -309,3 +309,119 @@ def test_a_chat_request_as_generate_content():
     assert adapter_for("gemini", "gemini-2.5-pro", None).request_path(
         b"/chat/completions", True) == b"/models/gemini-2.5-pro:streamGenerateContent?alt=sse"
     assert auth_headers("gemini", "k", None) == b"x-goog-api-key: k\r\n"
+
+
+# === bedrock ===
+
+def bedrock_stream_bytes() -> bytes:
+    from proxy.sim.bedrock import event
+    events = json.loads((DATA / "bedrock_converse_stream.json").read_text())
+    return b"".join(event(kind, payload) for kind, payload in events)
+
+
+def bedrock_translate(raw: bytes, cuts=()) -> bytes:
+    from proxy.providers.bedrock import ConverseStream
+    stream = ConverseStream("anthropic.claude-x")
+    out, at = [], 0
+    for cut in sorted(set(cuts)):
+        out.append(stream.feed(raw[at:cut]))
+        at = cut
+    out.append(stream.feed(raw[at:]))
+    return b"".join(out) + stream.end()
+
+
+def test_a_documented_converse_stream():
+    chunks = chunks_of(bedrock_translate(bedrock_stream_bytes()))
+    assert chunks[-1] == "[DONE]"
+    deltas = [c["choices"][0]["delta"] for c in chunks[:-1] if c["choices"]]
+    assert deltas[0] == {"role": "assistant", "content": ""}
+    assert "".join(d.get("content") or "" for d in deltas) == "Let me look that up."
+    calls = [call for d in deltas for call in d.get("tool_calls") or ()]
+    assert calls[0] == {"index": 0, "id": "tooluse_kZJMlvQmRJ6eAyJE5GIl7Q", "type": "function",
+                        "function": {"name": "top_song", "arguments": ""}}
+    assert json.loads("".join(c["function"]["arguments"] for c in calls)) == {"sign": "WZPZ"}
+    finishes = [c["choices"][0]["finish_reason"] for c in chunks[:-1] if c["choices"]
+                and c["choices"][0]["finish_reason"]]
+    assert finishes == ["tool_calls"]
+    assert chunks[-2]["usage"] == {"prompt_tokens": 679, "completion_tokens": 60,
+                                   "total_tokens": 739,
+                                   "prompt_tokens_details": {"cached_tokens": 300}}
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_where_a_converse_stream_is_cut_changes_nothing(data):
+    raw = bedrock_stream_bytes()
+    cuts = data.draw(st.lists(st.integers(0, len(raw)), max_size=12))
+
+    def without_ids(sse: bytes) -> list:   # made up per stream: Converse names none
+        return [c if c == "[DONE]" else {**c, "id": "", "created": 0}
+                for c in chunks_of(sse)]
+    assert without_ids(bedrock_translate(raw, cuts)) == without_ids(bedrock_translate(raw))
+
+
+def test_a_corrupt_event_stream_is_a_bad_response():
+    raw = bytearray(bedrock_stream_bytes())
+    raw[20] ^= 0xFF   # inside the first message: its CRC no longer matches
+    with pytest.raises(UpstreamBadResponse):
+        bedrock_translate(bytes(raw))
+
+
+def test_an_exception_in_a_converse_stream_becomes_an_error_event():
+    from proxy.providers.bedrock import ConverseStream
+    from proxy.sim.bedrock import event
+    stream = ConverseStream("m")
+    out = stream.feed(event("modelStreamErrorException", {"message": "boom"}, "exception"))
+    assert chunks_of(out) == [{"error": {"type": "modelStreamErrorException",
+                                         "message": "boom"}}]
+    assert stream.end() == b""   # never stopped: a cut, not a whole answer
+
+
+def test_a_documented_converse_answer():
+    from proxy.providers.bedrock import completion as bedrock_completion
+    answer = bedrock_completion(json.loads((DATA / "bedrock_converse_answer.json").read_text()),
+                                "anthropic.claude-x")
+    choice = answer["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"]["content"] == "I'll look up the top song."
+    assert choice["message"]["reasoning_content"] == "The user wants a song."
+    [call] = choice["message"]["tool_calls"]
+    assert call["id"] == "tooluse_hIEs4Y2XSyunw1SQnHTW1A"
+    assert json.loads(call["function"]["arguments"]) == {"sign": "WZPZ"}
+    assert answer["usage"] == {"prompt_tokens": 375, "completion_tokens": 79,
+                               "total_tokens": 454}
+    with pytest.raises(ValueError):
+        bedrock_completion({"message": "ValidationException"}, "m")
+
+
+def test_a_chat_request_as_converse():
+    from proxy.providers.bedrock import converse_request
+    request = converse_request({
+        "model": "r", "max_tokens": 64, "top_p": 0.5, "tool_choice": "required",
+        "messages": [
+            {"role": "system", "content": "Sys."},
+            {"role": "user", "content": [
+                {"type": "text", "text": "See:"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBO"}}]},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "t1", "type": "function",
+                 "function": {"name": "f", "arguments": '{"a": 1}'}}]},
+            {"role": "tool", "tool_call_id": "t1", "content": "done"},
+            {"role": "user", "content": "And?"}],
+        "tools": [{"type": "function", "function": {"name": "f"}}]})
+    assert request == {
+        "system": [{"text": "Sys."}],
+        "messages": [
+            {"role": "user", "content": [{"text": "See:"}, {"image": {
+                "format": "png", "source": {"bytes": "iVBO"}}}]},
+            {"role": "assistant", "content": [{"toolUse": {"toolUseId": "t1", "name": "f",
+                                                            "input": {"a": 1}}}]},
+            {"role": "user", "content": [
+                {"toolResult": {"toolUseId": "t1", "content": [{"text": "done"}]}},
+                {"text": "And?"}]}],
+        "inferenceConfig": {"maxTokens": 64, "topP": 0.5},
+        "toolConfig": {"tools": [{"toolSpec": {"name": "f", "inputSchema": {"json": {
+            "type": "object", "properties": {}}}}}], "toolChoice": {"any": {}}}}
+    with pytest.raises(Untranslatable, match="base64 data URLs"):
+        converse_request({"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "https://x/cat.png"}}]}]})

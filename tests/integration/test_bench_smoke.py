@@ -160,7 +160,7 @@ def test_faults_bench_reports_each_fault(tmp_path):
     assert "| 500 once (500-once) | 200, primary's answer |" in proc.stdout
 
 
-def test_translate_cost_measures_each_api_against_chat(tmp_path):
+def test_translate_cost_measures_each_pair_against_chat(tmp_path):
     out = tmp_path / "translate.json"
     proc = subprocess.run(
         [sys.executable, str(BENCH / "translate_cost.py"), "-c", "2", "-d", "0.3", "-w", "0.1",
@@ -168,11 +168,13 @@ def test_translate_cost_measures_each_api_against_chat(tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=200)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(out.read_text())
-    rows = {(r["api"], r["stream"]): r for r in report["summary"]}
-    assert set(rows) == {(api, stream) for api in ("chat", "messages", "responses")
+    rows = {(r["api"], r["provider"], r["stream"]): r for r in report["summary"]}
+    pairs = [(api, provider) for api in ("chat", "messages", "responses")
+             for provider in ("openai", "anthropic")] + [("chat", "azure")]
+    assert set(rows) == {(api, provider, stream) for api, provider in pairs
                          for stream in (False, True)}
     for row in rows.values():
         assert row["errors"] == 0 and row["cpu_us_per_request"] > 0
-    assert rows[("chat", False)]["ratio_to_chat"] == 1.0
+    assert rows[("chat", "openai", False)]["ratio_to_chat"] == 1.0
     # Every request of every API was answered: the load counted the streams complete.
     assert all(r["requests"] > 0 for r in report["runs"])

@@ -1,8 +1,9 @@
-"""Native upstream providers (``provider: anthropic``, ``azure``, ``gemini``) behind every
+"""Native upstream providers (``provider: anthropic``, ``azure``, ``gemini``, ``bedrock``)
+behind every
 front end, end to end: the official ``openai`` and ``anthropic`` SDKs talk to llmedge, which
 talks to simulators that speak Anthropic's Messages API and Azure OpenAI's paths and
 refuse a request without the key sent the way each API wants it (the "plain" one also
-serves Azure's and Gemini's paths)."""
+serves Azure's, Gemini's and Bedrock's paths, and checks Bedrock's SigV4 signatures)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,18 @@ TOOL = {"type": "function", "function": {
     "name": "get_weather", "description": "The weather in a city.",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
                    "required": ["city"]}}}
+
+
+AWS_KEY_ID = "AKIDLLMEDGETEST"
+
+
+def aws_env(workdir, secret: str | None) -> dict:
+    """AWS credentials in the environment only: whatever ~/.aws holds on this machine is
+    kept out."""
+    return {"AWS_ACCESS_KEY_ID": AWS_KEY_ID if secret else None,
+            "AWS_SECRET_ACCESS_KEY": secret, "AWS_SESSION_TOKEN": None, "AWS_PROFILE": None,
+            "AWS_SHARED_CREDENTIALS_FILE": str(workdir / "no-aws-credentials"),
+            "AWS_CONFIG_FILE": str(workdir / "no-aws-config")}
 
 
 @pytest.fixture(scope="module")
@@ -44,14 +57,19 @@ deployments:
   - {name: plain, base_url: "%s", model: plain-model, api_key_env: %s}
   - {name: gem, provider: gemini, base_url: "http://127.0.0.1:%d/v1beta", model: gemini-sim,
      api_key_env: %s}
+  - {name: nova, provider: bedrock, region: us-west-2, base_url: "http://127.0.0.1:%d",
+     model: "anthropic.claude-3-haiku-20240307-v1:0"}
 routes:
   - {name: to-claude, deployments: [claude]}
   - {name: to-azure, deployments: [azure-gpt]}
   - {name: claude-or-plain, deployments: [claude], fallbacks: [plain]}
   - {name: claude-cached, deployments: [claude], cache: {ttl_s: 600, when: always}}
   - {name: to-gemini, deployments: [gem]}
-""" % (claude.url, KEY_ENV, plain.port, KEY_ENV, plain.url, KEY_ENV, plain.port, KEY_ENV),
-            env={KEY_ENV: KEY, "LLMEDGE_LOG_LEVEL": "info"}, name="llmedge-providers")
+  - {name: to-bedrock, deployments: [nova]}
+""" % (claude.url, KEY_ENV, plain.port, KEY_ENV, plain.url, KEY_ENV, plain.port, KEY_ENV,
+       plain.port),
+            env={KEY_ENV: KEY, "LLMEDGE_LOG_LEVEL": "info", **aws_env(workdir, KEY)},
+            name="llmedge-providers")
         started.append(edge)
         yield edge, claude, plain
     finally:
@@ -489,3 +507,144 @@ def test_a_gemini_stream_cut_short_is_not_passed_off_as_whole(env):
         for _ in c.chat.completions.create(model="to-gemini", stream=True,
                                            messages=[{"role": "user", "content": "hi"}]):
             pass
+
+
+# === provider: bedrock ===
+
+BEDROCK_PATH = "/model/anthropic.claude-3-haiku-20240307-v1%3A0/converse"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_chat_completion_answered_by_bedrock_converse(env, stream):
+    edge, _, plain = env
+    with edge.client() as c:
+        request = dict(model="to-bedrock", temperature=0.1, max_tokens=30, stop="NEVER",
+                       messages=[{"role": "system", "content": "Be brief."},
+                                 {"role": "user", "content": "Say something."}])
+        if stream:
+            chunks = list(c.chat.completions.create(
+                **request, stream=True, stream_options={"include_usage": True}))
+            text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+            finish = [ch.choices[0].finish_reason for ch in chunks
+                      if ch.choices and ch.choices[0].finish_reason]
+            usage = chunks[-1].usage
+        else:
+            answer = c.chat.completions.create(**request)
+            text, finish = answer.choices[0].message.content, [answer.choices[0].finish_reason]
+            usage = answer.usage
+    assert text == REPLY and finish == ["stop"]
+    assert usage.prompt_tokens > 0 and usage.completion_tokens > 0
+    stats = plain.stats()
+    assert stats["bedrock"] == 1 and stats["bad_signatures"] == 0
+    assert stats["last_path"] == BEDROCK_PATH + ("-stream" if stream else "")
+    authorization = stats["last_headers"]["authorization"]
+    assert authorization.startswith("AWS4-HMAC-SHA256 Credential=%s/" % AWS_KEY_ID)
+    assert "/us-west-2/bedrock/aws4_request" in authorization
+    sent = stats["last_body"]
+    assert sent["system"] == [{"text": "Be brief."}]
+    assert sent["messages"] == [{"role": "user", "content": [{"text": "Say something."}]}]
+    assert sent["inferenceConfig"] == {"maxTokens": 30, "temperature": 0.1,
+                                       "stopSequences": ["NEVER"]}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_tool_round_trip_through_bedrock(env, stream):
+    edge, _, plain = env
+    question = [{"role": "user", "content": "Weather in Oslo?"}]
+    with edge.client() as c:
+        if stream:
+            chunks = list(c.chat.completions.create(model="to-bedrock", messages=question,
+                                                    tools=[TOOL], stream=True))
+            deltas = [d for ch in chunks if ch.choices
+                      for d in ch.choices[0].delta.tool_calls or ()]
+            call_id, name = deltas[0].id, deltas[0].function.name
+            arguments = "".join(d.function.arguments or "" for d in deltas)
+            finish = [ch.choices[0].finish_reason for ch in chunks
+                      if ch.choices and ch.choices[0].finish_reason]
+        else:
+            first = c.chat.completions.create(model="to-bedrock", messages=question,
+                                              tools=[TOOL])
+            call = first.choices[0].message.tool_calls[0]
+            call_id, name, arguments = call.id, call.function.name, call.function.arguments
+            finish = [first.choices[0].finish_reason]
+        assert finish == ["tool_calls"] and call_id.startswith("tooluse_sim")
+        assert name == "get_weather" and json.loads(arguments) == {"city": "sim"}
+        assert plain.stats()["last_body"]["toolConfig"] == {"tools": [{"toolSpec": {
+            "name": "get_weather", "description": "The weather in a city.",
+            "inputSchema": {"json": TOOL["function"]["parameters"]}}}]}
+        second = c.chat.completions.create(model="to-bedrock", tools=[TOOL], messages=[
+            *question,
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": call_id, "type": "function",
+                 "function": {"name": name, "arguments": arguments}}]},
+            {"role": "tool", "tool_call_id": call_id, "content": "Sunny, 21 C"}])
+    assert second.choices[0].message.content == "The tool answered: Sunny, 21 C"
+    turns = plain.stats()["last_body"]["messages"]
+    assert [t["role"] for t in turns] == ["user", "assistant", "user"]
+    assert turns[1]["content"] == [{"toolUse": {"toolUseId": call_id, "name": "get_weather",
+                                                "input": {"city": "sim"}}}]
+    assert turns[2]["content"] == [{"toolResult": {"toolUseId": call_id,
+                                                   "content": [{"text": "Sunny, 21 C"}]}}]
+    assert plain.stats()["bad_signatures"] == 0
+
+
+def test_the_anthropic_sdk_in_front_of_bedrock(env):
+    edge, _, _ = env
+    tool = {"name": "get_weather", "input_schema": TOOL["function"]["parameters"]}
+    with anthropic_client(edge) as c:
+        with c.messages.stream(model="to-bedrock", max_tokens=64, tools=[tool],
+                               messages=[{"role": "user", "content": "Weather?"}]) as s:
+            final = s.get_final_message()
+        text = c.messages.create(model="to-bedrock", max_tokens=64, messages=[
+            {"role": "user", "content": "Say something."}]).content[0].text
+    assert final.stop_reason == "tool_use"
+    assert [(b.name, b.input) for b in final.content if b.type == "tool_use"] == [
+        ("get_weather", {"city": "sim"})]
+    assert text == REPLY
+
+
+def signed(body: bytes, secret: str, port: int) -> dict:
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+    request = AWSRequest("POST", "http://127.0.0.1:%d%s" % (port, BEDROCK_PATH), data=body,
+                         headers={"Content-Type": "application/json"})
+    SigV4Auth(Credentials(AWS_KEY_ID, secret), "bedrock", "us-west-2").add_auth(request)
+    return {"authorization": request.headers["Authorization"],
+            "x-amz-date": request.headers["X-Amz-Date"]}
+
+
+def test_the_bedrock_simulator_checks_signatures(env):
+    _, _, plain = env
+    body = json.dumps({"messages": [{"role": "user", "content": [{"text": "hi"}]}]}).encode()
+    good = http_call(plain.port, "POST", BEDROCK_PATH, body, headers=signed(body, KEY,
+                                                                           plain.port))
+    assert good.status == 200, good
+    wrong_key = http_call(plain.port, "POST", BEDROCK_PATH, body,
+                          headers=signed(body, "not-the-secret", plain.port))
+    assert wrong_key.status == 403
+    assert wrong_key.headers["x-amzn-errortype"] == "InvalidSignatureException"
+    tampered = http_call(plain.port, "POST", BEDROCK_PATH, body.replace(b"hi", b"ho"),
+                         headers=signed(body, KEY, plain.port))
+    assert tampered.status == 403
+    unsigned = http_call(plain.port, "POST", BEDROCK_PATH, body)
+    assert unsigned.status == 403
+    assert plain.stats()["bad_signatures"] == 3
+
+
+def test_bedrock_without_aws_credentials_is_unusable_and_says_why(start_edge, env, tmp_path):
+    _, _, plain = env
+    edge = start_edge("""server: {http: "127.0.0.1:0"}
+upstream: {health: {enabled: false}}
+deployments:
+  - {name: nova, provider: bedrock, region: us-west-2, base_url: "http://127.0.0.1:%d",
+     model: m}
+routes:
+  - {name: to-bedrock, deployments: [nova]}
+""" % plain.port, env=aws_env(tmp_path, None))
+    with edge.client() as c, pytest.raises(openai.APIStatusError) as caught:
+        c.chat.completions.create(model="to-bedrock",
+                                  messages=[{"role": "user", "content": "hi"}])
+    assert caught.value.status_code == 503
+    assert "no AWS credentials" in str(caught.value)
+    assert plain.stats()["bedrock"] == 0
