@@ -67,6 +67,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     unset = missing_keys(config)
     for dep in config.deployments:
         note = "  [%s is not set: unusable]" % unset[dep.name] if dep.name in unset else ""
+        if dep.provider == "bedrock":
+            from .providers.bedrock import credentials
+            if credentials() is None:
+                note = "  [no AWS credentials: unusable]"
         print("  %-16s %s -> %s (%d endpoint%s)%s" % (
             dep.name, dep.provider, dep.upstream_model, len(dep.urls),
             "" if len(dep.urls) == 1 else "s", note))

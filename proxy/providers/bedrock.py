@@ -18,6 +18,7 @@ up: their refresh would block the event loop.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 from urllib.parse import quote
@@ -358,6 +359,8 @@ def credentials():
     """Static AWS credentials from the environment or the shared files, or None. Reads
     files: called where the configuration is built, off the event loop."""
     import botocore.session
+    # It says where it found them at INFO, once per deployment and reload: noise here.
+    logging.getLogger("botocore.credentials").setLevel(logging.WARNING)
     session = botocore.session.Session()
     resolver = session.get_component("credential_provider")
     for provider in list(resolver.providers):

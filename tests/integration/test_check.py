@@ -134,6 +134,39 @@ def test_the_shipped_example_configuration_passes_check():
     assert "OK" in proc.stdout
 
 
+def test_the_providers_example_passes_check_and_names_what_is_unusable(tmp_path):
+    path = REPO / "examples" / "providers.yaml"
+    no_aws = {"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None, "AWS_PROFILE": None,
+              "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+              "AWS_CONFIG_FILE": str(tmp_path / "none")}
+    proc = run("check", path, env={**no_aws, "ANTHROPIC_API_KEY": "k", "GEMINI_API_KEY": None,
+                                   "AZURE_OPENAI_API_KEY": "k"})
+    assert proc.returncode == 0, proc.stderr
+    lines = {line.split()[0]: line for line in proc.stdout.splitlines()[3:7]}
+    assert "unusable" not in lines["claude"] and "unusable" not in lines["gpt-azure"]
+    assert "[no AWS credentials: unusable]" in lines["claude-bedrock"]
+    assert "[GEMINI_API_KEY is not set: unusable]" in lines["gemini"]
+    proc = run("check", path, env={**no_aws, "AWS_ACCESS_KEY_ID": "AKID",
+                                   "AWS_SECRET_ACCESS_KEY": "secret"})
+    assert "no AWS credentials" not in proc.stdout and "Found credentials" not in proc.stderr
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("deployments:\n  - {name: a, provider: bedrock, base_url: 'http://127.0.0.1:9',"
+     " api_key_env: K}\n", "bedrock signs with AWS credentials"),
+    ("deployments:\n  - {name: a, provider: bedrock}\n", "bedrock needs a region"),
+    ("deployments:\n  - {name: a, base_url: 'http://127.0.0.1:9/v1', region: eu-west-1}\n",
+     "only provider bedrock takes a region"),
+    ("deployments:\n  - {name: a, provider: vertex, base_url: 'http://127.0.0.1:9/v1'}\n",
+     "unknown provider 'vertex' (known: openai, anthropic, azure, gemini, bedrock)"),
+])
+def test_check_refuses_bad_provider_settings(tmp_path, text, expected):
+    path = tmp_path / "llmedge.yaml"
+    path.write_text(text)
+    done = run("check", path)
+    assert done.returncode == 2 and expected in done.stderr, done.stderr
+
+
 @pytest.mark.parametrize("args, expected", [
     (["--http", "nonsense"], "argument --http: expected host:port"),
     (["--http", "127.0.0.1:99999"], "argument --http: expected host:port"),
