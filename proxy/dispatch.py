@@ -24,7 +24,7 @@ from .responder import EVENT_STREAM, JSON, AnswerHeaders, Responder, is_event_st
 from .retry_rules import retry_delay
 from .rewrite import replace_model
 from .metrics import Metrics
-from .passthrough import Native
+from .passthrough import COUNT_TOKENS_PATH, Native
 from .providers import Untranslatable
 from .routing.router import RoutePlan, Router, Target
 from .runtime import Runtime
@@ -288,6 +288,9 @@ class Dispatcher:
                          and native.api == adapter.name)
             if not native.on:
                 native = None
+                if path == COUNT_TOKENS_PATH:
+                    raise Untranslatable("%s does not count tokens (only a deployment of "
+                                         "provider anthropic does)" % target.name)
         if adapter is not None:
             if not adapter.serves(path):
                 raise Untranslatable("%s (provider %s) has no /v1%s" % (
@@ -379,7 +382,8 @@ class Dispatcher:
                     if adapter is not None:
                         if native is not None:
                             native.whole = payload   # what the client gets
-                        payload = Dispatcher._translated_answer(target, payload)
+                        if path != COUNT_TOKENS_PATH:   # (not an answer: a count)
+                            payload = Dispatcher._translated_answer(target, payload)
                         content_type = JSON
                     try:
                         answer.usage = read_answer(payload)

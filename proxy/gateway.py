@@ -27,7 +27,7 @@ from .errors import (BadRequest, InternalError, MethodNotAllowed, NotFound, Over
                      ProxyError, ReloadRejected, refusal)
 from .jsondoc import decode_view
 from .metrics import Metrics
-from .passthrough import Native
+from .passthrough import COUNT_TOKENS_PATH, Native
 from .responder import EVENT_STREAM, JSON, Responder
 from .routing.explain import explain_body
 from .routing.router import Router, parse_tags
@@ -109,6 +109,8 @@ class Gateway:
             self._proxy(ex, CHAT_PATH, _chat_decoder)
         elif path == b"/v1/messages":
             self._messages(ex)
+        elif path == b"/v1/messages/count_tokens":
+            self._messages(ex, COUNT_TOKENS_PATH)
         elif path == b"/v1/responses":
             self._responses(ex)
         elif path == b"/v1/embeddings":
@@ -348,9 +350,11 @@ class Gateway:
             return
         self._start(answer, started, args)
 
-    def _messages(self, ex: Responder) -> None:
+    def _messages(self, ex: Responder, path: bytes = CHAT_PATH) -> None:
         """An Anthropic Messages request: translated, then answered as a chat completion
-        whose answer (and every error) goes back in the Messages API's shapes."""
+        whose answer (and every error) goes back in the Messages API's shapes. A token
+        count (``COUNT_TOKENS_PATH``) is routed the same way, but only a deployment of
+        Anthropic's own API can answer it."""
         messages = MessagesResponder(ex, b"", "")
         if ex.method != b"POST":
             messages.fail(MethodNotAllowed("use POST for this endpoint",
@@ -361,15 +365,19 @@ class Gateway:
                 doc = orjson.loads(ex.body)
             except orjson.JSONDecodeError as exc:
                 raise BadRequest("the request body is not valid JSON: %s" % exc) from None
+            if path is COUNT_TOKENS_PATH and isinstance(doc, dict):
+                # A count has no max_tokens and no stream; the translation, which routing
+                # reads, wants the one and must not see the other.
+                doc = {**doc, "max_tokens": doc.get("max_tokens", 1), "stream": False}
             chat = messages_api.chat_request(doc)
         except BadRequest as exc:
-            self._refuse(messages, b"/messages", exc, time.perf_counter(),
-                         self._request_id(ex))
+            self._refuse(messages, b"/messages" if path is CHAT_PATH else path, exc,
+                         time.perf_counter(), self._request_id(ex))
             return
         messages.body = orjson.dumps(chat)
         messages.model = chat["model"]
         messages.native = Native("anthropic", ex.body, chat["model"])
-        self._proxy(messages, CHAT_PATH, _chat_decoder, messages.native)
+        self._proxy(messages, path, _chat_decoder, messages.native)
 
     def _responses(self, ex: Responder) -> None:
         """An OpenAI Responses request: translated, then answered as a chat completion

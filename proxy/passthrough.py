@@ -17,6 +17,9 @@ from __future__ import annotations
 
 from .rewrite import replace_model
 
+# A request only a provider of the front end's own API can answer: it is never translated.
+COUNT_TOKENS_PATH = b"/messages/count_tokens"
+
 
 class Native:
     __slots__ = ("api", "body", "model", "on", "whole", "events")

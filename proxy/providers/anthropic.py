@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 
+from ..passthrough import COUNT_TOKENS_PATH
 from .base import Adapter, StreamTranslator, Untranslatable
 from .sse import EventSplitter
 
@@ -377,8 +378,11 @@ class AnthropicAdapter(Adapter):
     def __init__(self, model: str) -> None:
         self.model = model
 
+    def serves(self, path: bytes) -> bool:
+        return path in (b"/chat/completions", COUNT_TOKENS_PATH)
+
     def request_path(self, path: bytes, stream: bool) -> bytes:
-        return b"/messages"
+        return COUNT_TOKENS_PATH if path == COUNT_TOKENS_PATH else b"/messages"
 
     def request_body(self, body: bytes, stream: bool) -> bytes:
         try:

@@ -37,14 +37,19 @@ def _header(req, name: bytes) -> bytes | None:
     return None
 
 
-def problem(doc: Any) -> str:
-    """What Anthropic would refuse in this request body, or ""."""
+def problem(doc: Any, counting: bool = False) -> str:
+    """What Anthropic would refuse in this request body (a token count's, which has no
+    max_tokens, with ``counting``), or ""."""
     if not isinstance(doc, dict):
         return "request body must be a JSON object"
     if not isinstance(doc.get("model"), str):
         return "model: Field required"
     max_tokens = doc.get("max_tokens")
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+    if counting:
+        if max_tokens is not None or "stream" in doc:
+            return "%s: Extra inputs are not permitted" % (
+                "max_tokens" if max_tokens is not None else "stream")
+    elif not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
         return "max_tokens: Field required"
     system = doc.get("system")
     if system is not None and not isinstance(system, str) and not (
@@ -133,6 +138,20 @@ def _prompt_tokens(doc: dict) -> int:
 
 def _sse(kind: str, data: dict) -> bytes:
     return b"event: %s\ndata: %s\n\n" % (kind.encode(), orjson.dumps(data))
+
+
+def count_tokens(sim, conn, req) -> None:
+    """``POST /v1/messages/count_tokens``: the prompt's size as ``answer`` counts it."""
+    sim.stats["count_tokens"] += 1
+    if sim.api_key is not None and _header(req, b"x-api-key") != sim.api_key.encode():
+        return conn.send(req, 401, error_body(401, "invalid x-api-key"))
+    if not _header(req, b"anthropic-version"):
+        return conn.send(req, 400, error_body(400, "anthropic-version: header is required"))
+    doc, why = sim._parse_body(req)
+    why = why or problem(doc, counting=True)
+    if why:
+        return conn.send(req, 400, error_body(400, why))
+    conn.send(req, 200, orjson.dumps({"input_tokens": _prompt_tokens(doc)}))
 
 
 def answer(sim, conn, req) -> None:

@@ -71,8 +71,8 @@ of 0 cuts the stream after the role event, once the TTFT has passed (a drop then
 connection when the first token was due). A malformed event due at the same count as a stall or
 drop goes out before it.
 
-Endpoints: POST /v1/chat/completions, POST /v1/embeddings, POST /v1/messages (Anthropic's
-Messages API, see proxy/sim/messages.py), POST /openai/deployments/{name}/chat/completions and
+Endpoints: POST /v1/chat/completions, POST /v1/embeddings, POST /v1/messages and
+/v1/messages/count_tokens (Anthropic's Messages API, see proxy/sim/messages.py), POST /openai/deployments/{name}/chat/completions and
 .../embeddings (Azure OpenAI's paths; ``?api-version=`` required), POST
 /v1beta/models/{model}:generateContent and :streamGenerateContent (Gemini's, see
 proxy/sim/gemini.py), POST /model/{id}/converse and /converse-stream (Amazon Bedrock's, signed
@@ -121,7 +121,7 @@ MAX_PIPELINE = 64
 STAT_KEYS = ("requests", "chat", "embeddings", "models", "streams_started", "streams_completed",
              "streams_aborted", "streams_dropped", "streams_stalled", "errors_injected",
              "connections_opened", "connections_closed", "continuations", "context_exceeded",
-             "messages", "azure", "gemini", "bedrock", "bad_signatures")
+             "messages", "azure", "gemini", "bedrock", "bad_signatures", "count_tokens")
 
 
 def _read_int(digits: str) -> int | str:
@@ -465,6 +465,7 @@ class Simulator:
             (b"POST", b"/v1/chat/completions"): self.chat,
             (b"POST", b"/v1/embeddings"): self.embeddings,
             (b"POST", b"/v1/messages"): self.messages,
+            (b"POST", b"/v1/messages/count_tokens"): self.count_tokens,
             (b"GET", b"/v1/models"): self.models,
             (b"GET", b"/_sim/stats"): self.sim_stats,
             (b"POST", b"/_sim/reset"): self.sim_reset,
@@ -539,7 +540,7 @@ class Simulator:
         """With an api_key, whether the request carries it as its API sends keys (Bearer;
         Azure's api-key; Gemini's x-goog-api-key; Anthropic's x-api-key, checked by its
         handler)."""
-        if self.api_key is None or req.path == b"/v1/messages":
+        if self.api_key is None or req.path.startswith(b"/v1/messages"):
             return True
         key = self.api_key.encode()
         name, expected = ((b"api-key", key) if azure else (b"x-goog-api-key", key) if google
@@ -657,6 +658,9 @@ class Simulator:
 
     def messages(self, conn: SimProtocol, req: Request) -> None:
         anthropic_messages.answer(self, conn, req)
+
+    def count_tokens(self, conn: SimProtocol, req: Request) -> None:
+        anthropic_messages.count_tokens(self, conn, req)
 
     def azure(self, conn: SimProtocol, req: Request) -> None:
         """Azure OpenAI: ``/openai/deployments/{name}/chat/completions`` (or

@@ -66,6 +66,7 @@ routes:
   - {name: claude-cached, deployments: [claude], cache: {ttl_s: 600, when: always}}
   - {name: to-gemini, deployments: [gem]}
   - {name: to-bedrock, deployments: [nova]}
+  - {name: plain-then-claude, deployments: [plain], fallbacks: [claude]}
 """ % (claude.url, KEY_ENV, plain.port, KEY_ENV, plain.url, KEY_ENV, plain.port, KEY_ENV,
        plain.port),
             env={KEY_ENV: KEY, "LLMEDGE_LOG_LEVEL": "info", **aws_env(workdir, KEY)},
@@ -648,3 +649,35 @@ routes:
     assert caught.value.status_code == 503
     assert "no AWS credentials" in str(caught.value)
     assert plain.stats()["bedrock"] == 0
+
+
+# === POST /v1/messages/count_tokens ===
+
+def test_count_tokens_is_answered_by_an_anthropic_deployment(env):
+    edge, claude, _ = env
+    with anthropic_client(edge) as c:
+        count = c.messages.count_tokens(
+            model="to-claude", system="Be brief.",
+            messages=[{"role": "user", "content": "How many tokens is this?"}])
+    stats = claude.stats()
+    assert stats["count_tokens"] == 1 and stats["messages"] == 0
+    assert stats["last_path"] == "/v1/messages/count_tokens"
+    assert stats["last_body"] == {
+        "model": "claude-sim", "system": "Be brief.",
+        "messages": [{"role": "user", "content": "How many tokens is this?"}]}
+    assert count.input_tokens > 0
+
+
+def test_count_tokens_skips_deployments_that_cannot_count(env):
+    edge, claude, plain = env
+    with anthropic_client(edge) as c:
+        with pytest.raises(anthropic.BadRequestError) as caught:
+            c.messages.count_tokens(model="to-gemini",
+                                    messages=[{"role": "user", "content": "hi"}])
+    assert "does not count tokens" in str(caught.value)
+    assert plain.stats()["gemini"] == 0   # nothing was sent
+    # A route whose first choice cannot count falls back to one that can.
+    with anthropic_client(edge) as c:
+        assert c.messages.count_tokens(model="plain-then-claude", messages=[
+            {"role": "user", "content": "hi"}]).input_tokens > 0
+    assert claude.stats()["count_tokens"] == 1 and plain.stats()["chat"] == 0
