@@ -284,9 +284,12 @@ class Dispatcher:
         adapter = target.adapter
         native = answer.native
         if native is not None:
-            native.begin(adapter is not None and continuing is None
-                         and native.api == adapter.name)
-            if not native.on:
+            # A deployment that speaks the client's own API takes its request as it is.
+            passing = target.speaks.get(native.api) if continuing is None else None
+            native.begin(passing is not None)
+            if passing is not None:
+                adapter = passing
+            else:
                 native = None
                 if path == COUNT_TOKENS_PATH:
                     raise Untranslatable("%s does not count tokens (only a deployment of "
@@ -383,7 +386,8 @@ class Dispatcher:
                         if native is not None:
                             native.whole = payload   # what the client gets
                         if path != COUNT_TOKENS_PATH:   # (not an answer: a count)
-                            payload = Dispatcher._translated_answer(target, payload)
+                            payload = Dispatcher._translated_answer(target, adapter,
+                                                                    payload)
                         content_type = JSON
                     try:
                         answer.usage = read_answer(payload)
@@ -427,12 +431,12 @@ class Dispatcher:
                excerpt(payload, 80)))
 
     @staticmethod
-    def _translated_answer(target: Target, payload: bytes) -> bytes:
+    def _translated_answer(target: Target, adapter, payload: bytes) -> bytes:
         try:
-            return target.adapter.answer(payload)
+            return adapter.answer(payload)
         except (ValueError, TypeError, AttributeError):
             raise UpstreamBadResponse("%s answered 200 but not a %s answer: %s" % (
-                target.name, target.adapter.name, excerpt(payload, 80))) from None
+                target.name, adapter.name, excerpt(payload, 80))) from None
 
     @staticmethod
     def _request_head(answer: Answer, endpoint: Endpoint, path: bytes, length: int,

@@ -393,8 +393,9 @@ class Gateway:
         except BadRequest as exc:
             self._refuse(ex, b"/responses", exc, time.perf_counter(), self._request_id(ex))
             return
-        self._proxy(ResponsesResponder(ex, orjson.dumps(chat), doc), CHAT_PATH,
-                    _chat_decoder)
+        responses = ResponsesResponder(ex, orjson.dumps(chat), doc)
+        responses.native = Native("responses", ex.body, chat["model"])
+        self._proxy(responses, CHAT_PATH, _chat_decoder, responses.native)
 
     def _refuse(self, ex: Responder, path: bytes, exc: ProxyError, started: float,
                 request_id: bytes) -> None:

@@ -211,6 +211,46 @@ class Delegating:
     def abort(self) -> None:
         self.inner.abort()
 
+    # === a native attempt (proxy/passthrough.py): the provider's own answer, as it came ===
+
+    # Set by the gateway when a deployment may speak this front end's API itself.
+    native = None
+    _native_stream = False
+
+    def _native_whole(self, status: int, headers: list) -> bool:
+        native = self.native
+        if native is None or not native.on or native.whole is None:
+            return False
+        self.inner.respond(status, native.whole, JSON, headers)
+        return True
+
+    def _native_start(self, status: int, headers: list) -> bool:
+        native = self.native
+        if native is None or not native.on:
+            return False
+        self._native_stream = True
+        self.inner.start_stream(status, EVENT_STREAM, headers)
+        return True
+
+    def _native_write(self) -> bool:
+        if not self._native_stream:
+            return False
+        out = self.native.take_events()
+        if out:
+            self.inner.write(out)
+        return True
+
+    def _native_end(self, closing: bytes = b"") -> bool:
+        """Ends a native stream (with ``closing``, an error event in the API's shape, when
+        it broke)."""
+        if not self._native_stream:
+            return False
+        out = self.native.take_events() + closing
+        if out:
+            self.inner.write(out)
+        self.inner.end_stream()
+        return True
+
 
 def data_events(events: bytes) -> list[bytes]:
     """The ``data:`` payloads of whole SSE events, ``[DONE]`` and comments left out."""

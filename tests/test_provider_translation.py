@@ -425,3 +425,46 @@ def test_a_chat_request_as_converse():
     with pytest.raises(Untranslatable, match="base64 data URLs"):
         converse_request({"messages": [{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "https://x/cat.png"}}]}]})
+
+
+# === responses: true (the request path's view of a passed-through Responses answer) ===
+
+def test_a_documented_responses_stream_as_the_request_path_reads_it():
+    from proxy.providers.responses import ResponsesStream
+    raw = (DATA / "openai_responses_stream.sse").read_bytes()
+    stream = ResponsesStream("m")
+    out = b"".join(stream.feed(raw[i:i + 13]) for i in range(0, len(raw), 13))
+    chunks = chunks_of(out)
+    assert chunks[-1] == "[DONE]"
+    assert {c["id"] for c in chunks[1:-1]} == {"resp_67c9fdcecf488190bdd9a0a5de2c"}
+    deltas = [c["choices"][0]["delta"] for c in chunks[:-1] if c["choices"]]
+    assert deltas[0] == {"role": "assistant", "content": ""}
+    assert "".join(d.get("content") or "" for d in deltas) == "Hi there!"
+    calls = [call for d in deltas for call in d.get("tool_calls") or ()]
+    assert calls[0]["id"] == "call_12345xyz" and calls[0]["function"]["name"] == "get_weather"
+    assert json.loads("".join(c["function"]["arguments"] for c in calls)) == {
+        "location": "Paris"}
+    finishes = [c["choices"][0]["finish_reason"] for c in chunks[:-1]
+                if c["choices"] and c["choices"][0]["finish_reason"]]
+    assert finishes == ["tool_calls"]
+    assert chunks[-2]["usage"] == {"prompt_tokens": 37, "completion_tokens": 11,
+                                   "total_tokens": 48,
+                                   "prompt_tokens_details": {"cached_tokens": 10}}
+
+
+def test_a_responses_object_as_a_completion():
+    from proxy.providers.responses import completion as responses_completion
+    answer = responses_completion({
+        "id": "resp_1", "object": "response", "created_at": 5, "model": "gpt-x",
+        "status": "incomplete", "incomplete_details": {"reason": "max_output_tokens"},
+        "output": [{"type": "reasoning", "summary": [{"type": "summary_text",
+                                                       "text": "Thought."}]},
+                   {"type": "message", "role": "assistant", "content": [
+                       {"type": "output_text", "text": "Partial", "annotations": []}]}],
+        "usage": {"input_tokens": 4, "output_tokens": 9}})
+    assert answer["choices"][0] == {"index": 0, "logprobs": None, "finish_reason": "length",
+                                    "message": {"role": "assistant", "content": "Partial",
+                                                "reasoning_content": "Thought."}}
+    assert answer["usage"] == {"prompt_tokens": 4, "completion_tokens": 9, "total_tokens": 13}
+    with pytest.raises(ValueError):
+        responses_completion({"error": {"message": "x"}})

@@ -9,7 +9,6 @@ from typing import Any
 import orjson
 
 from ..errors import ProxyError, retry_after_header
-from ..passthrough import Native
 from ..responder import (EVENT_STREAM, JSON, Delegating, Headers, Responder, data_events,
                          is_event_stream)
 from . import translate
@@ -27,10 +26,6 @@ class MessagesResponder(Delegating):
         self.model = model
         self.stream: translate.StreamTranslator | None = None
         self._opening = b""
-        # Set by the gateway: an attempt at an Anthropic deployment answers the client with
-        # the provider's own answer (proxy/passthrough.py).
-        self.native: Native | None = None
-        self._native_stream = False
 
     def _message_id(self, headers: list) -> str:
         request_id = next((v for k, v in headers if k == b"x-request-id"), b"")
@@ -45,9 +40,7 @@ class MessagesResponder(Delegating):
             self.inner.respond(status, translate.error_body(
                 status, translate.upstream_error_message(body)), JSON, pairs)
             return
-        native = self.native
-        if native is not None and native.on and native.whole is not None:
-            self.inner.respond(status, native.whole, JSON, pairs)
+        if self._native_whole(status, pairs):
             return
         try:
             completion = orjson.loads(body)
@@ -73,10 +66,7 @@ class MessagesResponder(Delegating):
 
     def start_stream(self, status: int, content_type: bytes, headers: Headers = ()) -> None:
         pairs = _with_request_id(headers)
-        native = self.native
-        if native is not None and native.on:
-            self._native_stream = True
-            self.inner.start_stream(status, EVENT_STREAM, pairs)
+        if self._native_start(status, pairs):
             return
         self.stream = translate.StreamTranslator(self.model, self._message_id(pairs))
         self.inner.start_stream(status, EVENT_STREAM if is_event_stream(content_type)
@@ -86,10 +76,7 @@ class MessagesResponder(Delegating):
         self._opening = self.stream.start()
 
     def write(self, events: bytes) -> None:
-        if self._native_stream:
-            out = self.native.take_events()
-            if out:
-                self.inner.write(out)
+        if self._native_write():
             return
         assert self.stream is not None
         out, self._opening = self._opening, b""
@@ -107,11 +94,7 @@ class MessagesResponder(Delegating):
             self.inner.write(out)
 
     def end_stream(self) -> None:
-        if self._native_stream:
-            out = self.native.take_events()
-            if out:
-                self.inner.write(out)
-            self.inner.end_stream()
+        if self._native_end():
             return
         assert self.stream is not None
         out, self._opening = self._opening, b""
@@ -119,11 +102,9 @@ class MessagesResponder(Delegating):
         self.inner.end_stream()
 
     def fail_stream(self, exc: ProxyError) -> None:
-        if self._native_stream:
-            self.inner.write(self.native.take_events() + translate.sse("error", {
+        if self._native_end(translate.sse("error", {
                 "type": "error", "error": {"type": translate.error_type(exc.status),
-                                           "message": exc.message}}))
-            self.inner.end_stream()
+                                           "message": exc.message}})):
             return
         assert self.stream is not None
         out, self._opening = self._opening, b""

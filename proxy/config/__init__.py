@@ -174,6 +174,9 @@ class Deployment(msgspec.Struct, forbid_unknown_fields=True):
     # azure: the api-version query parameter; anthropic: the anthropic-version header.
     api_version: str | None = None
     region: str | None = None           # bedrock: the AWS region (and its default base_url)
+    # The server also speaks the OpenAI Responses API: /v1/responses requests pass to it
+    # untranslated (provider openai only).
+    responses: bool = False
     price: Price = msgspec.field(default_factory=Price)
     quality: Share = 0.5
     tags: list[str] = []
@@ -491,6 +494,9 @@ def _check_deployments(deployments: list[Deployment], names: dict[str, str],
             _check_bedrock(where, dep, problems)
         elif dep.region is not None:
             problems.append("%s.region: only provider bedrock takes a region" % where)
+        if dep.responses and dep.provider != "openai":
+            problems.append("%s.responses: only provider openai takes Responses requests "
+                            "untranslated" % where)
         if not dep.urls:
             problems.append("%s: needs base_url or endpoints" % where)
         if dep.base_url is not None:

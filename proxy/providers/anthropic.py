@@ -374,6 +374,7 @@ class MessagesStream(StreamTranslator):
 
 class AnthropicAdapter(Adapter):
     name = "anthropic"
+    native = True
 
     def __init__(self, model: str) -> None:
         self.model = model

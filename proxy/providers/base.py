@@ -47,6 +47,8 @@ class Adapter:
     name = "openai"
     # Why the deployment cannot be used (no credentials), or None.
     unusable: str | None = None
+    # Its API is a front end's too: that front end's requests pass untranslated.
+    native = False
 
     def serves(self, path: bytes) -> bool:
         """Whether the provider has an equivalent of this request path (below ``/v1``)."""

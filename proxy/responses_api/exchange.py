@@ -33,6 +33,8 @@ class ResponsesResponder(Delegating):
         if status >= 300:
             self.inner.respond(status, body, content_type, pairs)
             return
+        if self._native_whole(status, pairs):
+            return
         try:
             completion = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -50,6 +52,8 @@ class ResponsesResponder(Delegating):
 
     def start_stream(self, status: int, content_type: bytes, headers: Headers = ()) -> None:
         pairs = list(headers)
+        if self._native_start(status, pairs):
+            return
         self.stream = translate.StreamTranslator(self._shell(pairs))
         self.inner.start_stream(status, EVENT_STREAM if is_event_stream(content_type)
                                 else content_type, pairs)
@@ -58,6 +62,8 @@ class ResponsesResponder(Delegating):
         self._opening = self.stream.start()
 
     def write(self, events: bytes) -> None:
+        if self._native_write():
+            return
         assert self.stream is not None
         out, self._opening = self._opening, b""
         for data in data_events(events):
@@ -75,12 +81,17 @@ class ResponsesResponder(Delegating):
             self.inner.write(out)
 
     def end_stream(self) -> None:
+        if self._native_end():
+            return
         assert self.stream is not None
         out, self._opening = self._opening, b""
         self.inner.write(out + self.stream.end())
         self.inner.end_stream()
 
     def fail_stream(self, exc: ProxyError) -> None:
+        if self._native_end(translate.sse({"type": "error", "code": exc.code or exc.type,
+                                           "message": exc.message, "param": None})):
+            return
         assert self.stream is not None
         out, self._opening = self._opening, b""
         self.inner.write(out + self.stream.error(exc.code or exc.type, exc.message))

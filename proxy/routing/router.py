@@ -26,7 +26,8 @@ from ..config import Config, Deployment, Route, Timeouts
 from ..endpoint_states import STATE_NAMES
 from ..errors import (BadRequest, ConfigError, NoHealthyUpstream, NotFound, UpstreamError,
                       UpstreamStatus)
-from ..providers import adapter_for, auth_headers
+from ..providers import Adapter, adapter_for, auth_headers
+from ..providers.responses import ResponsesView
 from ..upstream.pool import Endpoint
 from .affinity import SessionAffinity
 from .policies import POLICIES, Direct, Policy
@@ -75,7 +76,7 @@ class Target:
     __slots__ = ("name", "name_bytes", "upstream_model", "endpoints", "rows", "auth_header",
                  "unusable", "timeouts", "tags", "price", "quality", "affinity", "inflight",
                  "max_inflight", "price_in", "price_out", "context_window", "continuation",
-                 "adapter")
+                 "adapter", "speaks")
 
     def __init__(self, dep: Deployment, defaults: Timeouts, max_idle: int,
                  ssl_context: ssl.SSLContext | None, changes: SharedChanges,
@@ -114,6 +115,13 @@ class Target:
                                    dep.region)
         if self.adapter is not None and self.adapter.unusable:
             self.unusable = self.adapter.unusable
+        # The front-end APIs whose requests this deployment takes untranslated, and how
+        # the request path reads its answers to them.
+        self.speaks: dict[str, Adapter] = {}
+        if self.adapter is not None and self.adapter.native:
+            self.speaks[self.adapter.name] = self.adapter
+        if dep.responses:
+            self.speaks["responses"] = ResponsesView()
         key = None
         if dep.api_key_env:
             key = os.environ.get(dep.api_key_env)

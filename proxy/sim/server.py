@@ -72,7 +72,8 @@ connection when the first token was due). A malformed event due at the same coun
 drop goes out before it.
 
 Endpoints: POST /v1/chat/completions, POST /v1/embeddings, POST /v1/messages and
-/v1/messages/count_tokens (Anthropic's Messages API, see proxy/sim/messages.py), POST /openai/deployments/{name}/chat/completions and
+/v1/messages/count_tokens (Anthropic's Messages API, see proxy/sim/messages.py), POST
+/v1/responses (OpenAI's Responses API, see proxy/sim/responses.py), POST /openai/deployments/{name}/chat/completions and
 .../embeddings (Azure OpenAI's paths; ``?api-version=`` required), POST
 /v1beta/models/{model}:generateContent and :streamGenerateContent (Gemini's, see
 proxy/sim/gemini.py), POST /model/{id}/converse and /converse-stream (Amazon Bedrock's, signed
@@ -100,7 +101,7 @@ from collections import deque
 import httptools
 import orjson
 
-from . import bedrock, gemini
+from . import bedrock, gemini, responses
 from . import messages as anthropic_messages
 from . import wire
 from .wire import (BEHAVIOUR_DEFAULTS, DEFAULT_REPLY, Behaviour, ConfigError,
@@ -121,7 +122,8 @@ MAX_PIPELINE = 64
 STAT_KEYS = ("requests", "chat", "embeddings", "models", "streams_started", "streams_completed",
              "streams_aborted", "streams_dropped", "streams_stalled", "errors_injected",
              "connections_opened", "connections_closed", "continuations", "context_exceeded",
-             "messages", "azure", "gemini", "bedrock", "bad_signatures", "count_tokens")
+             "messages", "azure", "gemini", "bedrock", "bad_signatures", "count_tokens",
+             "responses")
 
 
 def _read_int(digits: str) -> int | str:
@@ -466,6 +468,7 @@ class Simulator:
             (b"POST", b"/v1/embeddings"): self.embeddings,
             (b"POST", b"/v1/messages"): self.messages,
             (b"POST", b"/v1/messages/count_tokens"): self.count_tokens,
+            (b"POST", b"/v1/responses"): self.responses,
             (b"GET", b"/v1/models"): self.models,
             (b"GET", b"/_sim/stats"): self.sim_stats,
             (b"POST", b"/_sim/reset"): self.sim_reset,
@@ -661,6 +664,9 @@ class Simulator:
 
     def count_tokens(self, conn: SimProtocol, req: Request) -> None:
         anthropic_messages.count_tokens(self, conn, req)
+
+    def responses(self, conn: SimProtocol, req: Request) -> None:
+        responses.answer(self, conn, req)
 
     def azure(self, conn: SimProtocol, req: Request) -> None:
         """Azure OpenAI: ``/openai/deployments/{name}/chat/completions`` (or

@@ -157,6 +157,8 @@ def test_the_providers_example_passes_check_and_names_what_is_unusable(tmp_path)
     ("deployments:\n  - {name: a, provider: bedrock}\n", "bedrock needs a region"),
     ("deployments:\n  - {name: a, base_url: 'http://127.0.0.1:9/v1', region: eu-west-1}\n",
      "only provider bedrock takes a region"),
+    ("deployments:\n  - {name: a, provider: gemini, base_url: 'http://127.0.0.1:9/v1',"
+     " responses: true}\n", "only provider openai takes Responses requests"),
     ("deployments:\n  - {name: a, provider: vertex, base_url: 'http://127.0.0.1:9/v1'}\n",
      "unknown provider 'vertex' (known: openai, anthropic, azure, gemini, bedrock)"),
 ])

@@ -59,6 +59,8 @@ deployments:
      api_key_env: %s}
   - {name: nova, provider: bedrock, region: us-west-2, base_url: "http://127.0.0.1:%d",
      model: "anthropic.claude-3-haiku-20240307-v1:0"}
+  - {name: plain-responses, base_url: "%s", model: plain-model, api_key_env: %s,
+     responses: true}
 routes:
   - {name: to-claude, deployments: [claude]}
   - {name: to-azure, deployments: [azure-gpt]}
@@ -67,8 +69,10 @@ routes:
   - {name: to-gemini, deployments: [gem]}
   - {name: to-bedrock, deployments: [nova]}
   - {name: plain-then-claude, deployments: [plain], fallbacks: [claude]}
+  - {name: to-responses, deployments: [plain-responses]}
+  - {name: claude-then-responses, deployments: [claude], fallbacks: [plain-responses]}
 """ % (claude.url, KEY_ENV, plain.port, KEY_ENV, plain.url, KEY_ENV, plain.port, KEY_ENV,
-       plain.port),
+       plain.port, plain.url, KEY_ENV),
             env={KEY_ENV: KEY, "LLMEDGE_LOG_LEVEL": "info", **aws_env(workdir, KEY)},
             name="llmedge-providers")
         started.append(edge)
@@ -681,3 +685,66 @@ def test_count_tokens_skips_deployments_that_cannot_count(env):
         assert c.messages.count_tokens(model="plain-then-claude", messages=[
             {"role": "user", "content": "hi"}]).input_tokens > 0
     assert claude.stats()["count_tokens"] == 1 and plain.stats()["chat"] == 0
+
+
+# === the Responses API to a deployment with responses: true: passed through ===
+
+def test_a_responses_request_passes_to_a_deployment_that_speaks_it(env):
+    edge, _, plain = env
+    with edge.client() as c:
+        raw = c.responses.with_raw_response.create(
+            model="to-responses", input="Say something.", instructions="Be brief.",
+            reasoning={"effort": "low"}, store=False)
+        response = raw.parse()
+    assert response.output_text == REPLY
+    assert response.id.startswith("resp_sim")   # the upstream's own object, not a translation
+    assert raw.headers["x-llmedge-upstream"] == "plain-responses"
+    stats = plain.stats()
+    assert stats["responses"] == 1 and stats["chat"] == 0
+    assert stats["last_path"] == "/v1/responses"
+    assert stats["last_body"] == {"model": "plain-model", "input": "Say something.",
+                                  "instructions": "Be brief.", "reasoning": {"effort": "low"},
+                                  "store": False}
+    # Chat Completions to the same deployment stay Chat Completions.
+    with edge.client() as c:
+        c.chat.completions.create(model="to-responses",
+                                  messages=[{"role": "user", "content": "hi"}])
+    assert plain.stats()["chat"] == 1 and plain.stats()["last_path"] == "/v1/chat/completions"
+
+
+def test_a_passed_through_responses_stream_and_tool_round_trip(env):
+    edge, _, plain = env
+    tool = {"type": "function", "name": "get_weather", "description": "The weather.",
+            "parameters": TOOL["function"]["parameters"]}
+    with edge.client() as c:
+        events = list(c.responses.create(model="to-responses", input="Stream.", stream=True))
+        first = c.responses.create(model="to-responses", input="Weather in Oslo?",
+                                   tools=[tool])
+        [call] = [item for item in first.output if item.type == "function_call"]
+        second = c.responses.create(model="to-responses", tools=[tool], input=[
+            {"role": "user", "content": "Weather in Oslo?"},
+            {"type": "function_call", "call_id": call.call_id, "name": call.name,
+             "arguments": call.arguments},
+            {"type": "function_call_output", "call_id": call.call_id, "output": "Sunny"}])
+    assert events[0].type == "response.created" and events[-1].type == "response.completed"
+    assert events[-1].response.id.startswith("resp_sim")
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == REPLY
+    assert call.name == "get_weather" and json.loads(call.arguments) == {"city": "sim"}
+    assert second.output_text == "The tool answered: Sunny"
+    assert plain.stats()["responses"] == 3 and plain.stats()["chat"] == 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_responses_request_falls_back_from_a_translation_to_a_passthrough(env, stream):
+    edge, claude, plain = env
+    claude.configure(status=529)
+    with edge.client() as c:
+        if stream:
+            events = list(c.responses.create(model="claude-then-responses", input="hi",
+                                             stream=True))
+            response = events[-1].response
+        else:
+            response = c.responses.create(model="claude-then-responses", input="hi")
+    assert claude.stats()["errors_injected"] == 1
+    assert response.output_text == REPLY and response.id.startswith("resp_sim")
+    assert plain.stats()["responses"] == 1
