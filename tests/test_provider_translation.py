@@ -169,7 +169,7 @@ def test_a_multi_turn_tool_conversation_as_a_messages_request():
     ({"n": 3}, "n:"),
     ({"logprobs": True}, "logprobs"),
     ({"response_format": {"type": "json_object"}}, "response_format"),
-    ({"functions": []}, "functions: no Messages counterpart"),
+    ({"functions": []}, "functions: no counterpart"),
     ({"messages": [{"role": "system", "content": "only this"}]}, "user turn"),
     ({"messages": [{"role": "user", "content": [{"type": "input_audio"}]}]}, "input_audio"),
     ({"messages": [{"role": "assistant", "content": None, "tool_calls": [

@@ -22,7 +22,8 @@ from typing import Any
 import orjson
 
 from ..passthrough import COUNT_TOKENS_PATH
-from .base import Adapter, StreamTranslator, Untranslatable
+from .base import Adapter, StreamTranslator
+from .chat import ChatReader, add_turn, Image, max_tokens, stop_sequences
 from .sse import EventSplitter
 
 DEFAULT_VERSION = "2023-06-01"
@@ -42,129 +43,69 @@ _OWN = {"model", "messages", "max_tokens", "max_completion_tokens", "stop", "use
         "response_format", *_NOT_SENT, *_PASSED}
 
 
-def _refuse(message: str) -> Untranslatable:
-    return Untranslatable("anthropic: " + message)
+_read = ChatReader("anthropic")
 
 
-def _text(content: Any, where: str) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for part in content:
-            if not isinstance(part, dict) or part.get("type") != "text":
-                raise _refuse("%s: only text parts can go here" % where)
-            parts.append(str(part.get("text", "")))
-        return "\n\n".join(parts)
-    raise _refuse("%s: expected a string or a list of parts" % where)
-
-
-def _image(part: dict, where: str) -> dict:
-    image = part.get("image_url")
-    url = image.get("url") if isinstance(image, dict) else image
-    if not isinstance(url, str):
-        raise _refuse("%s: image_url.url is required" % where)
-    if url.startswith("data:"):
-        header, _, data = url[5:].partition(",")
-        media_type, _, encoding = header.partition(";")
-        if encoding != "base64" or not data:
-            raise _refuse("%s: only base64 data URLs can be sent" % where)
-        return {"type": "image", "source": {"type": "base64", "media_type": media_type,
-                                            "data": data}}
-    return {"type": "image", "source": {"type": "url", "url": url}}
+def _image(image: Image) -> dict:
+    if image.data is None:
+        return {"type": "image", "source": {"type": "url", "url": image.url}}
+    return {"type": "image", "source": {"type": "base64", "media_type": image.media_type,
+                                        "data": image.data}}
 
 
 def _blocks(content: Any, where: str) -> list[dict]:
-    if content is None:
-        return []
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
-    if not isinstance(content, list):
-        raise _refuse("%s: expected a string or a list of parts" % where)
-    blocks = []
-    for i, part in enumerate(content):
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "text":
-            blocks.append({"type": "text", "text": str(part.get("text", ""))})
-        elif kind == "image_url":
-            blocks.append(_image(part, "%s[%d]" % (where, i)))
-        else:
-            raise _refuse("%s[%d]: parts of type %r cannot be sent" % (where, i, kind))
-    return blocks
-
-
-def _tool_use(call: Any, where: str) -> dict:
-    function = call.get("function") if isinstance(call, dict) else None
-    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-        raise _refuse("%s: a tool call needs a function name" % where)
-    arguments = function.get("arguments") or "{}"
-    try:
-        parsed = orjson.loads(arguments) if isinstance(arguments, str) else arguments
-    except orjson.JSONDecodeError:
-        raise _refuse("%s: the arguments are not JSON" % where) from None
-    if not isinstance(parsed, dict):
-        raise _refuse("%s: the arguments must be a JSON object" % where)
-    return {"type": "tool_use", "id": str(call.get("id") or ""), "name": function["name"],
-            "input": parsed}
+    return [{"type": "text", "text": part} if isinstance(part, str) else _image(part)
+            for part in _read.parts(content, where)]
 
 
 def _turns(messages: Any) -> tuple[list[str], list[dict]]:
     """(system texts, Messages turns) of Chat Completions messages."""
     if not isinstance(messages, list) or not messages:
-        raise _refuse("messages: at least one message is required")
+        raise _read.refuse("messages: at least one message is required")
     system: list[str] = []
     turns: list[dict] = []
     for i, message in enumerate(messages):
         where = "messages[%d]" % i
         if not isinstance(message, dict):
-            raise _refuse("%s: expected an object" % where)
+            raise _read.refuse("%s: expected an object" % where)
         role = message.get("role")
         content = message.get("content")
         if role in ("system", "developer"):
-            system.append(_text(content, where + ".content"))
+            system.append(_read.text(content, where + ".content"))
             continue
         if role == "tool":
             blocks = [{"type": "tool_result", "tool_use_id": str(message.get("tool_call_id")
                                                                  or ""),
-                       "content": _text(content, where + ".content")}]
+                       "content": _read.text(content, where + ".content")}]
             role = "user"
         elif role == "user":
             blocks = _blocks(content, where + ".content")
         elif role == "assistant":
             blocks = _blocks(content, where + ".content")
             for j, call in enumerate(message.get("tool_calls") or ()):
-                blocks.append(_tool_use(call, "%s.tool_calls[%d]" % (where, j)))
+                call_id, name, arguments = _read.call(call, "%s.tool_calls[%d]" % (where, j))
+                blocks.append({"type": "tool_use", "id": call_id, "name": name,
+                               "input": arguments})
         else:
-            raise _refuse("%s.role: %r has no Messages counterpart" % (where, role))
-        if turns and turns[-1]["role"] == role:
-            turns[-1]["content"].extend(blocks)
-        else:
-            turns.append({"role": role, "content": blocks})
+            raise _read.refuse("%s.role: %r has no Messages counterpart" % (where, role))
+        add_turn(turns, role, blocks, "content")
     for turn in turns:
         if not turn["content"]:
             # The API refuses empty turns; an empty message said nothing.
             turn["content"] = [{"type": "text", "text": ""}] if turn["role"] == "user" else []
     turns = [t for t in turns if t["content"]]
     if not turns:
-        raise _refuse("messages: only system messages; Anthropic needs a user turn")
+        raise _read.refuse("messages: only system messages; Anthropic needs a user turn")
     return system, turns
 
 
 def _tools(tools: Any) -> list[dict]:
-    if not isinstance(tools, list):
-        raise _refuse("tools: expected a list")
     out = []
-    for i, tool in enumerate(tools):
-        function = tool.get("function") if isinstance(tool, dict) else None
-        if not isinstance(function, dict) or not isinstance(function.get("name"), str) \
-                or tool.get("type", "function") != "function":
-            raise _refuse("tools[%d]: only function tools can be sent" % i)
-        entry: dict[str, Any] = {"name": function["name"], "input_schema": function.get(
-            "parameters") or {"type": "object", "properties": {}}}
-        if isinstance(function.get("description"), str):
-            entry["description"] = function["description"]
+    for function in _read.functions(tools):
+        entry: dict[str, Any] = {"name": function.name, "input_schema": function.parameters
+                                 or {"type": "object", "properties": {}}}
+        if function.description is not None:
+            entry["description"] = function.description
         out.append(entry)
     return out
 
@@ -180,7 +121,7 @@ def _tool_choice(choice: Any, parallel: Any) -> dict | None:
                                                  str):
         out = {"type": "tool", "name": choice["function"]["name"]}
     else:
-        raise _refuse("tool_choice: %r has no Messages counterpart" % (choice,))
+        raise _read.refuse("tool_choice: %r has no Messages counterpart" % (choice,))
     if parallel is False:
         out["disable_parallel_tool_use"] = True
     elif choice is None:
@@ -190,31 +131,18 @@ def _tool_choice(choice: Any, parallel: Any) -> dict | None:
 
 def messages_request(doc: Any, model: str, stream: bool) -> dict:
     """A Chat Completions request (decoded JSON) as a Messages one."""
-    if not isinstance(doc, dict):
-        raise _refuse("the request body must be a JSON object")
-    unknown = sorted(set(doc) - _OWN)
-    if unknown:
-        raise _refuse("%s: no Messages counterpart" % unknown[0])
-    if doc.get("n") not in (None, 1):
-        raise _refuse("n: Anthropic answers one choice per request")
-    if doc.get("logprobs"):
-        raise _refuse("logprobs: Anthropic does not report them")
-    response_format = doc.get("response_format")
-    if isinstance(response_format, dict) and response_format.get("type") not in (None, "text"):
-        raise _refuse("response_format: %s has no Messages counterpart"
-                      % response_format.get("type"))
+    doc = _read.check(doc, _OWN)
+    _read.refuse_unsupported(doc)
     system, turns = _turns(doc.get("messages"))
-    max_tokens = doc.get("max_completion_tokens") or doc.get("max_tokens") or DEFAULT_MAX_TOKENS
-    out: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "messages": turns}
+    out: dict[str, Any] = {"model": model, "max_tokens": max_tokens(doc) or DEFAULT_MAX_TOKENS,
+                           "messages": turns}
     if system:
         out["system"] = "\n\n".join(system)
     for name in _PASSED:
         if doc.get(name) is not None:
             out[name] = doc[name]
-    stop = doc.get("stop")
-    if isinstance(stop, str):
-        out["stop_sequences"] = [stop]
-    elif isinstance(stop, list) and stop:
+    stop = stop_sequences(doc.get("stop"))
+    if stop:
         out["stop_sequences"] = stop
     if isinstance(doc.get("user"), str):
         out["metadata"] = {"user_id": doc["user"]}
@@ -386,11 +314,7 @@ class AnthropicAdapter(Adapter):
         return COUNT_TOKENS_PATH if path == COUNT_TOKENS_PATH else b"/messages"
 
     def request_body(self, body: bytes, stream: bool) -> bytes:
-        try:
-            doc = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise _refuse("the request body is not JSON") from None
-        return orjson.dumps(messages_request(doc, self.model, stream))
+        return orjson.dumps(messages_request(_read.load(body, _OWN), self.model, stream))
 
     def status(self, status: int) -> int:
         return 503 if status == 529 else status

@@ -26,7 +26,8 @@ from urllib.parse import quote
 import orjson
 
 from ..errors import UpstreamBadResponse
-from .base import Adapter, StreamTranslator, Untranslatable
+from .base import Adapter, StreamTranslator
+from .chat import ChatReader, add_turn, max_tokens, stop_sequences
 
 STREAM_TYPE = b"application/vnd.amazon.eventstream"
 FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
@@ -46,116 +47,68 @@ _OWN = {"model", "messages", "max_tokens", "max_completion_tokens", "stop", "too
         *_NOT_SENT}
 
 
-def _refuse(message: str) -> Untranslatable:
-    return Untranslatable("bedrock: " + message)
-
-
-def _text(content: Any, where: str) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text"
-                                         for p in content):
-        return "\n\n".join(str(p.get("text", "")) for p in content)
-    raise _refuse("%s: expected a string or text parts" % where)
+_read = ChatReader("bedrock")
 
 
 def _blocks(content: Any, where: str) -> list[dict]:
-    if content is None:
-        return []
-    if isinstance(content, str):
-        return [{"text": content}] if content else []
-    if not isinstance(content, list):
-        raise _refuse("%s: expected a string or a list of parts" % where)
     blocks = []
-    for i, part in enumerate(content):
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "text":
-            blocks.append({"text": str(part.get("text", ""))})
-        elif kind == "image_url":
-            image = part.get("image_url")
-            url = image.get("url") if isinstance(image, dict) else image
-            header, _, data = (url or "")[5:].partition(",") if isinstance(url, str) \
-                and url.startswith("data:") else ("", "", "")
-            mime, _, encoding = header.partition(";")
-            if encoding != "base64" or mime not in _IMAGE_FORMATS:
-                raise _refuse("%s[%d]: Converse takes images as base64 data URLs of png, "
-                              "jpeg, gif or webp" % (where, i))
-            blocks.append({"image": {"format": _IMAGE_FORMATS[mime],
-                                     "source": {"bytes": data}}})
+    for part in _read.parts(content, where):
+        if isinstance(part, str):
+            blocks.append({"text": part})
+        elif part.data is None or part.media_type not in _IMAGE_FORMATS:
+            raise _read.refuse("%s: Converse takes images as base64 data URLs of png, jpeg, "
+                               "gif or webp" % where)
         else:
-            raise _refuse("%s[%d]: parts of type %r cannot be sent" % (where, i, kind))
+            blocks.append({"image": {"format": _IMAGE_FORMATS[part.media_type],
+                                     "source": {"bytes": part.data}}})
     return blocks
-
-
-def _tool_use(call: Any, where: str) -> dict:
-    function = call.get("function") if isinstance(call, dict) else None
-    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-        raise _refuse("%s: a tool call needs a function name" % where)
-    raw = function.get("arguments") or "{}"
-    try:
-        args = orjson.loads(raw) if isinstance(raw, str) else raw
-    except orjson.JSONDecodeError:
-        raise _refuse("%s: the arguments are not JSON" % where) from None
-    if not isinstance(args, dict):
-        raise _refuse("%s: the arguments must be a JSON object" % where)
-    return {"toolUse": {"toolUseId": str(call.get("id") or ""), "name": function["name"],
-                        "input": args}}
 
 
 def _messages(messages: Any) -> tuple[list[dict], list[dict]]:
     if not isinstance(messages, list) or not messages:
-        raise _refuse("messages: at least one message is required")
+        raise _read.refuse("messages: at least one message is required")
     system: list[dict] = []
     turns: list[dict] = []
     for i, message in enumerate(messages):
         where = "messages[%d]" % i
         if not isinstance(message, dict):
-            raise _refuse("%s: expected an object" % where)
+            raise _read.refuse("%s: expected an object" % where)
         role = message.get("role")
         content = message.get("content")
         if role in ("system", "developer"):
-            text = _text(content, where + ".content")
+            text = _read.text(content, where + ".content")
             if text:
                 system.append({"text": text})
             continue
         if role == "tool":
             role, blocks = "user", [{"toolResult": {
                 "toolUseId": str(message.get("tool_call_id") or ""),
-                "content": [{"text": _text(content, where + ".content")}]}}]
+                "content": [{"text": _read.text(content, where + ".content")}]}}]
         elif role == "user":
             blocks = _blocks(content, where + ".content")
         elif role == "assistant":
             blocks = _blocks(content, where + ".content")
-            blocks += [_tool_use(call, "%s.tool_calls[%d]" % (where, j))
-                       for j, call in enumerate(message.get("tool_calls") or ())]
+            for j, call in enumerate(message.get("tool_calls") or ()):
+                call_id, name, arguments = _read.call(call, "%s.tool_calls[%d]" % (where, j))
+                blocks.append({"toolUse": {"toolUseId": call_id, "name": name,
+                                           "input": arguments}})
         else:
-            raise _refuse("%s.role: %r has no Converse counterpart" % (where, role))
+            raise _read.refuse("%s.role: %r has no Converse counterpart" % (where, role))
         if not blocks:
             continue
-        if turns and turns[-1]["role"] == role:
-            turns[-1]["content"].extend(blocks)
-        else:
-            turns.append({"role": role, "content": blocks})
+        add_turn(turns, role, blocks, "content")
     if not turns:
-        raise _refuse("messages: only system messages; Converse needs a user turn")
+        raise _read.refuse("messages: only system messages; Converse needs a user turn")
     return system, turns
 
 
 def _tool_config(tools: Any, choice: Any) -> dict | None:
-    if not isinstance(tools, list):
-        raise _refuse("tools: expected a list")
     specs = []
-    for i, tool in enumerate(tools):
-        function = tool.get("function") if isinstance(tool, dict) else None
-        if not isinstance(function, dict) or not isinstance(function.get("name"), str) \
-                or tool.get("type", "function") != "function":
-            raise _refuse("tools[%d]: only function tools can be sent" % i)
-        spec: dict[str, Any] = {"name": function["name"], "inputSchema": {
-            "json": function.get("parameters") or {"type": "object", "properties": {}}}}
-        if isinstance(function.get("description"), str):
-            spec["description"] = function["description"]
+    for function in _read.functions(tools):
+        spec: dict[str, Any] = {"name": function.name, "inputSchema": {
+            "json": function.parameters or {"type": "object", "properties": {}}}}
+        if function.description is not None:
+            spec["description"] = function.description
         specs.append({"toolSpec": spec})
     if choice == "none":
         return None   # Converse has no "none": the tools are left out instead
@@ -165,43 +118,30 @@ def _tool_config(tools: Any, choice: Any) -> dict | None:
     elif isinstance(choice, dict):
         name = (choice.get("function") or {}).get("name")
         if not isinstance(name, str):
-            raise _refuse("tool_choice: %r has no Converse counterpart" % (choice,))
+            raise _read.refuse("tool_choice: %r has no Converse counterpart" % (choice,))
         config["toolChoice"] = {"tool": {"name": name}}
     elif choice not in (None, "auto"):
-        raise _refuse("tool_choice: %r has no Converse counterpart" % (choice,))
+        raise _read.refuse("tool_choice: %r has no Converse counterpart" % (choice,))
     return config
 
 
 def converse_request(doc: Any) -> dict:
     """A Chat Completions request (decoded JSON) as a Converse one."""
-    if not isinstance(doc, dict):
-        raise _refuse("the request body must be a JSON object")
-    unknown = sorted(set(doc) - _OWN)
-    if unknown:
-        raise _refuse("%s: no Converse counterpart" % unknown[0])
-    if doc.get("n") not in (None, 1):
-        raise _refuse("n: Converse answers one choice per request")
-    if doc.get("logprobs"):
-        raise _refuse("logprobs: Converse does not report them")
-    response_format = doc.get("response_format")
-    if isinstance(response_format, dict) and response_format.get("type") not in (None, "text"):
-        raise _refuse("response_format: %s has no Converse counterpart"
-                      % response_format.get("type"))
+    doc = _read.check(doc, _OWN)
+    _read.refuse_unsupported(doc)
     system, turns = _messages(doc.get("messages"))
     out: dict[str, Any] = {"messages": turns}
     if system:
         out["system"] = system
     inference: dict[str, Any] = {}
-    max_tokens = doc.get("max_completion_tokens") or doc.get("max_tokens")
-    if max_tokens:
-        inference["maxTokens"] = max_tokens
+    limit = max_tokens(doc)
+    if limit:
+        inference["maxTokens"] = limit
     for name, converse_name in _INFERENCE.items():
         if doc.get(name) is not None:
             inference[converse_name] = doc[name]
-    stop = doc.get("stop")
-    if isinstance(stop, str):
-        inference["stopSequences"] = [stop]
-    elif isinstance(stop, list) and stop:
+    stop = stop_sequences(doc.get("stop"))
+    if stop:
         inference["stopSequences"] = stop
     if inference:
         out["inferenceConfig"] = inference
@@ -392,11 +332,7 @@ class BedrockAdapter(Adapter):
         return self.streamed if stream else self.whole
 
     def request_body(self, body: bytes, stream: bool) -> bytes:
-        try:
-            doc = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise _refuse("the request body is not JSON") from None
-        return orjson.dumps(converse_request(doc))
+        return orjson.dumps(converse_request(_read.load(body, _OWN)))
 
     def is_stream(self, content_type: bytes) -> bool:
         return content_type[:len(STREAM_TYPE)].lower() == STREAM_TYPE

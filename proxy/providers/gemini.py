@@ -22,7 +22,8 @@ from urllib.parse import quote
 
 import orjson
 
-from .base import Adapter, StreamTranslator, Untranslatable
+from .base import Adapter, StreamTranslator
+from .chat import ChatReader, add_turn, max_tokens, stop_sequences
 from .sse import EventSplitter
 
 FINISH_REASONS = {"STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter",
@@ -40,95 +41,51 @@ _OWN = {"model", "messages", "max_tokens", "max_completion_tokens", "stop", "too
         "tool_choice", "stream", "response_format", "logprobs", *_GENERATION, *_NOT_SENT}
 
 
-def _refuse(message: str) -> Untranslatable:
-    return Untranslatable("gemini: " + message)
-
-
-def _text(content: Any, where: str) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text"
-                                         for p in content):
-        return "\n\n".join(str(p.get("text", "")) for p in content)
-    raise _refuse("%s: expected a string or text parts" % where)
+_read = ChatReader("gemini")
 
 
 def _parts(content: Any, where: str) -> list[dict]:
-    if content is None:
-        return []
-    if isinstance(content, str):
-        return [{"text": content}] if content else []
-    if not isinstance(content, list):
-        raise _refuse("%s: expected a string or a list of parts" % where)
-    parts = []
-    for i, part in enumerate(content):
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "text":
-            parts.append({"text": str(part.get("text", ""))})
-        elif kind == "image_url":
-            image = part.get("image_url")
-            url = image.get("url") if isinstance(image, dict) else image
-            if not isinstance(url, str):
-                raise _refuse("%s[%d]: image_url.url is required" % (where, i))
-            if url.startswith("data:"):
-                header, _, data = url[5:].partition(",")
-                mime, _, encoding = header.partition(";")
-                if encoding != "base64":
-                    raise _refuse("%s[%d]: only base64 data URLs can be sent" % (where, i))
-                parts.append({"inlineData": {"mimeType": mime, "data": data}})
-            else:
-                parts.append({"fileData": {"fileUri": url}})
+    out = []
+    for part in _read.parts(content, where):
+        if isinstance(part, str):
+            out.append({"text": part})
+        elif part.data is not None:
+            out.append({"inlineData": {"mimeType": part.media_type, "data": part.data}})
         else:
-            raise _refuse("%s[%d]: parts of type %r cannot be sent" % (where, i, kind))
-    return parts
-
-
-def _arguments(call: Any, where: str) -> tuple[str, str, dict]:
-    function = call.get("function") if isinstance(call, dict) else None
-    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-        raise _refuse("%s: a tool call needs a function name" % where)
-    raw = function.get("arguments") or "{}"
-    try:
-        args = orjson.loads(raw) if isinstance(raw, str) else raw
-    except orjson.JSONDecodeError:
-        raise _refuse("%s: the arguments are not JSON" % where) from None
-    if not isinstance(args, dict):
-        raise _refuse("%s: the arguments must be a JSON object" % where)
-    return str(call.get("id") or ""), function["name"], args
+            out.append({"fileData": {"fileUri": part.url}})
+    return out
 
 
 def _contents(messages: Any) -> tuple[list[str], list[dict]]:
     if not isinstance(messages, list) or not messages:
-        raise _refuse("messages: at least one message is required")
+        raise _read.refuse("messages: at least one message is required")
     system: list[str] = []
     contents: list[dict] = []
     names: dict[str, str] = {}   # tool call id -> function name, for the results
     for i, message in enumerate(messages):
         where = "messages[%d]" % i
         if not isinstance(message, dict):
-            raise _refuse("%s: expected an object" % where)
+            raise _read.refuse("%s: expected an object" % where)
         role = message.get("role")
         content = message.get("content")
         if role in ("system", "developer"):
-            system.append(_text(content, where + ".content"))
+            system.append(_read.text(content, where + ".content"))
             continue
         if role == "user":
             role, parts = "user", _parts(content, where + ".content")
         elif role == "assistant":
             role, parts = "model", _parts(content, where + ".content")
             for j, call in enumerate(message.get("tool_calls") or ()):
-                call_id, name, args = _arguments(call, "%s.tool_calls[%d]" % (where, j))
+                call_id, name, args = _read.call(call, "%s.tool_calls[%d]" % (where, j))
                 names[call_id] = name
                 parts.append({"functionCall": {"name": name, "args": args}})
         elif role == "tool":
             call_id = str(message.get("tool_call_id") or "")
             name = names.get(call_id)
             if name is None:
-                raise _refuse("%s: answers tool call %r, which no earlier assistant message "
+                raise _read.refuse("%s: answers tool call %r, which no earlier assistant message "
                               "made" % (where, call_id))
-            text = _text(content, where + ".content")
+            text = _read.text(content, where + ".content")
             try:
                 result = orjson.loads(text)
             except orjson.JSONDecodeError:
@@ -136,32 +93,23 @@ def _contents(messages: Any) -> tuple[list[str], list[dict]]:
             response = result if isinstance(result, dict) else {"content": text}
             role, parts = "user", [{"functionResponse": {"name": name, "response": response}}]
         else:
-            raise _refuse("%s.role: %r has no Gemini counterpart" % (where, role))
+            raise _read.refuse("%s.role: %r has no Gemini counterpart" % (where, role))
         if not parts:
             continue
-        if contents and contents[-1]["role"] == role:
-            contents[-1]["parts"].extend(parts)
-        else:
-            contents.append({"role": role, "parts": parts})
+        add_turn(contents, role, parts, "parts")
     if not contents:
-        raise _refuse("messages: only system messages; Gemini needs a user turn")
+        raise _read.refuse("messages: only system messages; Gemini needs a user turn")
     return system, contents
 
 
 def _tools(tools: Any) -> list[dict]:
-    if not isinstance(tools, list):
-        raise _refuse("tools: expected a list")
     declarations = []
-    for i, tool in enumerate(tools):
-        function = tool.get("function") if isinstance(tool, dict) else None
-        if not isinstance(function, dict) or not isinstance(function.get("name"), str) \
-                or tool.get("type", "function") != "function":
-            raise _refuse("tools[%d]: only function tools can be sent" % i)
-        declaration: dict[str, Any] = {"name": function["name"]}
-        if isinstance(function.get("description"), str):
-            declaration["description"] = function["description"]
-        if function.get("parameters"):
-            declaration["parameters"] = function["parameters"]
+    for function in _read.functions(tools):
+        declaration: dict[str, Any] = {"name": function.name}
+        if function.description is not None:
+            declaration["description"] = function.description
+        if function.parameters:
+            declaration["parameters"] = function.parameters
         declarations.append(declaration)
     return [{"functionDeclarations": declarations}]
 
@@ -176,18 +124,13 @@ def _tool_config(choice: Any) -> dict | None:
     name = (choice.get("function") or {}).get("name") if isinstance(choice, dict) else None
     if isinstance(name, str):
         return {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": [name]}}
-    raise _refuse("tool_choice: %r has no Gemini counterpart" % (choice,))
+    raise _read.refuse("tool_choice: %r has no Gemini counterpart" % (choice,))
 
 
 def generate_request(doc: Any) -> dict:
     """A Chat Completions request (decoded JSON) as a generateContent one."""
-    if not isinstance(doc, dict):
-        raise _refuse("the request body must be a JSON object")
-    unknown = sorted(set(doc) - _OWN)
-    if unknown:
-        raise _refuse("%s: no Gemini counterpart" % unknown[0])
-    if doc.get("logprobs"):
-        raise _refuse("logprobs: not translated for Gemini")
+    doc = _read.check(doc, _OWN)
+    _read.refuse_unsupported(doc, one_choice=False, json_output=True)
     system, contents = _contents(doc.get("messages"))
     out: dict[str, Any] = {"contents": contents}
     if system:
@@ -196,13 +139,11 @@ def generate_request(doc: Any) -> dict:
     for name, gemini_name in _GENERATION.items():
         if doc.get(name) is not None:
             config[gemini_name] = doc[name]
-    max_tokens = doc.get("max_completion_tokens") or doc.get("max_tokens")
-    if max_tokens:
-        config["maxOutputTokens"] = max_tokens
-    stop = doc.get("stop")
-    if isinstance(stop, str):
-        config["stopSequences"] = [stop]
-    elif isinstance(stop, list) and stop:
+    limit = max_tokens(doc)
+    if limit:
+        config["maxOutputTokens"] = limit
+    stop = stop_sequences(doc.get("stop"))
+    if stop:
         config["stopSequences"] = stop
     response_format = doc.get("response_format")
     if isinstance(response_format, dict):
@@ -215,7 +156,7 @@ def generate_request(doc: Any) -> dict:
             if schema:
                 config["responseJsonSchema"] = schema
         elif kind not in (None, "text"):
-            raise _refuse("response_format: %r has no Gemini counterpart" % kind)
+            raise _read.refuse("response_format: %r has no Gemini counterpart" % kind)
     if config:
         out["generationConfig"] = config
     if doc.get("tools"):
@@ -423,11 +364,7 @@ class GeminiAdapter(Adapter):
         return self.streamed if stream else self.whole
 
     def request_body(self, body: bytes, stream: bool) -> bytes:
-        try:
-            doc = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise _refuse("the request body is not JSON") from None
-        return orjson.dumps(generate_request(doc))
+        return orjson.dumps(generate_request(_read.load(body, _OWN)))
 
     def answer(self, payload: bytes) -> bytes:
         return orjson.dumps(completion(orjson.loads(payload)))

@@ -179,11 +179,8 @@ def answer(sim, conn, req) -> None:
             body, _ = error(403, why)
             return conn.send(req, 403, body, b"x-amzn-errortype: InvalidSignatureException\r\n")
     doc, why = sim._parse_body(req)
-    status = beh.status
-    if status in (None, 200) and beh.error_rate > 0 and sim.rng.random() < beh.error_rate:
-        status = beh.error_status
-    if status not in (None, 200):
-        sim.stats["errors_injected"] += 1
+    status = sim.injected_status(beh)
+    if status is not None:
         body, extra = error(status, "simulated upstream error %d" % status)
         return conn.send(req, status, body, extra)
     why = why or problem(doc)

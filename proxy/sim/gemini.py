@@ -97,11 +97,8 @@ def answer(sim, conn, req) -> None:
         return conn.send(req, 404, error_body(404, "method %r not found" % method))
     stream = method == "streamGenerateContent"
     doc, why = sim._parse_body(req)
-    status = beh.status
-    if status in (None, 200) and beh.error_rate > 0 and sim.rng.random() < beh.error_rate:
-        status = beh.error_status
-    if status not in (None, 200):
-        sim.stats["errors_injected"] += 1
+    status = sim.injected_status(beh)
+    if status is not None:
         return conn.send(req, status, error_body(status, "simulated upstream error %d"
                                                  % status))
     why = why or problem(doc)

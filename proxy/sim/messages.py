@@ -163,11 +163,8 @@ def answer(sim, conn, req) -> None:
     if not _header(req, b"anthropic-version"):
         return conn.send(req, 400, error_body(400, "anthropic-version: header is required"))
     doc, why = sim._parse_body(req)
-    status = beh.status
-    if status in (None, 200) and beh.error_rate > 0 and sim.rng.random() < beh.error_rate:
-        status = beh.error_status
-    if status not in (None, 200):
-        sim.stats["errors_injected"] += 1
+    status = sim.injected_status(beh)
+    if status is not None:
         extra = b""
         if beh.retry_after is not None and status in (429, 503, 529):
             extra = b"retry-after: %s\r\n" % wire.format_seconds(beh.retry_after)

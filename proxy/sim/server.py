@@ -73,8 +73,9 @@ drop goes out before it.
 
 Endpoints: POST /v1/chat/completions, POST /v1/embeddings, POST /v1/messages and
 /v1/messages/count_tokens (Anthropic's Messages API, see proxy/sim/messages.py), POST
-/v1/responses (OpenAI's Responses API, see proxy/sim/responses.py), POST /openai/deployments/{name}/chat/completions and
-.../embeddings (Azure OpenAI's paths; ``?api-version=`` required), POST
+/v1/responses (OpenAI's Responses API, see proxy/sim/responses.py), POST
+/openai/deployments/{name}/chat/completions and .../embeddings (Azure OpenAI's paths;
+``?api-version=`` required), POST
 /v1beta/models/{model}:generateContent and :streamGenerateContent (Gemini's, see
 proxy/sim/gemini.py), POST /model/{id}/converse and /converse-stream (Amazon Bedrock's, signed
 requests checked; see proxy/sim/bedrock.py), GET /v1/models, GET /_sim/stats,
@@ -575,15 +576,22 @@ class Simulator:
             return None, "request body must be a JSON object"
         return obj, ""
 
-    def _injected_error(self, conn: SimProtocol, req: Request, beh: Behaviour) -> bool:
+    def injected_status(self, beh: Behaviour) -> int | None:
+        """The error status this request is to be answered with (``status``, or by
+        ``error_rate``), counted; None: answer it. Every protocol's handler asks."""
         status = beh.status
         if status is None or status == 200:
             status = None
             if beh.error_rate > 0 and self.rng.random() < beh.error_rate:
                 status = beh.error_status
+        if status is not None:
+            self.stats["errors_injected"] += 1
+        return status
+
+    def _injected_error(self, conn: SimProtocol, req: Request, beh: Behaviour) -> bool:
+        status = self.injected_status(beh)
         if status is None:
             return False
-        self.stats["errors_injected"] += 1
         extra = b""
         if beh.retry_after is not None and status in (429, 503):
             extra = b"retry-after: %s\r\n" % wire.format_seconds(beh.retry_after)

@@ -96,6 +96,35 @@ def anthropic_client(edge) -> anthropic.Anthropic:
                                timeout=IO_TIMEOUT)
 
 
+def tool_round_trip(edge, route: str, stream: bool):
+    """Ask for the weather with the tool offered, then answer the call the model made:
+    (the call's id, name and arguments, the first answer's finish reasons, the second
+    answer's text)."""
+    question = [{"role": "user", "content": "Weather in Oslo?"}]
+    with edge.client() as c:
+        if stream:
+            chunks = list(c.chat.completions.create(model=route, messages=question,
+                                                    tools=[TOOL], stream=True))
+            deltas = [d for ch in chunks if ch.choices
+                      for d in ch.choices[0].delta.tool_calls or ()]
+            call_id, name = deltas[0].id, deltas[0].function.name
+            arguments = "".join(d.function.arguments or "" for d in deltas)
+            finish = [ch.choices[0].finish_reason for ch in chunks
+                      if ch.choices and ch.choices[0].finish_reason]
+        else:
+            first = c.chat.completions.create(model=route, messages=question, tools=[TOOL])
+            call = first.choices[0].message.tool_calls[0]
+            call_id, name, arguments = call.id, call.function.name, call.function.arguments
+            finish = [first.choices[0].finish_reason]
+        second = c.chat.completions.create(model=route, tools=[TOOL], messages=[
+            *question,
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": call_id, "type": "function",
+                 "function": {"name": name, "arguments": arguments}}]},
+            {"role": "tool", "tool_call_id": call_id, "content": "Sunny, 21 C"}])
+    return call_id, name, arguments, finish, second.choices[0].message.content
+
+
 # === provider: anthropic ===
 
 def test_a_chat_completion_answered_by_the_messages_api(env):
@@ -156,36 +185,13 @@ def test_a_stream_without_usage_asked_gets_none(env):
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_tool_round_trip_through_the_openai_sdk(env, stream):
     edge, claude, _ = env
-    question = [{"role": "user", "content": "Weather in Oslo?"}]
-    with edge.client() as c:
-        if stream:
-            chunks = list(c.chat.completions.create(model="to-claude", messages=question,
-                                                    tools=[TOOL], stream=True))
-            deltas = [d for ch in chunks if ch.choices
-                      for d in ch.choices[0].delta.tool_calls or ()]
-            call_id = deltas[0].id
-            name = deltas[0].function.name
-            arguments = "".join(d.function.arguments or "" for d in deltas)
-            finish = [ch.choices[0].finish_reason for ch in chunks
-                      if ch.choices and ch.choices[0].finish_reason]
-        else:
-            first = c.chat.completions.create(model="to-claude", messages=question,
-                                              tools=[TOOL])
-            call = first.choices[0].message.tool_calls[0]
-            call_id, name, arguments = call.id, call.function.name, call.function.arguments
-            finish = [first.choices[0].finish_reason]
-        assert finish == ["tool_calls"]
-        assert name == "get_weather" and json.loads(arguments) == {"city": "sim"}
-        sent = claude.stats()["last_body"]
-        assert sent["tools"] == [{"name": "get_weather", "description": "The weather in a city.",
-                                  "input_schema": TOOL["function"]["parameters"]}]
-        second = c.chat.completions.create(model="to-claude", tools=[TOOL], messages=[
-            *question,
-            {"role": "assistant", "content": None, "tool_calls": [
-                {"id": call_id, "type": "function",
-                 "function": {"name": name, "arguments": arguments}}]},
-            {"role": "tool", "tool_call_id": call_id, "content": "Sunny, 21 C"}])
-    assert second.choices[0].message.content == "The tool answered: Sunny, 21 C"
+    call_id, name, arguments, finish, second = tool_round_trip(edge, "to-claude", stream)
+    assert finish == ["tool_calls"]
+    assert name == "get_weather" and json.loads(arguments) == {"city": "sim"}
+    sent = claude.stats()["last_body"]
+    assert sent["tools"] == [{"name": "get_weather", "description": "The weather in a city.",
+                              "input_schema": TOOL["function"]["parameters"]}]
+    assert second == "The tool answered: Sunny, 21 C"
     turns = claude.stats()["last_body"]["messages"]
     assert [t["role"] for t in turns] == ["user", "assistant", "user"]
     assert turns[1]["content"] == [{"type": "tool_use", "id": call_id, "name": "get_weather",
@@ -448,35 +454,13 @@ def test_a_chat_completion_answered_by_gemini(env, stream):
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_tool_round_trip_through_gemini(env, stream):
     edge, _, plain = env
-    question = [{"role": "user", "content": "Weather in Oslo?"}]
-    with edge.client() as c:
-        if stream:
-            chunks = list(c.chat.completions.create(model="to-gemini", messages=question,
-                                                    tools=[TOOL], stream=True))
-            deltas = [d for ch in chunks if ch.choices
-                      for d in ch.choices[0].delta.tool_calls or ()]
-            call_id, name = deltas[0].id, deltas[0].function.name
-            arguments = "".join(d.function.arguments or "" for d in deltas)
-            finish = [ch.choices[0].finish_reason for ch in chunks
-                      if ch.choices and ch.choices[0].finish_reason]
-        else:
-            first = c.chat.completions.create(model="to-gemini", messages=question,
-                                              tools=[TOOL])
-            call = first.choices[0].message.tool_calls[0]
-            call_id, name, arguments = call.id, call.function.name, call.function.arguments
-            finish = [first.choices[0].finish_reason]
-        assert finish == ["tool_calls"] and call_id
-        assert name == "get_weather" and json.loads(arguments) == {"city": "sim"}
-        assert plain.stats()["last_body"]["tools"] == [{"functionDeclarations": [{
-            "name": "get_weather", "description": "The weather in a city.",
-            "parameters": TOOL["function"]["parameters"]}]}]
-        second = c.chat.completions.create(model="to-gemini", tools=[TOOL], messages=[
-            *question,
-            {"role": "assistant", "content": None, "tool_calls": [
-                {"id": call_id, "type": "function",
-                 "function": {"name": name, "arguments": arguments}}]},
-            {"role": "tool", "tool_call_id": call_id, "content": "Sunny, 21 C"}])
-    assert second.choices[0].message.content == "The tool answered: Sunny, 21 C"
+    call_id, name, arguments, finish, second = tool_round_trip(edge, "to-gemini", stream)
+    assert finish == ["tool_calls"] and call_id
+    assert name == "get_weather" and json.loads(arguments) == {"city": "sim"}
+    assert plain.stats()["last_body"]["tools"] == [{"functionDeclarations": [{
+        "name": "get_weather", "description": "The weather in a city.",
+        "parameters": TOOL["function"]["parameters"]}]}]
+    assert second == "The tool answered: Sunny, 21 C"
     contents = plain.stats()["last_body"]["contents"]
     assert [c["role"] for c in contents] == ["user", "model", "user"]
     assert contents[1]["parts"] == [{"functionCall": {"name": "get_weather",
@@ -555,35 +539,13 @@ def test_a_chat_completion_answered_by_bedrock_converse(env, stream):
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_tool_round_trip_through_bedrock(env, stream):
     edge, _, plain = env
-    question = [{"role": "user", "content": "Weather in Oslo?"}]
-    with edge.client() as c:
-        if stream:
-            chunks = list(c.chat.completions.create(model="to-bedrock", messages=question,
-                                                    tools=[TOOL], stream=True))
-            deltas = [d for ch in chunks if ch.choices
-                      for d in ch.choices[0].delta.tool_calls or ()]
-            call_id, name = deltas[0].id, deltas[0].function.name
-            arguments = "".join(d.function.arguments or "" for d in deltas)
-            finish = [ch.choices[0].finish_reason for ch in chunks
-                      if ch.choices and ch.choices[0].finish_reason]
-        else:
-            first = c.chat.completions.create(model="to-bedrock", messages=question,
-                                              tools=[TOOL])
-            call = first.choices[0].message.tool_calls[0]
-            call_id, name, arguments = call.id, call.function.name, call.function.arguments
-            finish = [first.choices[0].finish_reason]
-        assert finish == ["tool_calls"] and call_id.startswith("tooluse_sim")
-        assert name == "get_weather" and json.loads(arguments) == {"city": "sim"}
-        assert plain.stats()["last_body"]["toolConfig"] == {"tools": [{"toolSpec": {
-            "name": "get_weather", "description": "The weather in a city.",
-            "inputSchema": {"json": TOOL["function"]["parameters"]}}}]}
-        second = c.chat.completions.create(model="to-bedrock", tools=[TOOL], messages=[
-            *question,
-            {"role": "assistant", "content": None, "tool_calls": [
-                {"id": call_id, "type": "function",
-                 "function": {"name": name, "arguments": arguments}}]},
-            {"role": "tool", "tool_call_id": call_id, "content": "Sunny, 21 C"}])
-    assert second.choices[0].message.content == "The tool answered: Sunny, 21 C"
+    call_id, name, arguments, finish, second = tool_round_trip(edge, "to-bedrock", stream)
+    assert finish == ["tool_calls"] and call_id.startswith("tooluse_sim")
+    assert name == "get_weather" and json.loads(arguments) == {"city": "sim"}
+    assert plain.stats()["last_body"]["toolConfig"] == {"tools": [{"toolSpec": {
+        "name": "get_weather", "description": "The weather in a city.",
+        "inputSchema": {"json": TOOL["function"]["parameters"]}}}]}
+    assert second == "The tool answered: Sunny, 21 C"
     turns = plain.stats()["last_body"]["messages"]
     assert [t["role"] for t in turns] == ["user", "assistant", "user"]
     assert turns[1]["content"] == [{"toolUse": {"toolUseId": call_id, "name": "get_weather",
