@@ -3,7 +3,9 @@
 Starts the simulator and one llmedge, then drives the same prompt, closed loop, through
 each pair of a front end — ``/v1/chat/completions``, ``/v1/messages`` (Anthropic Messages),
 ``/v1/responses`` (OpenAI Responses) — and an upstream provider — an OpenAI-compatible
-deployment, ``provider: anthropic`` (the simulator's Messages API), ``provider: azure`` —
+deployment, ``provider: anthropic`` (the simulator's Messages API), ``azure``, ``gemini``,
+``bedrock`` (signed with made-up credentials; skipped without botocore), and an
+OpenAI-compatible deployment with ``responses: true`` (Responses passed through) —
 whole answers and streams, round robin for ``--rounds`` rounds. Chat Completions to the
 OpenAI-compatible deployment is passed through untranslated: the baseline. llmedge's CPU
 per request comes from /proc; a pair's cost is its CPU per request minus the baseline's in
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -26,12 +29,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import load  # noqa: E402
 import machine  # noqa: E402
 
+try:
+    import botocore  # noqa: F401 (provider: bedrock signs with it)
+    BEDROCK = True
+except ImportError:
+    BEDROCK = False
+
 PATHS = {"chat": "/v1/chat/completions", "messages": "/v1/messages",
          "responses": "/v1/responses"}
 # (front end, provider); the provider's name is also its route's.
 PAIRS = [("chat", "openai"), ("messages", "openai"), ("responses", "openai"),
          ("chat", "anthropic"), ("messages", "anthropic"), ("responses", "anthropic"),
-         ("chat", "azure")]
+         ("chat", "azure"), ("chat", "gemini"), ("messages", "gemini"), ("chat", "bedrock"),
+         ("messages", "bedrock"), ("responses", "responses")]
 BASELINE = ("chat", "openai")
 CHUNKS = 8
 EVENTS_PER_STREAM = CHUNKS + 2   # the role chunk, the content chunks, the finish chunk
@@ -45,11 +55,18 @@ deployments:
   - {name: sim, base_url: "http://127.0.0.1:%d/v1"}
   - {name: sim-anthropic, provider: anthropic, base_url: "http://127.0.0.1:%d/v1"}
   - {name: sim-azure, provider: azure, base_url: "http://127.0.0.1:%d", model: sim}
-routes:
+  - {name: sim-gemini, provider: gemini, base_url: "http://127.0.0.1:%d/v1beta", model: sim}
+  - {name: sim-responses, base_url: "http://127.0.0.1:%d/v1", responses: true}
+%sroutes:
   - {name: openai, deployments: [sim]}
   - {name: anthropic, deployments: [sim-anthropic]}
   - {name: azure, deployments: [sim-azure]}
-""" % (sim_port, sim_port, sim_port)
+  - {name: gemini, deployments: [sim-gemini]}
+  - {name: responses, deployments: [sim-responses]}
+%s""" % (sim_port, sim_port, sim_port, sim_port, sim_port,
+       '  - {name: sim-bedrock, provider: bedrock, region: us-east-1, '
+       'base_url: "http://127.0.0.1:%d", model: sim}\n' % sim_port if BEDROCK else "",
+       "  - {name: bedrock, deployments: [sim-bedrock]}\n" if BEDROCK else "")
 
 
 def measure(args, edge: machine.Proc, api: str, provider: str, stream: bool) -> dict:
@@ -80,6 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-pin", action="store_true")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
+    if BEDROCK:
+        # Made up: the simulator, started without --api-key, checks no signature, but
+        # llmedge signs every request all the same.
+        os.environ.update(AWS_ACCESS_KEY_ID="AKIDBENCH", AWS_SECRET_ACCESS_KEY="bench")
+    else:
+        PAIRS[:] = [pair for pair in PAIRS if pair[1] != "bedrock"]
     cpus = machine.choose_cpus(args.no_pin)
     machine.pin(0, cpus["load"])
     rows: list[dict] = []

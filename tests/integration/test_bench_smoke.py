@@ -170,7 +170,9 @@ def test_translate_cost_measures_each_pair_against_chat(tmp_path):
     report = json.loads(out.read_text())
     rows = {(r["api"], r["provider"], r["stream"]): r for r in report["summary"]}
     pairs = [(api, provider) for api in ("chat", "messages", "responses")
-             for provider in ("openai", "anthropic")] + [("chat", "azure")]
+             for provider in ("openai", "anthropic")] + [
+        ("chat", "azure"), ("chat", "gemini"), ("messages", "gemini"), ("chat", "bedrock"),
+        ("messages", "bedrock"), ("responses", "responses")]
     assert set(rows) == {(api, provider, stream) for api, provider in pairs
                          for stream in (False, True)}
     for row in rows.values():
