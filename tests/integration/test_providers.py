@@ -71,6 +71,8 @@ routes:
   - {name: plain-then-claude, deployments: [plain], fallbacks: [claude]}
   - {name: to-responses, deployments: [plain-responses]}
   - {name: claude-then-responses, deployments: [claude], fallbacks: [plain-responses]}
+  - {name: gemini-then-claude, deployments: [gem], fallbacks: [claude]}
+  - {name: bedrock-then-claude, deployments: [nova], fallbacks: [claude]}
 """ % (claude.url, KEY_ENV, plain.port, KEY_ENV, plain.url, KEY_ENV, plain.port, KEY_ENV,
        plain.port, plain.url, KEY_ENV),
             env={KEY_ENV: KEY, "LLMEDGE_LOG_LEVEL": "info", **aws_env(workdir, KEY)},
@@ -710,3 +712,26 @@ def test_a_responses_request_falls_back_from_a_translation_to_a_passthrough(env,
     assert claude.stats()["errors_injected"] == 1
     assert response.output_text == REPLY and response.id.startswith("resp_sim")
     assert plain.stats()["responses"] == 1
+
+
+# === failure classes across providers ===
+
+@pytest.mark.parametrize("route, refusing, answering", [
+    ("claude-or-plain", "claude", "plain"),
+    ("gemini-then-claude", "plain", "claude"),
+    ("bedrock-then-claude", "plain", "claude"),
+])
+def test_a_prompt_too_long_for_one_provider_goes_to_the_next(env, route, refusing, answering):
+    """Each provider says "too long" in its own words (Anthropic's "prompt is too long",
+    Gemini's "exceeds the maximum number of tokens", Bedrock's "Input is too long"); each is
+    the context-window refusal that moves the prompt on rather than failing it."""
+    edge, claude, plain = env
+    sims = {"claude": claude, "plain": plain}
+    sims[refusing].configure(context_window=5)
+    with edge.client() as c:
+        raw = c.chat.completions.with_raw_response.create(model=route, messages=[
+            {"role": "user", "content": "A prompt longer than five tokens, by some way."}])
+    assert raw.parse().choices[0].message.content == REPLY
+    assert raw.headers["x-llmedge-attempts"] == "2"
+    assert sims[refusing].stats()["context_exceeded"] == 1
+    assert sims[answering].stats()["context_exceeded"] == 0
