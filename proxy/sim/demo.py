@@ -1,4 +1,5 @@
-"""``llmedge demo``: llmedge in front of three simulated upstreams, with no keys or config.
+"""``llmedge demo``: llmedge in front of three simulated upstreams (one of them speaking
+Anthropic's Messages API), with no keys or config.
 
 The simulators are real server processes on loopback (``proxy.sim``); llmedge runs
 in this process with a configuration built here, printed so it can be copied.
@@ -18,7 +19,7 @@ from ..config import parse
 UPSTREAMS = (
     # name, simulated model, time to first token (ms), tokens/s, reply
     ("small", "llama-3.1-8b", 20, 400, "A small, cheap model answered this."),
-    ("large", "gpt-large-sim", 120, 80, "A premium large model answered this, slowly and well."),
+    ("large", "claude-large-sim", 120, 80, "A premium large model answered this, slowly and well."),
     ("coder", "qwen-coder-sim", 60, 200, "def answer():\n    return 'a code model answered this'"),
 )
 
@@ -33,8 +34,9 @@ deployments:
     price: {{input: 0.10, output: 0.20}}
     quality: 0.55
   - name: large
+    provider: anthropic          # its simulator speaks Anthropic's Messages API
     base_url: http://127.0.0.1:{large}/v1
-    model: gpt-large-sim
+    model: claude-large-sim
     price: {{input: 5.00, output: 15.00}}
     quality: 0.9
   - name: coder
