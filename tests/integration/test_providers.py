@@ -47,7 +47,7 @@ def native(tmp_path_factory):
         plain = Simulator(workdir, "plain", "--api-key", KEY, "--reply", REPLY)
         started.append(plain)
         edge = Llmedge(workdir, """\
-server: {http: "127.0.0.1:0"}
+server: {http: "127.0.0.1:0", grpc: "127.0.0.1:0"}
 upstream: {health: {enabled: false}, retry: {same_deployment: 0}}
 deployments:
   - {name: claude, provider: anthropic, base_url: "%s", model: claude-sim,
@@ -735,3 +735,26 @@ def test_a_prompt_too_long_for_one_provider_goes_to_the_next(env, route, refusin
     assert raw.headers["x-llmedge-attempts"] == "2"
     assert sims[refusing].stats()["context_exceeded"] == 1
     assert sims[answering].stats()["context_exceeded"] == 0
+
+
+# === the gRPC front end to every provider ===
+
+@pytest.mark.parametrize("route", ["to-claude", "to-gemini", "to-bedrock", "to-azure"])
+def test_grpc_calls_reach_every_provider(env, route):
+    import grpc
+
+    from proxy.grpc._gen import gateway_pb2 as pb
+    from proxy.grpc._gen import gateway_pb2_grpc as pb_grpc
+    edge, _, _ = env
+    request = pb.ChatRequest(model=route, messages=[pb.Message(role="user", content="hi")])
+    with grpc.insecure_channel("127.0.0.1:%d" % edge.grpc_port) as channel:
+        stub = pb_grpc.GatewayStub(channel)
+        answer, call = stub.Chat.with_call(request, timeout=IO_TIMEOUT)
+        chunks = list(stub.ChatStream(request, timeout=IO_TIMEOUT))
+    assert answer.choices[0].message.content == REPLY
+    assert answer.choices[0].finish_reason == pb.FINISH_REASON_STOP
+    assert answer.usage.completion_tokens > 0
+    assert dict(call.initial_metadata())["x-llmedge-route"] == route
+    assert "".join(c.choices[0].delta.content for c in chunks if c.choices) == REPLY
+    assert [c.choices[0].finish_reason for c in chunks if c.choices
+            and c.choices[0].finish_reason] == [pb.FINISH_REASON_STOP]
