@@ -33,14 +33,19 @@ def chunks_of(sse: bytes) -> list:
     return out
 
 
-def translate(raw: bytes, cuts: list[int] = ()) -> bytes:
-    stream = MessagesStream("fallback-model")
+def fed(stream, raw: bytes, cuts=()) -> bytes:
+    """What a stream translator makes of ``raw`` given in pieces cut at ``cuts``, its end
+    included."""
     out, at = [], 0
     for cut in sorted(set(cuts)):
         out.append(stream.feed(raw[at:cut]))
         at = cut
     out.append(stream.feed(raw[at:]))
-    return b"".join(out)
+    return b"".join(out) + stream.end()
+
+
+def translate(raw: bytes, cuts: list[int] = ()) -> bytes:
+    return fed(MessagesStream("fallback-model"), raw, cuts)
 
 
 def test_a_documented_text_stream():
@@ -203,13 +208,7 @@ def test_the_adapters_addresses_and_keys():
 # === gemini ===
 
 def gemini_translate(raw: bytes, cuts=()) -> bytes:
-    stream = GenerateStream("gemini-model")
-    out, at = [], 0
-    for cut in sorted(set(cuts)):
-        out.append(stream.feed(raw[at:cut]))
-        at = cut
-    out.append(stream.feed(raw[at:]))
-    return b"".join(out) + stream.end()
+    return fed(GenerateStream("gemini-model"), raw, cuts)
 
 
 def test_a_documented_gemini_stream():
@@ -321,13 +320,7 @@ def bedrock_stream_bytes() -> bytes:
 
 def bedrock_translate(raw: bytes, cuts=()) -> bytes:
     from proxy.providers.bedrock import ConverseStream
-    stream = ConverseStream("anthropic.claude-x")
-    out, at = [], 0
-    for cut in sorted(set(cuts)):
-        out.append(stream.feed(raw[at:cut]))
-        at = cut
-    out.append(stream.feed(raw[at:]))
-    return b"".join(out) + stream.end()
+    return fed(ConverseStream("anthropic.claude-x"), raw, cuts)
 
 
 def test_a_documented_converse_stream():

@@ -24,7 +24,7 @@ import orjson
 from ..passthrough import COUNT_TOKENS_PATH
 from .base import Adapter, StreamTranslator
 from .chat import ChatReader, add_turn, Image, max_tokens, stop_sequences
-from .sse import EventSplitter
+from .sse import NOT_JSON_EVENT, EventSplitter, error_event
 
 DEFAULT_VERSION = "2023-06-01"
 # Anthropic requires max_tokens; Chat Completions clients usually leave it out.
@@ -250,8 +250,7 @@ class MessagesStream(StreamTranslator):
         try:
             doc = orjson.loads(payload)
         except orjson.JSONDecodeError:
-            return b'data: {"error":{"type":"upstream_error","message":"the upstream sent ' \
-                   b'a stream event that is not JSON"}}\n\n'
+            return NOT_JSON_EVENT
         if not isinstance(doc, dict):
             return b""
         kind_name = doc.get("type")
@@ -294,9 +293,8 @@ class MessagesStream(StreamTranslator):
             return _DONE
         if kind_name == "error":
             error = doc.get("error") if isinstance(doc.get("error"), dict) else {}
-            return b'data: %s\n\n' % orjson.dumps({"error": {
-                "type": str(error.get("type", "upstream_error")),
-                "message": str(error.get("message", "the stream failed"))}})
+            return error_event(str(error.get("type", "upstream_error")),
+                               str(error.get("message", "the stream failed")))
         return b""   # content_block_stop, and event types newer than this code
 
 

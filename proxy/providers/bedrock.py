@@ -27,6 +27,7 @@ import orjson
 
 from ..errors import UpstreamBadResponse
 from .base import Adapter, StreamTranslator
+from .sse import NOT_JSON_EVENT, error_event
 from .chat import ChatReader, add_turn, max_tokens, stop_sequences
 
 STREAM_TYPE = b"application/vnd.amazon.eventstream"
@@ -242,14 +243,12 @@ class ConverseStream(StreamTranslator):
                 said = orjson.loads(payload).get("message")
             except (orjson.JSONDecodeError, AttributeError):
                 said = None
-            return b"data: %s\n\n" % orjson.dumps({"error": {
-                "type": str(kind), "message": str(said or kind)}})
+            return error_event(str(kind), str(said or kind))
         kind = headers.get(":event-type")
         try:
             doc = orjson.loads(payload) if payload else {}
         except orjson.JSONDecodeError:
-            return b'data: {"error":{"type":"upstream_error","message":"the upstream sent ' \
-                   b'an event that is not JSON"}}\n\n'
+            return NOT_JSON_EVENT
         if not isinstance(doc, dict):
             return b""
         if kind == "contentBlockDelta":

@@ -24,7 +24,7 @@ import orjson
 
 from .base import Adapter, StreamTranslator
 from .chat import ChatReader, add_turn, max_tokens, stop_sequences
-from .sse import EventSplitter
+from .sse import NOT_JSON_EVENT, EventSplitter, error_event
 
 FINISH_REASONS = {"STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter",
                   "RECITATION": "content_filter", "BLOCKLIST": "content_filter",
@@ -286,16 +286,14 @@ class GenerateStream(StreamTranslator):
             try:
                 doc = orjson.loads(payload)
             except orjson.JSONDecodeError:
-                out.append(b'data: {"error":{"type":"upstream_error","message":"the upstream '
-                           b'sent a stream event that is not JSON"}}\n\n')
+                out.append(NOT_JSON_EVENT)
                 continue
             if not isinstance(doc, dict):
                 continue
             if isinstance(doc.get("error"), dict):
                 error = doc["error"]
-                out.append(b"data: %s\n\n" % orjson.dumps({"error": {
-                    "type": str(error.get("status", "upstream_error")),
-                    "message": str(error.get("message", "the stream failed"))}}))
+                out.append(error_event(str(error.get("status", "upstream_error")),
+                                       str(error.get("message", "the stream failed"))))
                 continue
             out.append(self._translate(doc))
         return b"".join(out)

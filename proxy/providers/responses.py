@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from .base import Adapter, StreamTranslator, Untranslatable
-from .sse import EventSplitter
+from .sse import NOT_JSON_EVENT, EventSplitter, error_event
 
 
 def usage(doc: Any) -> dict:
@@ -96,8 +96,7 @@ class ResponsesStream(StreamTranslator):
             try:
                 doc = orjson.loads(payload)
             except orjson.JSONDecodeError:
-                out.append(b'data: {"error":{"type":"upstream_error","message":"the upstream '
-                           b'sent a stream event that is not JSON"}}\n\n')
+                out.append(NOT_JSON_EVENT)
                 continue
             if isinstance(doc, dict):
                 out.append(self._event(doc))
@@ -140,9 +139,8 @@ class ResponsesStream(StreamTranslator):
                         usage(response.get("usage"))) + b"data: [DONE]\n\n")
         if kind in ("error", "response.failed"):
             error = doc if kind == "error" else ((doc.get("response") or {}).get("error") or {})
-            return b"data: %s\n\n" % orjson.dumps({"error": {
-                "type": str(error.get("code") or "upstream_error"),
-                "message": str(error.get("message") or "the response failed")}})
+            return error_event(str(error.get("code") or "upstream_error"),
+                               str(error.get("message") or "the response failed"))
         return b""   # the rest restates what the deltas said
 
 

@@ -3,10 +3,21 @@ provider streams something other than Chat Completions."""
 
 from __future__ import annotations
 
+import orjson
+
 from ..errors import UpstreamBadResponse
 
 # An event still missing its end past this is not SSE.
 MAX_PENDING = 1024 * 1024
+
+
+def error_event(kind: str, message: str) -> bytes:
+    """The ``{"error": ...}`` event an OpenAI-compatible server sends when a stream fails:
+    what every stream translator makes of its provider's error events."""
+    return b"data: %s\n\n" % orjson.dumps({"error": {"type": kind, "message": message}})
+
+
+NOT_JSON_EVENT = error_event("upstream_error", "the upstream sent a stream event that is not JSON")
 
 
 class EventSplitter:
