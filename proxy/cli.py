@@ -65,12 +65,15 @@ def cmd_check(args: argparse.Namespace) -> int:
     print("server: http=%s grpc=%s workers=%d" % (server.http, server.grpc, server.workers))
     print("deployments (%d):" % len(config.deployments))
     unset = missing_keys(config)
+    aws = None
     for dep in config.deployments:
         note = "  [%s is not set: unusable]" % unset[dep.name] if dep.name in unset else ""
         if dep.provider == "bedrock":
-            from .providers.bedrock import credentials
-            if credentials() is None:
-                note = "  [no AWS credentials: unusable]"
+            from .providers.aws_credentials import resolve
+            aws = aws or resolve()
+            note = ("  [%s: unusable]" % aws.problem if aws.problem else
+                    "  [AWS credentials: %s%s]" % (
+                        aws.method, ", renewed before they expire" if aws.expires else ""))
         print("  %-16s %s -> %s (%d endpoint%s)%s" % (
             dep.name, dep.provider, dep.upstream_model, len(dep.urls),
             "" if len(dep.urls) == 1 else "s", note))

@@ -24,6 +24,7 @@ from .fleet import Fleet
 from .gateway import Gateway
 from .outlier import OutlierDetector
 from .health import HealthChecker
+from .providers.aws_credentials import CredentialRenewal
 from .http.front import HttpFront, Limits
 from .loopback import is_loopback
 from .metrics import Metrics
@@ -71,6 +72,7 @@ class Server:
         self.live: Live | None = None   # the runtime in use: router and settings
         self.gateway: Gateway | None = None
         self.health: HealthChecker | None = None
+        self.aws: CredentialRenewal | None = None   # renews the router's AWS credentials
         self.fronts: set[HttpFront] = set()
         self.address: tuple[str, int] | None = None
         self.grpc = None                  # GrpcFront when server.grpc is set
@@ -90,8 +92,10 @@ class Server:
         loop = asyncio.get_running_loop()
         admin_token = self._admin_token(config)
         await loop.run_in_executor(None, prepare_classifiers, config)  # training: off the loop
-        self.live = Live(Runtime(Router(config, await _ssl_context(config)), config,
-                                 admin_token))
+        ssl_context = await _ssl_context(config)
+        # Bedrock's credentials may be fetched over the network: not on the loop.
+        router = await loop.run_in_executor(None, Router, config, ssl_context)
+        self.live = Live(Runtime(router, config, admin_token))
         self.metrics.upstream_connections.set_function(
             lambda: sum(e.open_connections for t in self.router.targets.values()
                         for e in t.endpoints))
@@ -137,6 +141,8 @@ class Server:
         self.health.start()
         self.outliers = OutlierDetector(self.live, self.metrics)
         self.outliers.start()
+        self.aws = CredentialRenewal(self.router.aws_credentials())
+        self.aws.start()
         self.gateway.started = True
         if self.grpc is not None:
             await self.grpc.set_ready(not self.router.unready())
@@ -250,9 +256,13 @@ class Server:
         self.health = health
         self.config = config
         health.start()
+        old_aws, self.aws = self.aws, CredentialRenewal(router.aws_credentials())
+        self.aws.start()
         self.reloads += 1
         if old_health is not None:
             await old_health.aclose()
+        if old_aws is not None:
+            await old_aws.aclose()
         if self.grpc is not None:
             # gRPC health says what /readyz would: a reload can make a route servable or not.
             await self.grpc.set_ready(not router.unready())
@@ -343,6 +353,8 @@ class Server:
             front.abort()
         if self.outliers is not None:
             await self.outliers.aclose()
+        if self.aws is not None:
+            await self.aws.aclose()
         if self.grpc is not None:
             await self.grpc.stop()
         if self.health is not None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from . import anthropic, azure, gemini
+from .aws_credentials import AwsCredentials, resolve
 from .base import Adapter, StreamTranslator, Untranslatable
 
 PROVIDERS = ("openai", "anthropic", "azure", "gemini", "bedrock")
@@ -12,9 +15,11 @@ __all__ = ["PROVIDERS", "Adapter", "StreamTranslator", "Untranslatable", "adapte
 
 
 def adapter_for(provider: str, model: str, api_version: str | None,
-                region: str | None = None) -> Adapter | None:
+                region: str | None = None,
+                aws_credentials: Callable[[], AwsCredentials] = resolve) -> Adapter | None:
     """The deployment's adapter; None for ``openai``, whose requests go as they are.
-    ``bedrock`` reads AWS credential files: built off the event loop, as routers are."""
+    ``bedrock`` resolves AWS credentials (``aws_credentials``, which a router calls once
+    for all its deployments): built off the event loop, as routers are."""
     if provider == "anthropic":
         return anthropic.AnthropicAdapter(model)
     if provider == "azure":
@@ -23,7 +28,7 @@ def adapter_for(provider: str, model: str, api_version: str | None,
         return gemini.GeminiAdapter(model)
     if provider == "bedrock":
         from . import bedrock   # botocore is an optional extra: only when asked for
-        return bedrock.BedrockAdapter(model, region)
+        return bedrock.BedrockAdapter(model, region, aws_credentials())
     return None
 
 

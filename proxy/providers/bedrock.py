@@ -2,8 +2,8 @@
 
 Requests go to ``{base_url}/model/{model}/converse`` (streams to ``/converse-stream``),
 signed with AWS Signature Version 4 by botocore's signer — the one the AWS SDKs use — with
-credentials from the standard environment variables or shared credentials/config files
-(``AWS_PROFILE`` picks a profile), resolved when the configuration is loaded. The base URL
+the credentials of the SDKs' default chain (see aws_credentials.py), resolved when the
+configuration is loaded and renewed before they expire. The base URL
 defaults to the region's runtime endpoint. ConverseStream answers in AWS's binary event
 stream, decoded by botocore's parser. System messages become ``system``; user, assistant
 and tool messages alternating ``messages`` (tool results as ``toolResult`` blocks of a user
@@ -11,14 +11,10 @@ turn); images ``image`` blocks (base64 data URLs only: Converse takes bytes); to
 ``toolConfig``; ``max_tokens``, ``temperature``, ``top_p`` and ``stop``
 ``inferenceConfig``. Answers: text, ``toolUse`` as ``tool_calls``, ``reasoningContent`` as
 ``reasoning_content``, stop reasons and usage (cache reads as ``cached_tokens``) mapped.
-
-Credentials that refresh over the network (instance roles, SSO, assume-role) are not looked
-up: their refresh would block the event loop.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any
 from urllib.parse import quote
@@ -26,6 +22,7 @@ from urllib.parse import quote
 import orjson
 
 from ..errors import UpstreamBadResponse
+from .aws_credentials import AwsCredentials
 from .base import Adapter, StreamTranslator
 from .sse import NOT_JSON_EVENT, error_event
 from .chat import ChatReader, add_turn, max_tokens, stop_sequences
@@ -35,8 +32,6 @@ FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "le
                   "tool_use": "tool_calls", "guardrail_intervened": "content_filter",
                   "content_filtered": "content_filter",
                   "model_context_window_exceeded": "length"}
-# What may be sent without a network call: static keys only (see the module's docstring).
-_CREDENTIAL_PROVIDERS = ("env", "shared-credentials-file", "config-file", "boto-config")
 _IMAGE_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg",
                   "image/gif": "gif", "image/webp": "webp"}
 _INFERENCE = {"temperature": "temperature", "top_p": "topP"}
@@ -294,25 +289,10 @@ class ConverseStream(StreamTranslator):
         return b""
 
 
-def credentials():
-    """Static AWS credentials from the environment or the shared files, or None. Reads
-    files: called where the configuration is built, off the event loop."""
-    import botocore.session
-    # It says where it found them at INFO, once per deployment and reload: noise here.
-    logging.getLogger("botocore.credentials").setLevel(logging.WARNING)
-    session = botocore.session.Session()
-    resolver = session.get_component("credential_provider")
-    for provider in list(resolver.providers):
-        if provider.METHOD not in _CREDENTIAL_PROVIDERS:
-            resolver.remove(provider.METHOD)
-    found = resolver.load_credentials()
-    return found.get_frozen_credentials() if found is not None else None
-
-
 class BedrockAdapter(Adapter):
     name = "bedrock"
 
-    def __init__(self, model: str, region: str | None) -> None:
+    def __init__(self, model: str, region: str | None, credentials: AwsCredentials) -> None:
         from botocore.auth import SigV4Auth
         from botocore.awsrequest import AWSRequest
         self._request = AWSRequest
@@ -321,11 +301,9 @@ class BedrockAdapter(Adapter):
         quoted = quote(model, safe="").encode("ascii")
         self.whole = b"/model/%s/converse" % quoted
         self.streamed = b"/model/%s/converse-stream" % quoted
-        found = credentials()
-        self.unusable = None if found is not None else (
-            "no AWS credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile "
-            "in the shared credentials file)")
-        self._signer = SigV4Auth(found, "bedrock", self.region) if found else None
+        self.credentials = credentials
+        self.unusable = credentials.problem
+        self._signer = SigV4Auth(credentials.frozen, "bedrock", self.region)
 
     def request_path(self, path: bytes, stream: bool) -> bytes:
         return self.streamed if stream else self.whole
@@ -340,7 +318,9 @@ class BedrockAdapter(Adapter):
         request = self._request("POST", "%s://%s%s" % (scheme, host.decode("latin-1"),
                                                        path.decode("latin-1")),
                                 data=body, headers={"Content-Type": "application/json"})
-        self._signer.add_auth(request)
+        signer = self._signer
+        signer.credentials = self.credentials.frozen   # renewed by CredentialRenewal
+        signer.add_auth(request)
         lines = [b"authorization: %s\r\n" % request.headers["Authorization"].encode("latin-1"),
                  b"x-amz-date: %s\r\n" % request.headers["X-Amz-Date"].encode("latin-1")]
         token = request.headers.get("X-Amz-Security-Token")

@@ -9,6 +9,7 @@ from the endpoint table.
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import ssl
@@ -27,6 +28,7 @@ from ..endpoint_states import STATE_NAMES
 from ..errors import (BadRequest, ConfigError, NoHealthyUpstream, NotFound, UpstreamError,
                       UpstreamStatus)
 from ..providers import Adapter, adapter_for, auth_headers
+from ..providers.aws_credentials import AwsCredentials, resolve as resolve_aws
 from ..providers.responses import ResponsesView
 from ..upstream.pool import Endpoint
 from .affinity import SessionAffinity
@@ -80,7 +82,8 @@ class Target:
 
     def __init__(self, dep: Deployment, defaults: Timeouts, max_idle: int,
                  ssl_context: ssl.SSLContext | None, changes: SharedChanges,
-                 kept: dict[tuple, tuple[int, Endpoint]] | None = None) -> None:
+                 kept: dict[tuple, tuple[int, Endpoint]] | None = None,
+                 aws_credentials: Callable[[], AwsCredentials] = resolve_aws) -> None:
         self.name = dep.name
         self.name_bytes = dep.name.encode()
         self.upstream_model = dep.upstream_model
@@ -112,7 +115,7 @@ class Target:
         self.unusable: str | None = None
         # None for OpenAI-compatible deployments: their requests go as they are.
         self.adapter = adapter_for(dep.provider, dep.upstream_model, dep.api_version,
-                                   dep.region)
+                                   dep.region, aws_credentials)
         if self.adapter is not None and self.adapter.unusable:
             self.unusable = self.adapter.unusable
         # The front-end APIs whose requests this deployment takes untranslated, and how
@@ -300,8 +303,10 @@ class Router:
         self._breaker_config = config.upstream.breaker
         defaults = config.upstream.timeouts
         self._changes = SharedChanges(self.table)
+        # Resolved once for all bedrock deployments, and only if there is one.
+        self._aws = functools.cache(resolve_aws)
         self.targets = {d.name: Target(d, defaults, config.upstream.pool_max_idle, ssl_context,
-                                       self._changes, kept)
+                                       self._changes, kept, self._aws)
                         for d in config.deployments}
         if previous is None:
             self._changes.apply()   # a table of its own: nobody else reads it yet
@@ -409,6 +414,10 @@ class Router:
                 reasons.append("route %s: no usable deployment (%s)" % (
                     plan.name, "; ".join("%s: %s" % (t.name, t.unusable) for t in plan.targets)))
         return reasons
+
+    def aws_credentials(self) -> list[AwsCredentials]:
+        """What its bedrock deployments sign with (CredentialRenewal renews it)."""
+        return [self._aws()] if self._aws.cache_info().currsize else []
 
     def adopt(self) -> None:
         """Take over from the router passed as ``previous``: the breakers follow the new

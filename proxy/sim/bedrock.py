@@ -10,6 +10,11 @@ the user's, one kind per content block, tool results only in user turns) and ans
 the simulator's reply; a stream is AWS's binary event stream (``messageStart``,
 ``contentBlockDelta`` per piece, ``contentBlockStop``, ``messageStop``, then ``metadata``
 with usage). Tools are called and their results quoted as the other protocols do.
+
+``GET /_sim/aws/credentials`` plays a container credentials endpoint (what
+``AWS_CONTAINER_CREDENTIALS_FULL_URI`` points at): new temporary credentials at every call,
+signed by the ``--api-key`` secret, that expire in 14 minutes — inside botocore's renewal
+window, so a client renews them whenever it looks.
 """
 
 from __future__ import annotations
@@ -34,6 +39,15 @@ ERRORS = {400: "ValidationException", 403: "AccessDeniedException",
 _BLOCKS = ("text", "image", "document", "toolUse", "toolResult", "reasoningContent")
 _AUTH = re.compile(r"AWS4-HMAC-SHA256 Credential=([^/]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request,"
                    r"\s*SignedHeaders=([^,]+),\s*Signature=([0-9a-f]{64})$")
+
+
+def container_credentials(sim, conn, req) -> None:
+    sim.stats["aws_credentials"] += 1
+    n = sim.stats["aws_credentials"]
+    expires = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=14)
+    conn.send(req, 200, orjson.dumps({
+        "AccessKeyId": "AKIDCONTAINER%d" % n, "SecretAccessKey": sim.api_key or "",
+        "Token": "container-%d" % n, "Expiration": expires.strftime("%Y-%m-%dT%H:%M:%SZ")}))
 
 
 def error(status: int, message: str) -> tuple[bytes, bytes]:

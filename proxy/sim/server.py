@@ -78,7 +78,8 @@ Endpoints: POST /v1/chat/completions, POST /v1/embeddings, POST /v1/messages and
 ``?api-version=`` required), POST
 /v1beta/models/{model}:generateContent and :streamGenerateContent (Gemini's, see
 proxy/sim/gemini.py), POST /model/{id}/converse and /converse-stream (Amazon Bedrock's, signed
-requests checked; see proxy/sim/bedrock.py), GET /v1/models, GET /_sim/stats,
+requests checked; see proxy/sim/bedrock.py), GET /_sim/aws/credentials (a container
+credentials endpoint, ditto), GET /v1/models, GET /_sim/stats,
 POST /_sim/reset (zero counters, reseed; body ``{"config": true}`` also restores the startup
 config), GET|POST /_sim/config (JSON object of snake_case behaviour options; null restores an
 option's startup value; answers the effective config). Injected errors are answered at once,
@@ -89,6 +90,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import itertools
 import json
 import logging
@@ -124,7 +126,7 @@ STAT_KEYS = ("requests", "chat", "embeddings", "models", "streams_started", "str
              "streams_aborted", "streams_dropped", "streams_stalled", "errors_injected",
              "connections_opened", "connections_closed", "continuations", "context_exceeded",
              "messages", "azure", "gemini", "bedrock", "bad_signatures", "count_tokens",
-             "responses")
+             "responses", "aws_credentials")
 
 
 def _read_int(digits: str) -> int | str:
@@ -472,6 +474,8 @@ class Simulator:
             (b"POST", b"/v1/responses"): self.responses,
             (b"GET", b"/v1/models"): self.models,
             (b"GET", b"/_sim/stats"): self.sim_stats,
+            (b"GET", b"/_sim/aws/credentials"): functools.partial(
+                bedrock.container_credentials, self),
             (b"POST", b"/_sim/reset"): self.sim_reset,
             (b"GET", b"/_sim/config"): self.sim_config,
             (b"POST", b"/_sim/config"): self.sim_config,

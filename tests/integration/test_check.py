@@ -138,17 +138,25 @@ def test_the_providers_example_passes_check_and_names_what_is_unusable(tmp_path)
     path = REPO / "examples" / "providers.yaml"
     no_aws = {"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None, "AWS_PROFILE": None,
               "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
-              "AWS_CONFIG_FILE": str(tmp_path / "none")}
+              "AWS_CONFIG_FILE": str(tmp_path / "none"), "AWS_EC2_METADATA_DISABLED": "true",
+              "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": None,
+              "AWS_CONTAINER_CREDENTIALS_FULL_URI": None}
     proc = run("check", path, env={**no_aws, "ANTHROPIC_API_KEY": "k", "GEMINI_API_KEY": None,
                                    "AZURE_OPENAI_API_KEY": "k"})
     assert proc.returncode == 0, proc.stderr
     lines = {line.split()[0]: line for line in proc.stdout.splitlines()[3:7]}
     assert "unusable" not in lines["claude"] and "unusable" not in lines["gpt-azure"]
-    assert "[no AWS credentials: unusable]" in lines["claude-bedrock"]
+    assert "[no AWS credentials (" in lines["claude-bedrock"]
+    assert lines["claude-bedrock"].endswith(": unusable]")
     assert "[GEMINI_API_KEY is not set: unusable]" in lines["gemini"]
     proc = run("check", path, env={**no_aws, "AWS_ACCESS_KEY_ID": "AKID",
                                    "AWS_SECRET_ACCESS_KEY": "secret"})
     assert "no AWS credentials" not in proc.stdout and "Found credentials" not in proc.stderr
+    assert "[AWS credentials: env]" in proc.stdout
+    proc = run("check", path, env={**no_aws, "AWS_PROFILE": "nowhere"})
+    assert proc.returncode == 0, proc.stderr
+    assert "[AWS credentials could not be loaded: The config profile (nowhere) could not " \
+        "be found: unusable]" in proc.stdout
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -32,7 +32,9 @@ def aws_env(workdir, secret: str | None) -> dict:
     return {"AWS_ACCESS_KEY_ID": AWS_KEY_ID if secret else None,
             "AWS_SECRET_ACCESS_KEY": secret, "AWS_SESSION_TOKEN": None, "AWS_PROFILE": None,
             "AWS_SHARED_CREDENTIALS_FILE": str(workdir / "no-aws-credentials"),
-            "AWS_CONFIG_FILE": str(workdir / "no-aws-config")}
+            "AWS_CONFIG_FILE": str(workdir / "no-aws-config"),
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": None,
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI": None, "AWS_EC2_METADATA_DISABLED": "true"}
 
 
 @pytest.fixture(scope="module")
