@@ -741,6 +741,84 @@ def test_a_prompt_too_long_for_one_provider_goes_to_the_next(env, route, refusin
 
 # === the gRPC front end to every provider ===
 
+# === every provider behind both SDKs ===
+
+PROVIDER_ROUTES = ["to-claude", "to-azure", "to-gemini", "to-bedrock"]
+
+
+# The simulator's Chat Completions answer calls no tools, so Azure's tool round trip (the
+# same translation as any OpenAI-compatible upstream's) is tested against a scripted
+# upstream in test_messages_api.py; here Azure answers text.
+@pytest.mark.parametrize("stream_first", [False, True])
+@pytest.mark.parametrize("route", ["to-claude", "to-gemini", "to-bedrock"])
+def test_the_anthropic_sdk_round_trips_a_tool_call_through_every_native_provider(
+        env, route, stream_first):
+    edge, _, _ = env
+    tool = {"name": "get_weather", "description": "The weather in a city.",
+            "input_schema": TOOL["function"]["parameters"]}
+    question = {"role": "user", "content": "Weather in Oslo?"}
+    with anthropic_client(edge) as c:
+        if stream_first:
+            with c.messages.stream(model=route, max_tokens=100, tools=[tool],
+                                   messages=[question]) as stream:
+                first = stream.get_final_message()
+        else:
+            first = c.messages.create(model=route, max_tokens=100, tools=[tool],
+                                      messages=[question])
+        assert first.stop_reason == "tool_use"
+        use = [b for b in first.content if b.type == "tool_use"][0]
+        assert use.name == "get_weather" and use.input == {"city": "sim"}
+        follow_up = dict(model=route, max_tokens=100, tools=[tool], messages=[
+            question, {"role": "assistant", "content": [use.model_dump()]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id,
+                                          "content": "Sunny"}]}])
+        if stream_first:
+            second = c.messages.create(**follow_up)
+            text = second.content[0].text
+        else:
+            with c.messages.stream(**follow_up) as stream:
+                text = "".join(stream.text_stream)
+                second = stream.get_final_message()
+    assert text == "The tool answered: Sunny"
+    assert second.stop_reason == "end_turn" and second.usage.output_tokens > 0
+
+
+def test_the_anthropic_sdk_through_azure(env):
+    edge, _, plain = env
+    question = [{"role": "user", "content": "Hi."}]
+    with anthropic_client(edge) as c:
+        whole = c.messages.create(model="to-azure", max_tokens=100, messages=question)
+        with c.messages.stream(model="to-azure", max_tokens=100, messages=question) as s:
+            text = "".join(s.text_stream)
+            final = s.get_final_message()
+    assert whole.content[0].text == text == REPLY
+    assert whole.stop_reason == final.stop_reason == "end_turn"
+    assert plain.stats()["azure"] == 2
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("route", PROVIDER_ROUTES)
+def test_the_openai_sdk_chat_and_responses_through_every_provider(env, route, stream):
+    edge, _, _ = env
+    with edge.client() as c:
+        if stream:
+            chunks = list(c.chat.completions.create(
+                model=route, stream=True, messages=[{"role": "user", "content": "Hi."}]))
+            chat = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+            events = list(c.responses.create(model=route, input="Hi.", stream=True))
+            assert events[0].type == "response.created"
+            assert events[-1].type == "response.completed"
+            responses = "".join(e.delta for e in events
+                                if e.type == "response.output_text.delta")
+            assert events[-1].response.output_text == responses
+        else:
+            chat = c.chat.completions.create(
+                model=route, messages=[{"role": "user", "content": "Hi."}]
+            ).choices[0].message.content
+            responses = c.responses.create(model=route, input="Hi.").output_text
+    assert chat == REPLY and responses == REPLY
+
+
 @pytest.mark.parametrize("route", ["to-claude", "to-gemini", "to-bedrock", "to-azure"])
 def test_grpc_calls_reach_every_provider(env, route):
     import grpc
