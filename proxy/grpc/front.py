@@ -25,7 +25,7 @@ import grpc
 import orjson
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from ..config import GrpcLimits, parse_address
 from ..errors import BadRequest, ProxyError, refusal
@@ -342,6 +342,22 @@ def server_options(limits: GrpcLimits, reuse_port: bool) -> list[tuple[str, Any]
     return options
 
 
+class GenericOnly:
+    """A server that takes a generated ``add_*_to_server``'s handlers as generic ones only.
+    grpc.aio's serving loop keeps a task per registered method and waits on all of them for
+    every call; health checks and reflection are rare calls, found as well through the
+    generic handlers, so they do not make every Chat call wait on four more tasks."""
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self._server = server
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        self._server.add_generic_rpc_handlers(handlers)
+
+    def add_registered_method_handlers(self, service: str, handlers: Any) -> None:
+        pass
+
+
 class GrpcFront:
     """Owns the grpc.aio server: ``start()``, ``set_ready()``, ``enter_drain()``, ``stop()``."""
 
@@ -365,10 +381,12 @@ class GrpcFront:
         server = grpc.aio.server(options=server_options(self.limits, self.reuse_port),
                                  maximum_concurrent_rpcs=self.limits.max_concurrent_rpcs)
         decoding.add_gateway(self.servicer, server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME), server)
+        rare = GenericOnly(server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, rare)
+        names = (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                 reflection.SERVICE_NAME)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.aio.ReflectionServicer(names), rare)
         target = "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
         try:
             self.port = server.add_insecure_port(target)
