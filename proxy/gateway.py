@@ -68,6 +68,10 @@ _embeddings_decoder = msgspec.json.Decoder(EmbeddingsView)
 NO_TAGS: frozenset[str] = frozenset()
 CHAT_PATH = b"/chat/completions"
 EMBEDDINGS_PATH = b"/embeddings"
+# The message of the cancellation a drain that ran out of time sends the requests left: a
+# front end that runs a request in its own task (Responder.inline) tells it from a client
+# that left.
+SHUTTING_DOWN = "llmedge is shutting down"
 _REQUEST_ID_OK = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 
 
@@ -444,7 +448,13 @@ class Gateway:
         self.inflight += 1
         self.metrics.inflight.inc()
         self.idle.clear()
-        task = asyncio.get_running_loop().create_task(self._run(answer, started, args))
+        run = self._run(answer, started, args)
+        if ex.inline:
+            ex.pending = run   # awaited by the front end, before anything else awaits
+            task = asyncio.current_task()
+            assert task is not None
+        else:
+            task = asyncio.get_running_loop().create_task(run)
         ex.task = task
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -645,7 +655,7 @@ class Gateway:
 
     async def aclose(self) -> None:
         for task in list(self._tasks):
-            task.cancel()
+            task.cancel(SHUTTING_DOWN)
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.cache.aclose()

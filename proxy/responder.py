@@ -9,8 +9,8 @@ protocol is said once, in ``proxy/errors.py``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Iterator
-from typing import Protocol
+from collections.abc import Callable, Coroutine, Iterable, Iterator
+from typing import Any, Protocol
 
 from .errors import ProxyError
 
@@ -53,6 +53,11 @@ class Responder(Protocol):
     # The task answering the request, when it is not answered at once: the front end
     # cancels it when the client leaves.
     task: asyncio.Task | None
+    # True: the front end runs the request in the task that called ``Gateway.handle``,
+    # awaiting the coroutine the gateway leaves in ``pending`` (a unary gRPC call, which
+    # has a task of its own to wait in anyway). False: the gateway starts a task.
+    inline: bool
+    pending: Coroutine[Any, Any, None] | None
     started: bool                     # something of the answer went out
     finished: bool
     # Flow control, set by whoever produces a stream's events (an upstream connection):
@@ -154,6 +159,8 @@ class Delegating:
 
     method = b"POST"
     url = b"/v1/chat/completions"
+    inline = False       # HTTP exchanges only: theirs start a task
+    pending = None
 
     def __init__(self, inner: Responder, body: bytes) -> None:
         self.inner = inner

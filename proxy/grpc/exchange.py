@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import orjson
@@ -35,7 +35,8 @@ class GrpcExchange:
     __slots__ = ("method", "url", "headers", "body", "task", "started", "finished",
                  "on_pause", "on_resume", "status", "payload", "content_type",
                  "response_headers", "failure", "streaming", "events", "error", "aborted",
-                 "dropped", "deadline", "_paused", "_partial", "_waiter")
+                 "dropped", "deadline", "inline", "pending", "_paused", "_partial",
+                 "_waiter")
 
     def __init__(self, headers: dict[bytes, bytes], body: bytes, url: bytes = CHAT_URL) -> None:
         self.method = b"POST"
@@ -58,6 +59,8 @@ class GrpcExchange:
         self.aborted = False
         self.dropped = False          # the request's task ended without finishing the answer
         self.deadline = 0.0           # time.monotonic() of the client's deadline; 0: none
+        self.inline = False           # see responder.Responder
+        self.pending: Coroutine[Any, Any, None] | None = None
         self._paused = False
         self._partial = b""
         self._waiter: asyncio.Future[None] | None = None
@@ -151,6 +154,10 @@ class GrpcExchange:
             # hands over to the dispatching one): follow it.
             current.add_done_callback(self.task_done)
             return
+        self.drop()
+
+    def drop(self) -> None:
+        """The request ended without finishing the answer (cancelled by a drain)."""
         self.dropped = True
         self._finish()
 

@@ -29,7 +29,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from ..config import GrpcLimits, parse_address
 from ..errors import BadRequest, ProxyError, refusal
-from ..gateway import Gateway
+from ..gateway import SHUTTING_DOWN, Gateway
 from ..metric_types import Counter
 from ..routing.router import Router
 from . import decoding, status, translate
@@ -139,10 +139,28 @@ def _rpc(method: str) -> Callable[[Rpc], Rpc]:
 
 def _cancel(ex: GrpcExchange) -> None:
     """The handler is leaving before the answer finished: stop the request (and with it
-    the upstream request)."""
+    the upstream request). An inline request (Chat) ran in the handler's own task: it ended
+    with the handler, unless the cancellation comes from elsewhere (a forced exit)."""
     task = ex.task
-    if not ex.finished and task is not None and not task.done():
-        task.cancel()
+    if not ex.finished and task is not None and not task.done() \
+            and task is not asyncio.current_task():
+        task.cancel(SHUTTING_DOWN if ex.pending is not None else None)
+
+
+async def _inline(ex: GrpcExchange) -> None:
+    """Run an inline request to its end. A drain that ran out of time (or a forced exit)
+    cancels it as it cancels requests in tasks of their own, and the call then ends as
+    theirs do: UNAVAILABLE, shutting down; a client that left cancels the call itself."""
+    try:
+        await ex.pending
+    except asyncio.CancelledError as exc:
+        if exc.args != (SHUTTING_DOWN,):
+            raise
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        if not ex.finished:
+            ex.drop()
 
 
 class GatewayServicer(pb_grpc.GatewayServicer):
@@ -176,8 +194,12 @@ class GatewayServicer(pb_grpc.GatewayServicer):
     @_rpc("Chat")
     async def Chat(self, request: pb.ChatRequest,
                    context: grpc.aio.ServicerContext) -> pb.ChatResponse:
-        ex = await self._start(request, context, "Chat")
+        # The request runs in this handler's own task: a unary call waits for nothing else,
+        # and a task and a future of its own would cost it more than its routing does.
+        ex = await self._start(request, context, "Chat", inline=True)
         try:
+            if ex.pending is not None:
+                await _inline(ex)
             while not ex.finished:
                 await ex.wait()
         finally:
@@ -243,7 +265,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
     # === helpers ===
 
     async def _start(self, request: pb.ChatRequest, context: grpc.aio.ServicerContext,
-                     method: str) -> GrpcExchange:
+                     method: str, inline: bool = False) -> GrpcExchange:
         stream = method == "ChatStream"
         if self.refusing and method != "Route":
             await self._fail(context, method, status.Failure(
@@ -260,6 +282,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
             # The dispatcher bounds every connect and first byte by it and tries no further
             # candidate once it has passed; grpc's core ends the call when it passes.
             ex.deadline = time.monotonic() + remaining
+        ex.inline = inline
         self.active.add(ex)
         self.idle.clear()
         try:
@@ -267,7 +290,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
         except BaseException:
             self._end(ex)
             raise
-        if ex.task is not None:
+        if ex.task is not None and ex.pending is None:
             ex.task.add_done_callback(ex.task_done)
         return ex
 

@@ -65,6 +65,9 @@ class Exchange:
 
     deadline = 0.0  # time.monotonic() by which the client wants its answer; 0: none
 
+    inline = False   # the gateway starts a task per request (see responder.Responder)
+    pending = None
+
     __slots__ = ("front", "method", "url", "headers", "body", "keep_alive", "http10",
                  "task", "started", "finished", "chunked", "on_pause", "on_resume")
 
