@@ -11,6 +11,7 @@ NO_EXTENSIONS = bool(os.environ.get("LLMEDGE_NO_EXTENSIONS")) or sys.implementat
 
 if not NO_EXTENSIONS:
     try:
+        from .answerwire import chunk_bytes, response_bytes
         from .cachekey import cache_key, canonical
         from .classify import LinearModel, features, log_length, softmax, train_softmax
         from .hashing import HashRing
@@ -21,6 +22,7 @@ if not NO_EXTENSIONS:
         NO_EXTENSIONS = True
 
 if NO_EXTENSIONS:
+    from .answerwire_py import chunk_bytes, response_bytes  # type: ignore[assignment]
     from .cachekey_py import cache_key, canonical  # type: ignore[assignment]
     from .classify_py import (LinearModel, features, log_length,  # type: ignore[assignment]
                               softmax, train_softmax)
@@ -33,5 +35,5 @@ IMPLEMENTATION = "py" if NO_EXTENSIONS else "c"
 
 __all__ = ("EP_EJECTED", "EP_HALF_OPEN", "EP_HEALTHY", "EP_OPEN", "IMPLEMENTATION",
            "NO_EXTENSIONS", "POLICY_COST", "POLICY_LATENCY", "POLICY_SCORE", "EndpointTable",
-           "HashRing", "LinearModel", "WeightedOrder", "cache_key", "canonical", "features",
-           "log_length", "softmax", "train_softmax")
+           "HashRing", "LinearModel", "WeightedOrder", "cache_key", "canonical", "chunk_bytes",
+           "features", "log_length", "response_bytes", "softmax", "train_softmax")

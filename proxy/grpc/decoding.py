@@ -56,6 +56,14 @@ def deferred(message_class: Any) -> Callable[[bytes], Any]:
     return decode
 
 
+def bytes_or(serialize: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
+    """A response serializer that also takes an answer already written as bytes
+    (``_fastpath.response_bytes`` and ``chunk_bytes``)."""
+    def serializer(message: Any) -> bytes:
+        return message if type(message) is bytes else serialize(message)
+    return serializer
+
+
 def add_gateway(servicer: Any, server: grpc.aio.Server) -> None:
     """Serve ``servicer``'s RPCs as the generated ``add_GatewayServicer_to_server`` does,
     with deferred request decoding; the methods come from the service's descriptor, so a
@@ -69,8 +77,8 @@ def add_gateway(servicer: Any, server: grpc.aio.Server) -> None:
         handlers[method.name] = make(
             getattr(servicer, method.name),
             request_deserializer=deferred(message_factory.GetMessageClass(method.input_type)),
-            response_serializer=message_factory.GetMessageClass(
-                method.output_type).SerializeToString)
+            response_serializer=bytes_or(message_factory.GetMessageClass(
+                method.output_type).SerializeToString))
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))
     server.add_registered_method_handlers(SERVICE.full_name, handlers)

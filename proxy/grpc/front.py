@@ -21,6 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
+import _fastpath
 import grpc
 import orjson
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -204,7 +205,9 @@ class GatewayServicer(pb_grpc.GatewayServicer):
                 await ex.wait()
         finally:
             self._end(ex)
-        return translate.chat_response(await self._whole_answer(ex, context, "Chat"))
+        doc = await self._whole_answer(ex, context, "Chat")
+        # Most answers are written as bytes at once; the others go through a message.
+        return _fastpath.response_bytes(doc) or translate.chat_response(doc)
 
     @_rpc("ChatStream")
     async def ChatStream(self, request: pb.ChatRequest,
@@ -221,7 +224,8 @@ class GatewayServicer(pb_grpc.GatewayServicer):
             await context.send_initial_metadata(status.metadata(ex.response_headers))
             while True:
                 while ex.events:
-                    await context.write(translate.chat_chunk(ex.take()))
+                    doc = ex.take()
+                    await context.write(_fastpath.chunk_bytes(doc) or translate.chat_chunk(doc))
                 if ex.error is not None or ex.finished:
                     break
                 await ex.wait()

@@ -1,0 +1,6 @@
+from typing import Any
+
+FINISH_REASONS: dict[str, int]
+
+def response_bytes(doc: Any) -> bytes | None: ...
+def chunk_bytes(doc: Any) -> bytes | None: ...
